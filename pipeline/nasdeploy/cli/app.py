@@ -1,0 +1,11 @@
+"""The typer app every command module registers on."""
+
+import typer
+
+app = typer.Typer(
+    name="nasdeploy",
+    help="Hardware-aware NAS: profile latency tables, search under a budget, retrain, export and re-measure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)

@@ -1,0 +1,92 @@
+"""The backend contract: measure a module or an ONNX graph at an input shape, return a distribution of times."""
+
+from __future__ import annotations
+
+import statistics
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nasdeploy.registry import Registry
+
+
+@dataclass
+class MeasureMethod:
+    """How a latency is measured; recorded in every table and report."""
+
+    warmup: int = 10
+    repeats: int = 50
+    threads: int | None = None  # None: the backend fixes and records its own choice
+    dtype: str = "float32"
+    batch: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Timing:
+    """Per-run latencies in milliseconds and their summary statistics."""
+
+    samples_ms: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    def percentile(self, q: float) -> float:
+        data = sorted(self.samples_ms)
+        if len(data) == 1:
+            return data[0]
+        pos = (len(data) - 1) * q / 100.0
+        lo, hi = int(pos), min(int(pos) + 1, len(data) - 1)
+        return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+    @property
+    def p10(self) -> float:
+        return self.percentile(10)
+
+    @property
+    def p90(self) -> float:
+        return self.percentile(90)
+
+    @property
+    def iqr(self) -> float:
+        return self.percentile(75) - self.percentile(25)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "median_ms": self.median,
+            "p10_ms": self.p10,
+            "p90_ms": self.p90,
+            "iqr_ms": self.iqr,
+            "mean_ms": statistics.fmean(self.samples_ms),
+            "n": len(self.samples_ms),
+        }
+
+
+class Backend(ABC):
+    """A runtime on a device. Construction fails with NasDeployError if either is absent."""
+
+    name: str
+
+    def __init__(self, device: str, method: MeasureMethod):
+        self.device = device
+        self.method = method
+
+    @abstractmethod
+    def measure_module(self, module: nn.Module, input_shape: tuple[int, ...]) -> Timing:
+        """Latency of ``module(x)`` for ``x`` of ``input_shape`` (batch included), module in eval mode."""
+
+    @abstractmethod
+    def measure_onnx(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Timing: ...
+
+    @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Runtime versions to record (torch, onnxruntime, tensorrt, CUDA, cuDNN...)."""
+
+
+BACKENDS: Registry[type[Backend]] = Registry("runtime")
