@@ -1,0 +1,21 @@
+"""Shared test settings.
+
+Torch picks one thread per core; on a small shared CI box (2 cores, other processes) two threads fight
+for the cores and tiny networks run many times slower. Every test runs single-threaded unless it sets
+its own count; subprocesses inherit OMP_NUM_THREADS=1.
+"""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
