@@ -22,6 +22,13 @@ class MeasureMethod:
     threads: int | None = None  # None: the backend fixes and records its own choice
     dtype: str = "float32"
     batch: int = 1
+    # Rounds over the whole set of ops / networks, interleaved; a latency is the smallest round median,
+    # so a transient disturbance of the machine during one round does not enter the result.
+    rounds: int = 1
+    # "thread": CPU time of the calling thread, "wall": wall clock, "cuda-event": CUDA events; "auto" lets
+    # the backend choose ("thread" on CPU with one thread, where the op runs on the calling thread and its
+    # thread time equals its wall time on an idle core, but other processes time-slicing the core do not count).
+    clock: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -32,6 +39,7 @@ class Timing:
     """Per-run latencies in milliseconds and their summary statistics."""
 
     samples_ms: list[float] = field(default_factory=list)
+    wall_ms: list[float] = field(default_factory=list)  # wall-clock times, when samples_ms use another clock
 
     @property
     def median(self) -> float:
@@ -58,7 +66,7 @@ class Timing:
         return self.percentile(75) - self.percentile(25)
 
     def summary(self) -> dict[str, float]:
-        return {
+        found = {
             "median_ms": self.median,
             "p10_ms": self.p10,
             "p90_ms": self.p90,
@@ -66,6 +74,9 @@ class Timing:
             "mean_ms": statistics.fmean(self.samples_ms),
             "n": len(self.samples_ms),
         }
+        if self.wall_ms:
+            found["wall_median_ms"] = statistics.median(self.wall_ms)
+        return found
 
 
 class Backend(ABC):

@@ -1,0 +1,129 @@
+"""Backends, device checks and fingerprints, on real torch and ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from nasdeploy.errors import NasDeployError
+from nasdeploy.hardware import BACKENDS, MeasureMethod, fingerprint, fingerprint_id, get_backend
+from nasdeploy.hardware.onnx_file import export_module
+from nasdeploy.hardware.timing import time_host
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+def small_module() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+
+
+def check_timing(timing, n):
+    s = timing.summary()
+    assert s["n"] == n and len(timing.samples_ms) == n
+    assert all(t > 0 for t in timing.samples_ms)
+    assert s["p10_ms"] <= s["median_ms"] <= s["p90_ms"]
+    assert s["iqr_ms"] >= 0 and s["mean_ms"] > 0
+
+
+def test_registered_backends():
+    assert {"torch", "onnxruntime", "tensorrt"} <= set(BACKENDS.names())
+
+
+def test_cpu_fingerprint_fields_and_id():
+    fp = fingerprint("cpu", threads=2)
+    assert fp["cpu_model"] and fp["logical_cores"] >= 1 and fp["threads"] == 2 and "gpu" not in fp
+    fid = fingerprint_id(fp)
+    assert re.fullmatch(r"cpu-[a-z0-9-]+-2t", fid)
+    assert fid == fingerprint_id(fingerprint("cpu", threads=2))  # stable
+    assert fingerprint_id(fingerprint("cpu", threads=1)).endswith("-1t")
+
+
+def test_gpu_fingerprint_id_is_the_gpu_name():
+    fp = {"cpu_model": "x", "threads": 1, "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
+    assert fingerprint_id(fp) == "nvidia-h100-80gb-hbm3"
+    assert fingerprint_id({"cpu_model": "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz", "threads": 4}) == "cpu-intel-xeon-platinum-8480-4t"
+
+
+def test_time_host_counts_warmup_and_repeats():
+    calls = []
+    timing = time_host(lambda: calls.append(1), MeasureMethod(warmup=3, repeats=7))
+    assert len(calls) == 10 and len(timing.samples_ms) == 7
+
+
+def test_torch_cpu_measures_module_and_restores_threads():
+    before = torch.get_num_threads()
+    backend = get_backend("torch", "cpu", MeasureMethod(warmup=2, repeats=20, threads=1))
+    small, large = backend.measure_module(small_module(), (1, 8, 8, 8)), backend.measure_module(small_module(), (1, 8, 64, 64))
+    check_timing(small, 20)
+    assert large.median > small.median  # 64x the pixels costs more
+    assert torch.get_num_threads() == before
+    assert backend.versions()["torch"] == torch.__version__
+    assert backend.method.threads == 1
+
+
+def test_default_threads_recorded():
+    backend = get_backend("torch", "cpu", MeasureMethod(threads=None))
+    assert backend.method.threads == 1
+
+
+def test_onnxruntime_cpu_measures_exported_onnx(tmp_path):
+    import onnx
+
+    path = export_module(small_module(), (1, 8, 16, 16), tmp_path / "m.onnx")
+    onnx.checker.check_model(str(path))
+    backend = get_backend("onnxruntime", "cpu", MeasureMethod(warmup=2, repeats=15, threads=1))
+    check_timing(backend.measure_onnx(path, (1, 8, 16, 16)), 15)
+    check_timing(backend.measure_module(small_module(), (1, 8, 16, 16)), 15)
+    assert backend.versions()["providers"] == "CPUExecutionProvider"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_absent_cuda_device_fails_with_fix(runtime):
+    with pytest.raises(NasDeployError, match=r"no CUDA device 'cuda:0'.*use --device cpu"):
+        get_backend(runtime, "cuda:0", MeasureMethod())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_absent_tensorrt_fails_with_install_hint():
+    with pytest.raises(NasDeployError, match=r"TensorRT is not installed; pip install 'nasdeploy\[tensorrt\]'"):
+        get_backend("tensorrt", "cuda:0", MeasureMethod())
+
+
+def test_tensorrt_on_cpu_and_bad_device_strings_fail_clearly():
+    with pytest.raises(NasDeployError, match="only on NVIDIA GPUs"):
+        get_backend("tensorrt", "cpu", MeasureMethod())
+    with pytest.raises(NasDeployError, match="cannot read device 'gpu0'"):
+        get_backend("torch", "gpu0", MeasureMethod())
+    with pytest.raises(NasDeployError, match="unknown runtime 'tvm'"):
+        get_backend("tvm", "cpu", MeasureMethod())
+
+
+def test_errors_are_one_line():
+    for runtime, device in [("torch", "cuda:0"), ("tensorrt", "cpu"), ("torch", "gpu0")]:
+        try:
+            get_backend(runtime, device, MeasureMethod())
+        except NasDeployError as exc:
+            assert "\n" not in str(exc)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_torch_cuda_measures_with_events():
+    backend = get_backend("torch", "cuda:0", MeasureMethod(warmup=3, repeats=20))
+    check_timing(backend.measure_module(small_module(), (1, 8, 32, 32)), 20)
+    fp = fingerprint("cuda:0")
+    assert fp["gpu"]["name"] and fingerprint_id(fp) == fingerprint_id(fingerprint("cuda:0"))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_tensorrt_measures_engine():
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("TensorRT not installed (pip install 'nasdeploy[tensorrt]')")
+    backend = get_backend("tensorrt", "cuda:0", MeasureMethod(warmup=3, repeats=20))
+    check_timing(backend.measure_module(small_module(), (1, 8, 32, 32)), 20)
