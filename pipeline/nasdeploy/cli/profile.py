@@ -1,0 +1,137 @@
+"""``nasdeploy profile`` (fill a latency table) and ``nasdeploy validate-lut`` (check its predictions)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from nasdeploy.cli.app import app
+from nasdeploy.errors import NasDeployError
+from nasdeploy.progress import console, setup_logging
+
+METHODS = ("isolated", "stem-repeat")
+
+
+def make_template(space_name: str, preset: str, op_space: Optional[str], input_size: Optional[int]) -> Any:
+    from nasdeploy.spaces.base import get_space
+
+    space = get_space(space_name)
+    overrides: dict[str, Any] = {}
+    if op_space is not None:
+        if space_name != "darts":
+            raise NasDeployError(f"--op-space applies to the darts space only, not {space_name!r}; drop it")
+        overrides["op_space"] = op_space
+    if input_size is not None:
+        overrides["input_size"] = input_size
+    if preset not in ("tiny", "cpu", "paper"):
+        raise NasDeployError(f"unknown preset {preset!r}; choose one of: tiny, cpu, paper")
+    return space.default_template(preset, **overrides)
+
+
+@app.command()
+def profile(
+    device: str = typer.Option("cpu", help="cpu | cuda:N."),
+    runtime: str = typer.Option("torch", help="torch | onnxruntime | tensorrt."),
+    space: str = typer.Option("darts", help="Search space: darts | mobilenet."),
+    op_space: Optional[str] = typer.Option(None, help="DARTS operation space 1 | 2 | 3 | 4 | combined (preset default if unset)."),
+    input_size: Optional[int] = typer.Option(None, help="Input height = width (preset default if unset)."),
+    batch: int = typer.Option(1, help="Batch size the table is measured at."),
+    preset: str = typer.Option("cpu", help="Template size: tiny | cpu | paper."),
+    warmup: int = typer.Option(5, help="Untimed runs before timing each op or network, per round."),
+    repeats: int = typer.Option(40, help="Timed runs per op or network per round (median, p10/p90, IQR stored)."),
+    rounds: int = typer.Option(3, help="Interleaved rounds over all ops; each entry keeps its best round's median."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads / ORT intra-op); default 1."),
+    dtype: str = typer.Option("float32", help="float32 | float16 (GPU)."),
+    clock: str = typer.Option("auto", help="auto | thread | wall: auto times CPU runs with one thread by thread CPU time (immune to other processes), else wall clock."),
+    out: Optional[Path] = typer.Option(None, help="Table path (default latency_tables/<machine>/<runtime>/<space>-<template>-b<batch>.json)."),
+    method: str = typer.Option("isolated", help="isolated: every op alone + overhead fit; stem-repeat: Table 4.6-style op weights (ICDARTS §4.3)."),
+    fit_samples: int = typer.Option(10, help="Sampled networks measured end to end to fit the overhead model."),
+    resume: bool = typer.Option(True, help="Skip entries already in OUT (continue an interrupted run)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Measure every op instance of a space's template on one runtime and device; writes a latency table."""
+    from nasdeploy.hardware import MeasureMethod, get_backend
+
+    setup_logging(verbose)
+    if method not in METHODS:
+        raise NasDeployError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
+    if batch < 1 or repeats < 1 or rounds < 1 or warmup < 0 or (threads is not None and threads < 1):
+        raise NasDeployError("--batch, --repeats, --rounds and --threads must be positive and --warmup not negative; e.g. --repeats 40")
+    measure = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch, rounds=rounds, clock=clock)
+    backend = get_backend(runtime, device, measure)  # fails at once if the device or runtime is absent
+    template = make_template(space, preset, op_space, input_size)
+    started = time.perf_counter()
+    if method == "stem-repeat":
+        from nasdeploy.latency.stem_repeat import stem_repeat_weights, weights_path
+
+        result = stem_repeat_weights(space, template, backend, path=weights_path(space, template, runtime, device, backend.method, out))
+        print_stem_repeat(result)
+        return
+    from nasdeploy.latency.profiler import profile_space
+
+    table = profile_space(space, template, runtime, device, backend.method, out, resume, backend=backend, fit_samples=fit_samples)
+    print_profile(table, time.perf_counter() - started)
+
+
+def print_profile(table, seconds: float) -> None:
+    from nasdeploy.hardware import fingerprint_id
+
+    summary = Table(title="latency table", show_header=False)
+    summary.add_row("file", str(table.path))
+    summary.add_row("machine", fingerprint_id(table.fingerprint))
+    summary.add_row("runtime / device", f"{table.runtime} / {table.device}")
+    summary.add_row("entries", str(len(table.entries)))
+    medians = sorted(e["median_ms"] for e in table.entries.values())
+    if medians:
+        summary.add_row("entry median range", f"{medians[0]:.4f} .. {medians[-1]:.4f} ms")
+    coef = (table.overhead or {}).get("coef")
+    if coef:
+        summary.add_row("overhead model", f"{coef['intercept']:.3f} ms + {coef['sum_ms']:.3f}·S + {coef['n_ops']:.4f}·N")
+        summary.add_row("overhead fit RMSE", f"{table.overhead['rmse_ms']:.3f} ms on {len(table.overhead['samples'])} networks")
+    summary.add_row("method", ", ".join(f"{k}={v}" for k, v in table.method.items()))
+    summary.add_row("time", f"{seconds:.1f} s")
+    console.print(summary)
+
+
+def print_stem_repeat(result: dict) -> None:
+    rows = Table(title=f"operation latency weights (stem-repeat, cf. ICDARTS Table 4.6) — baseline {result['baseline_ms']:.3f} ms")
+    rows.add_column("operation")
+    rows.add_column("latency weight", justify="right")
+    rows.add_column("Δ latency ×10 (ms)", justify="right")
+    rows.add_column("per op (ms)", justify="right")
+    for op, row in result["ops"].items():
+        rows.add_row(op, f"{row['weight']:.2f}", f"{row['delta_ms']:.3f}", f"{row['per_op_ms']:.4f}")
+    console.print(rows)
+    console.print(f"written: {result['path']}")
+
+
+@app.command("validate-lut")
+def validate_lut(
+    table: Path = typer.Option(..., help="Latency table JSON from 'nasdeploy profile'."),
+    samples: int = typer.Option(50, help="Random architectures to predict and measure."),
+    seed: int = typer.Option(0, help="Seed of the first sampled architecture."),
+    out: Optional[Path] = typer.Option(None, help="Folder for lut_fidelity.json and .png (default: next to the table)."),
+    allow_other_machine: bool = typer.Option(False, help="Measure even if this machine's fingerprint differs from the table's."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Predict and measure random architectures end to end; report ±5/±10 % shares, RMSE and Kendall τ."""
+    from nasdeploy.latency.table import load_table
+    from nasdeploy.latency.validate import validate_table
+
+    setup_logging(verbose)
+    if samples < 2:
+        raise NasDeployError("--samples must be at least 2 to rank predictions; e.g. --samples 50")
+    lut = load_table(table)
+    out = out or table.with_name(table.stem + "-fidelity")
+    report = validate_table(lut, samples, seed, out, allow_other_machine)
+    print_fidelity([(f"{lut.runtime} {lut.device}", report)])
+
+
+def print_fidelity(reports: list[tuple[str, dict]]) -> None:
+    from nasdeploy.latency.validate import fidelity_table
+
+    console.print(fidelity_table(reports))

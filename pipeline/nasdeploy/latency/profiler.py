@@ -1,0 +1,182 @@
+"""Fill a latency table: every op instance of a template measured in isolation, then the overhead model.
+
+The run is resumable: the table is saved (atomically) every few entries and after every fit network,
+and a re-run skips whatever the file at ``path`` already holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from nasdeploy.errors import NasDeployError
+from nasdeploy.hardware import Backend, MeasureMethod, fingerprint, fingerprint_id, get_backend
+from nasdeploy.latency.overhead import fit_overhead
+from nasdeploy.latency.predictor import sum_and_count
+from nasdeploy.latency.rounds import add_round, rounds_done
+from nasdeploy.latency.table import LatencyTable, default_table_path, load_table, profile_command, save_table, template_dict
+from nasdeploy.progress import progress_bar
+from nasdeploy.spaces.base import OpInstance, SearchSpace, get_space
+
+log = logging.getLogger(__name__)
+
+FIT_SEED = 10_000  # fit networks are sampled from their own seeds, apart from validation's (0, 1, ...)
+
+
+def op_input_shape(inst: OpInstance, batch: int) -> tuple[int, int, int, int]:
+    return (batch, inst.c_in, inst.h, inst.w)
+
+
+def network_input_shape(template: Any, batch: int) -> tuple[int, int, int, int]:
+    size = template.input_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return (batch, template.in_channels, h, w)
+
+
+def new_table(space: SearchSpace, template: Any, backend: Backend, device: str, method: MeasureMethod) -> LatencyTable:
+    return LatencyTable(
+        space=space.name, template=template_dict(template), runtime=backend.name, device=device,
+        fingerprint=fingerprint(device, method.threads), versions=backend.versions(), method=method.to_dict(),
+    )
+
+
+METHOD_FIELDS = ("warmup", "repeats", "threads", "dtype", "batch", "rounds", "clock")
+
+
+def stored_method(table: LatencyTable) -> MeasureMethod:
+    return MeasureMethod(**{k: table.method[k] for k in METHOD_FIELDS if k in table.method})
+
+
+def open_table(path: Path, space: SearchSpace, template: Any, backend: Backend, device: str, method: MeasureMethod, resume: bool) -> LatencyTable:
+    """The table at ``path`` to continue (checked to match), or a fresh one."""
+    if not (resume and path.exists()):
+        return new_table(space, template, backend, device, method)
+    table = load_table(path, space.name, template)
+    here = fingerprint_id(fingerprint(device, method.threads))
+    if (table.runtime, table.device) != (backend.name, device) or fingerprint_id(table.fingerprint) != here:
+        raise NasDeployError(
+            f"{path} holds {table.runtime} on {table.device} ({fingerprint_id(table.fingerprint)}), not {backend.name} on {device} ({here}); "
+            "pass another --out or delete the file"
+        )
+    stored = stored_method(table)
+    if stored.to_dict() != method.to_dict():
+        log.warning("continuing %s with its own method %s (asked for %s)", path, stored.to_dict(), method.to_dict())
+        method.__dict__.update(stored.to_dict())
+    return table
+
+
+def profile_space(space_name: str, template: Any, runtime: str, device: str, method: MeasureMethod,
+                  path: Path | str | None = None, resume: bool = True, *, backend: Backend | None = None,
+                  fit_samples: int = 12, save_every: int = 5, root: Path | str = "latency_tables") -> LatencyTable:
+    """Measure every ``space.op_instances(template)`` and fit the overhead model; returns the saved table.
+
+    Work proceeds in ``method.rounds`` rounds (see ``latency.rounds``): each round times every op alone,
+    then every fit network end to end, so ops and networks see the machine in the same states and each
+    keeps its quietest round. The ``fit_samples`` fit networks are chosen after the first round among
+    sampled architectures (seeds FIT_SEED..) to spread evenly over the predicted sum of entries, which
+    pins the overhead model's slope; their seeds never overlap validation's (0..).
+    """
+    space = get_space(space_name)
+    backend = backend or get_backend(runtime, device, method)
+    method = backend.method
+    path = Path(path) if path else default_table_path(space_name, template, runtime, device, method.batch, root, method.threads)
+    table = open_table(path, space, template, backend, device, method, resume)
+    table.path = path
+    table.command = profile_command(table, path)
+    started = time.perf_counter()
+    instances = space.op_instances(template)
+    fit = FitNetworks(table, space, template, fit_samples)
+    with progress_bar() as bar:
+        ops_task = bar.add_task(f"ops {table.runtime} {table.device}", total=len(instances) * method.rounds, info="")
+        fit_task = bar.add_task("fit networks", total=fit_samples * method.rounds, info="")
+        for r in range(method.rounds):
+            measure_entries(table, space, instances, backend, r, save_every, bar, ops_task)
+            fit.measure_round(backend, r, bar, fit_task)
+    fit.fit()
+    save_table(table, path)
+    log.info("latency table %s: %d entries, done in %.1f s", path, len(table.entries), time.perf_counter() - started)
+    return table
+
+
+def measure_entries(table: LatencyTable, space: SearchSpace, instances: list[OpInstance], backend: Backend,
+                    r: int, save_every: int, bar, task) -> None:
+    """Round ``r`` over the op instances: time each one not yet timed ``r + 1`` times."""
+    measured = 0
+    for inst in instances:
+        entry = table.entries.get(inst.key())
+        if rounds_done(entry) > r:
+            bar.update(task, advance=1)
+            continue
+        timing = backend.measure_module(space.build_op(inst), op_input_shape(inst, table.batch))
+        table.add(inst, add_round(entry, timing))
+        measured += 1
+        bar.update(task, advance=1, info=f"round {r + 1} {inst.op} {inst.h}x{inst.w} {timing.median:.3f} ms")
+        if measured % save_every == 0:
+            save_table(table, table.path)
+    save_table(table, table.path)
+
+
+class FitNetworks:
+    """The sampled networks the overhead model is fitted on, measured round by round (resumably)."""
+
+    def __init__(self, table: LatencyTable, space: SearchSpace, template: Any, count: int):
+        self.table, self.space, self.template, self.count = table, space, template, count
+        self.records: list[dict] = list((table.overhead or {}).get("samples", []))
+
+    def choose(self) -> None:
+        """Pick ``count`` seeds whose predicted sums spread evenly over a pool of 20x as many samples."""
+        if self.records or self.count <= 0:
+            return
+        pool = []
+        for seed in range(FIT_SEED, FIT_SEED + 20 * self.count):
+            arch = self.space.sample(self.template, random.Random(seed))
+            pool.append((sum_and_count(self.table, self.space.arch_op_instances(arch, self.template))[0], seed, arch))
+        pool.sort(key=lambda item: item[0])
+        picks = sorted({round(i * (len(pool) - 1) / max(self.count - 1, 1)) for i in range(self.count)})
+        self.records = [{"seed": pool[i][1], "arch": self.space.arch_to_json(pool[i][2])} for i in picks]
+
+    def measure_round(self, backend: Backend, r: int, bar, task) -> None:
+        self.choose()
+        shape = network_input_shape(self.template, self.table.batch)
+        for i, record in enumerate(self.records):
+            if rounds_done(record) > r:
+                bar.update(task, advance=1)
+                continue
+            network = self.space.build(self.space.arch_from_json(record["arch"]), self.template)
+            timing = backend.measure_module(network, shape)
+            self.records[i] = add_round(record, timing)
+            self.table.overhead = {"samples": self.records, "coef": None}
+            save_table(self.table, self.table.path)
+            bar.update(task, advance=1, info=f"round {r + 1} {timing.median:.3f} ms")
+
+    def fit(self) -> None:
+        if not self.records:
+            return
+        samples = [dict(r, measured_ms=r["median_ms"]) for r in self.records]
+        self.table.overhead = fit_overhead(with_features(self.table, self.space, self.template, samples))
+
+
+def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], records: list[dict], label: str) -> list[dict]:
+    """Time each network once per round, interleaved; ``records[i]`` collects network i's rounds."""
+    rounds = backend.method.rounds
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=len(networks) * rounds, info="")
+        for r in range(rounds):
+            for i, network in enumerate(networks):
+                timing = backend.measure_module(network(), shape)
+                records[i] = add_round(records[i], timing)
+                bar.update(task, advance=1, info=f"round {r + 1}/{rounds} {timing.median:.3f} ms")
+    return records
+
+
+def with_features(table: LatencyTable, space: SearchSpace, template: Any, samples: list[dict]) -> list[dict]:
+    """Samples with S (sum of entries) and N (number of ops) recomputed from the table's current entries."""
+    out = []
+    for sample in samples:
+        arch = space.arch_from_json(sample["arch"])
+        total, count = sum_and_count(table, space.arch_op_instances(arch, template))
+        out.append({**sample, "sum_ms": total, "n_ops": count})
+    return out

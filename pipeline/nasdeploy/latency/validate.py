@@ -1,0 +1,166 @@
+"""LUT fidelity: predicted vs measured end-to-end latency of random architectures on the table's own backend."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nasdeploy.errors import NasDeployError
+from nasdeploy.hardware import fingerprint, fingerprint_id, get_backend
+from nasdeploy.io import atomic_write_json
+from nasdeploy.latency.predictor import predict_latency_ms
+from nasdeploy.latency.profiler import measure_networks, network_input_shape, stored_method
+from nasdeploy.latency.table import LatencyTable
+from nasdeploy.spaces.base import get_space
+
+log = logging.getLogger(__name__)
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's τ-b rank correlation (ties counted as neither concordant nor discordant)."""
+    n = len(x)
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx == dy:
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denominator if denominator else 0.0
+
+
+def fidelity_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """Share within ±5 % / ±10 % of measured, RMSE in ms and in % of measured, Kendall τ."""
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    rel = (p - m) / m
+    return {
+        "n": int(len(m)),
+        "within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
+        "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+        "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
+        "rmse_pct": float(np.sqrt(np.mean(rel**2)) * 100.0),
+        "mean_error_pct": float(np.mean(rel) * 100.0),
+        "max_abs_error_pct": float(np.max(np.abs(rel)) * 100.0),
+        "kendall_tau": kendall_tau(p.tolist(), m.tolist()),
+    }
+
+
+def check_same_machine(table: LatencyTable, allow_other_machine: bool) -> None:
+    here = fingerprint_id(fingerprint(table.device, table.method.get("threads")))
+    there = fingerprint_id(table.fingerprint)
+    if here == there:
+        return
+    message = f"table {table.path} was measured on {there}, this machine is {here}"
+    if not allow_other_machine:
+        raise NasDeployError(f"{message}; validate it on that machine, profile this one, or pass --allow-other-machine")
+    log.warning("%s; measured latencies will not match the table", message)
+
+
+def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_dir: Path | str | None = None,
+                   allow_other_machine: bool = False) -> dict[str, Any]:
+    """Sample ``samples`` architectures (seeds ``seed``..), predict and measure each; write JSON and a scatter PNG."""
+    check_same_machine(table, allow_other_machine)
+    space = get_space(table.space)
+    template = space.template_from_dict(table.template)
+    method = stored_method(table)
+    backend = get_backend(table.runtime, table.device, method)
+    shape = network_input_shape(template, table.batch)
+    archs = [space.sample(template, random.Random(seed + i)) for i in range(samples)]
+    records = [{"seed": seed + i, "predicted_ms": predict_latency_ms(table, arch, space, template), "arch": space.arch_to_json(arch)}
+               for i, arch in enumerate(archs)]
+    # a few of the table's own fit networks, timed again alongside: how much the machine changed since profiling
+    anchors = drift_anchors(table)
+    records += [{"seed": r["seed"], "anchor_ms": r["median_ms"], "arch": r["arch"]} for r in anchors]
+    archs += [space.arch_from_json(r["arch"]) for r in anchors]
+    networks = [lambda arch=arch: space.build(arch, template) for arch in archs]
+    records = measure_networks(backend, networks, shape, records, f"validate {table.runtime} {table.device}")
+    rows = [dict(r, measured_ms=r["median_ms"]) for r in records[:samples]]
+    drift = [r["median_ms"] / r["anchor_ms"] for r in records[samples:]]
+    drift_ratio = float(np.median(drift)) if drift else 1.0
+    predicted = [r["predicted_ms"] for r in rows]
+    measured = [r["measured_ms"] for r in rows]
+    report = {
+        "table": str(table.path) if table.path else None,
+        "space": table.space, "runtime": table.runtime, "device": table.device,
+        "fingerprint": fingerprint(table.device, method.threads), "method": method.to_dict(),
+        "metrics": fidelity_metrics(predicted, measured),
+        # the fit networks now vs at profiling time: >1 means the machine is slower now than when profiled
+        "machine_drift_ratio": drift_ratio,
+        "drift_anchors": records[samples:],
+        "metrics_drift_corrected": fidelity_metrics([p * drift_ratio for p in predicted], measured),
+        "samples": rows,
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        atomic_write_json(out_dir / "lut_fidelity.json", report)
+        report["plot"] = str(scatter_plot(rows, report["metrics"], out_dir / "lut_fidelity.png", title=f"{table.runtime} on {table.device}"))
+        atomic_write_json(out_dir / "lut_fidelity.json", report)
+    return report
+
+
+def drift_anchors(table: LatencyTable, count: int = 3) -> list[dict]:
+    """The cheapest, middle and most expensive fit networks of the table (those fully measured)."""
+    samples = [s for s in (table.overhead or {}).get("samples", []) if "median_ms" in s]
+    samples.sort(key=lambda s: s["median_ms"])
+    if len(samples) <= count:
+        return samples
+    return [samples[round(i * (len(samples) - 1) / (count - 1))] for i in range(count)]
+
+
+def scatter_plot(rows: list[dict], metrics: dict[str, float], path: Path, title: str = "") -> Path:
+    """Predicted vs measured latency with the y = x line and the ±10 % band."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nasdeploy.io import atomic_write_bytes
+
+    measured = np.array([r["measured_ms"] for r in rows])
+    predicted = np.array([r["predicted_ms"] for r in rows])
+    lo, hi = min(measured.min(), predicted.min()) * 0.9, max(measured.max(), predicted.max()) * 1.1
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    line = np.linspace(lo, hi, 2)
+    ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="±10 %")
+    ax.plot(line, line, color="tab:green", lw=1)
+    ax.scatter(measured, predicted, s=14, color="tab:blue")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)", ylabel="predicted latency (ms)")
+    ax.set_title(f"{title}\n{metrics['within_10pct']:.0%} within ±10 %, RMSE {metrics['rmse_pct']:.1f} %, τ {metrics['kendall_tau']:.2f}", fontsize=9)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def fidelity_table(reports: list[tuple[str, dict]]):
+    """A rich table with one row per (name, ``validate_table`` report)."""
+    from rich.table import Table
+
+    rows = Table(title="latency table fidelity (predicted vs measured end to end)")
+    for column in ("backend", "n", "±5 %", "±10 %", "RMSE (ms)", "RMSE (%)", "mean err (%)", "Kendall τ", "drift", "±10 % drift-corr.", "plot"):
+        rows.add_column(column, justify="left" if column in ("backend", "plot") else "right")
+    for name, report in reports:
+        m = report["metrics"]
+        rows.add_row(name, str(m["n"]), f"{m['within_5pct']:.0%}", f"{m['within_10pct']:.0%}", f"{m['rmse_ms']:.3f}",
+                     f"{m['rmse_pct']:.1f}", f"{m['mean_error_pct']:+.1f}", f"{m['kendall_tau']:.3f}",
+                     f"{report.get('machine_drift_ratio', 1.0) - 1:+.1%}", f"{report.get('metrics_drift_corrected', m)['within_10pct']:.0%}",
+                     str(report.get("plot", "")))
+    return rows
