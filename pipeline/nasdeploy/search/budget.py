@@ -1,0 +1,153 @@
+"""Latency budget for ICDARTS: per-edge LUT costs, the cheapest genotype a rule can produce, the δ schedule,
+and the budget-aware discretisation fallback.
+
+* ``edge_costs``: the LUT latency (ms) of op o on edge e summed over every cell of one type in the deployment
+  template; zero ops (``none``/``random``) cost 0.
+* ``cheapest_genotype``: the rule applied to ``-cost`` instead of α, i.e. the cheapest cell structure the
+  discretisation rule can output (DARTS: 2 inputs/node; XDARTS: j + 2 pairs/node). A budget below its
+  predicted latency cannot be met and the search stops before training.
+* ``DeltaSchedule``: δ fixed (option ``delta``) or adapted: starting at ``delta_init`` (default
+  ``delta_share`` / P(α_0), so the penalty starts as ``delta_share`` = 0.1 of the loss whatever the LUT's
+  scale; Algorithm 3's P sums every incoming edge and node depth, so it is not on the budget's scale),
+  multiplied by ``delta_growth`` after every search epoch whose *discretised* genotype is predicted
+  (``predict_latency_ms``) over the budget.
+* ``fit_to_budget``: while the genotype is predicted over budget, the chosen op with the largest LUT cost
+  that has a cheaper alternative on its edge is replaced by the cheaper alternative with the largest α
+  weight; if no single replacement is left, the rule's cheapest genotype is returned (it fits: checked
+  before training).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from nasdeploy.search.discretize import DISCRETIZATIONS, ZERO_OPS, node_edge_ranges, selectable_ops, stage_op
+
+log = logging.getLogger(__name__)
+
+
+def edge_costs(table, template, op_names: list[str], reduction: bool) -> torch.Tensor:
+    """``[num_edges, len(op_names)]`` ms: op o on edge e, summed over all cells of this type (zero ops: 0)."""
+    from nasdeploy.latency.predictor import darts_edge_costs
+    from nasdeploy.spaces.darts import cell_layouts
+
+    costs = torch.zeros(sum(j + 2 for j in range(template.nodes)), len(op_names), dtype=torch.float64)
+    for layout in cell_layouts(template):
+        if bool(layout.reduction) == reduction:
+            costs += darts_edge_costs(layout, op_names, template.nodes, table, torch.float64)
+    return costs
+
+
+def _genotype(normal, reduce, nodes):
+    from nasdeploy.spaces.darts import Genotype
+
+    concat = list(range(2, nodes + 2))
+    return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
+
+
+def cheapest_genotype(table, template, op_names, rule, zero, k=2, masks=(None, None)):
+    """The cheapest genotype ``rule`` can produce: the rule run on ``-cost`` (retraining ops)."""
+    nodes = template.nodes
+    cells = []
+    for reduction, mask in ((False, masks[0]), (True, masks[1])):
+        cost = edge_costs(table, template, op_names, reduction)
+        selectable = selectable_ops(op_names, zero, mask, cost.shape[0])
+        choices = DISCRETIZATIONS.get(rule)(-cost, selectable, nodes, k)
+        cells.append([[(stage_op(op_names[o], zero, "retraining"), i) for o, i in node] for node in choices])
+    return _genotype(cells[0], cells[1], nodes)
+
+
+@dataclass
+class DeltaSchedule:
+    """δ of Eq. 4.1: fixed, or grown while the discretised genotype is over budget (see module docstring)."""
+
+    delta: float
+    fixed: bool
+    growth: float = 2.0
+    budget_ms: float | None = None
+    history: list[float] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, delta, budget_ms, delta_init, growth, penalty_start=None, delta_share=0.1) -> "DeltaSchedule":
+        """Fixed ``delta``; no budget: δ = 0; else δ_0 = ``delta_init`` or ``delta_share`` / P(α_0)."""
+        if delta is not None:
+            return cls(float(delta), True, growth, budget_ms)
+        if budget_ms is None:
+            return cls(0.0, True, growth, None)  # accuracy-only ICDARTS
+        if delta_init is not None:
+            start = float(delta_init)
+        else:  # δ_0·P(α_0) = delta_share, like the paper's δ = 0.05-0.1 on normalised latency weights
+            start = delta_share / max(float(penalty_start), 1e-9)
+        return cls(start, False, growth, budget_ms)
+
+    def after_epoch(self, predicted_ms: float | None) -> float:
+        """Grow δ when the epoch's discretised genotype is predicted over budget; returns the new δ."""
+        self.history.append(self.delta)
+        if not self.fixed and predicted_ms is not None and predicted_ms > self.budget_ms:
+            old, self.delta = self.delta, self.delta * self.growth
+            log.info("predicted %.3f ms > budget %.3f ms: δ %.4g -> %.4g", predicted_ms, self.budget_ms, old, self.delta)
+        return self.delta
+
+    def state_dict(self) -> dict:
+        return {"delta": self.delta, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.delta, self.history = float(state["delta"]), list(state["history"])
+
+
+@dataclass
+class BudgetFit:
+    genotype: object
+    predicted_ms: float
+    replacements: list[dict]
+    used_cheapest: bool = False
+
+
+def fit_to_budget(genotype, budget_ms, predict, costs, weights, op_names, zero, cheapest) -> BudgetFit:
+    """Replace the costliest chosen ops by cheaper ones ranked by α until ``predict(genotype) <= budget_ms``.
+
+    ``costs``/``weights``: ``{"normal": [E, O], "reduce": [E, O]}`` LUT costs and mixing weights;
+    ``predict(genotype) -> ms``; ``cheapest``: the rule's cheapest genotype, the last resort.
+    """
+    cells = {"normal": [list(n) for n in genotype.normal], "reduce": [list(n) for n in genotype.reduce]}
+    nodes = len(cells["normal"])
+    rows = node_edge_ranges(nodes)
+    index = {op: o for o, op in enumerate(op_names)}
+    for op in ZERO_OPS:  # a zero mapped for retraining still reads its α from the search zero op
+        if zero.search is not None:
+            index.setdefault(op, index.get(zero.search, -1))
+    current = _genotype(cells["normal"], cells["reduce"], nodes)
+    predicted = predict(current)
+    replacements: list[dict] = []
+    while predicted > budget_ms:
+        best = None
+        for cell, nodes_choices in cells.items():
+            for j, node in enumerate(nodes_choices):
+                for s, (op, i) in enumerate(node):
+                    row, o = rows[j][i], index[op]
+                    cheaper = [
+                        (float(weights[cell][row, c]), -c)
+                        for c, name in enumerate(op_names)
+                        if float(costs[cell][row, c]) < float(costs[cell][row, o])
+                        and (name not in ZERO_OPS or zero.retraining is not None)
+                        and (stage_op(name, zero, "retraining"), i) not in node
+                    ]
+                    if cheaper and (best is None or float(costs[cell][row, o]) > best[0]):
+                        best = (float(costs[cell][row, o]), cell, j, s, -max(cheaper)[1])
+        if best is None:
+            log.warning("no single op replacement left; using the rule's cheapest genotype")
+            return BudgetFit(cheapest, predict(cheapest), replacements, used_cheapest=True)
+        _, cell, j, s, c = best
+        old_op, i = cells[cell][j][s]
+        cells[cell][j][s] = (stage_op(op_names[c], zero, "retraining"), i)
+        current = _genotype(cells["normal"], cells["reduce"], nodes)
+        new_predicted = predict(current)
+        replacements.append({"cell": cell, "node": j, "input": i, "from": old_op, "to": cells[cell][j][s][0],
+                             "predicted_ms": new_predicted})
+        log.info("budget fallback: %s node %d input %d %s -> %s (%.3f -> %.3f ms)",
+                 cell, j, i, old_op, cells[cell][j][s][0], predicted, new_predicted)
+        predicted = new_predicted
+    return BudgetFit(current, predicted, replacements)

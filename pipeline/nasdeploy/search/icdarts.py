@@ -1,0 +1,592 @@
+"""ICDARTS (Herron 2023, chapters 3-4) as the ``icdarts`` search strategy, default for the ``darts`` space.
+
+* Algorithm 1: a search network S of continuous cells (Eq. 3.1, ``darts_supernet``) and an evaluation network
+  E, the discretised α (§3.1.1) in the deeper CDARTS template with its auxiliary head, rebuilt every S_U
+  steps and warmed up for ``warmup_epochs``; S is pre-trained for ``pretrain_epochs`` (Eq. 3.4).
+  Per step: α on a *val* batch (Eq. 3.9 + δ·P), w_S on a *train* batch (Eq. 3.10 / 4.1), w_E on the same
+  *train* batch (Eq. 3.11). Separate optimisers (§3.4.2); see ``icdarts_losses`` for the gradient routing
+  and why δ·P(α) also sits in α's objective.
+* Train/val are the two halves of the training set (§3.4.2, ``train.data.split_halves``).
+* Latency: P(α) is Algorithm 3 (``latency.predictor.expected_latency_darts``) on the *deployment* template,
+  i.e. the LUT's template. With ``--latency-budget`` δ adapts (``search.budget.DeltaSchedule``) and the
+  final genotype is forced under the budget (``search.budget.fit_to_budget``). A budget below the cheapest
+  genotype the discretisation rule can produce fails before training.
+* Discretisation rules, zero configurations V0-V4 and op spaces: ``search.discretize``; Algorithm 2's
+  tournament: ``search.tournament`` (option ``tiers``).
+* Resume: a checkpoint is written at every epoch boundary; every epoch re-seeds torch / numpy / random and
+  the loaders from (seed, epoch), so a resumed search ends with the same genotype and α as an uninterrupted
+  one. Tournament games keep their own checkpoints under ``tournament/tier<t>_game<r>/``.
+
+Options: the table in ``nasdeploy.search.icdarts_config``.
+Outputs under ``request.out_dir``: ``arch.json``, ``search_log.json``, ``cells.png``, ``checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from nasdeploy.errors import NasDeployError
+from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
+from nasdeploy.progress import progress_bar
+from nasdeploy.search.base import STRATEGIES, SearchRequest, SearchResult, SearchStrategy
+from nasdeploy.search.budget import DeltaSchedule, cheapest_genotype, edge_costs, fit_to_budget
+from nasdeploy.search.darts_supernet import SearchNetwork
+from nasdeploy.search.discretize import (
+    ZERO_OPS,
+    ZeroConfig,
+    discretize,
+    get_zero_config,
+    node_edge_ranges,
+    search_op_names,
+)
+from nasdeploy.search.icdarts_config import ICDARTSConfig, make_config
+from nasdeploy.search.icdarts_losses import (
+    alpha_objective,
+    evaluation_objective,
+    pretrain_objective,
+    search_weight_objective,
+)
+from nasdeploy.search.tournament import GameResult, run_tournament
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "icdarts-checkpoint-1"
+
+
+# ------------------------------------------------------------------------------------------ setup
+@dataclass
+class SearchSetup:
+    """Everything a search run needs, resolved once from the request."""
+
+    space: Any
+    deploy_template: Any
+    search_template: Any
+    eval_template: Any
+    table: Any
+    budget_ms: float | None
+    op_names: list[str]  # the search network's candidates: op space (or pool) + zero op
+    zero: ZeroConfig
+    config: ICDARTSConfig
+    train_set: TensorDataset
+    val_set: TensorDataset
+    device: torch.device
+    seed: int
+    data: str
+    cheapest_ms: float | None = None
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 31-bit seed from integers (seed, epoch, purpose...)."""
+    x = 0x9E3779B1
+    for p in parts:
+        x = (x * 1_000_003 + int(p) + 0x7F4A7C15) & 0xFFFFFFFFFFFF
+        x ^= x >> 17
+    return x & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def materialise(dataset) -> TensorDataset:
+    """Stack a (small, un-augmented) dataset into tensors once, so every epoch is cheap."""
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.long))
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NasDeployError(f"device {name!r} asked for but no CUDA device is visible; pass --device cpu")
+    return device
+
+
+def deployment_template(space, request: SearchRequest, table, config: ICDARTSConfig):
+    """The LUT's template (what arch.json is deployed at), or the preset's without a table."""
+    if table is not None:
+        template = space.template_from_dict(table.template)
+        if config.op_space is not None and str(config.op_space) != str(template.op_space):
+            raise NasDeployError(
+                f"op space {config.op_space} differs from the latency table's op space {template.op_space}; "
+                f"profile a table with --op-space {config.op_space} or drop --op-space"
+            )
+        if config.nodes is not None and config.nodes != template.nodes:
+            raise NasDeployError(f"nodes={config.nodes} differs from the latency table's {template.nodes}; drop the option")
+        return template
+    overrides = {}
+    if config.op_space is not None:
+        overrides["op_space"] = str(config.op_space)
+    elif config.tiers:
+        overrides["op_space"] = "combined"
+    if config.nodes is not None:
+        overrides["nodes"] = config.nodes
+    return space.default_template(request.preset, **overrides)
+
+
+def load_search_data(request: SearchRequest, template) -> tuple[TensorDataset, TensorDataset, Any]:
+    from nasdeploy.train.data import load_dataset, split_halves
+
+    dataset, info = load_dataset(request.data, train=True, input_size=template.input_size)
+    train_half, val_half = split_halves(dataset, request.seed)  # §3.4.2
+    return materialise(train_half), materialise(val_half), info
+
+
+def prepare(request: SearchRequest, config: ICDARTSConfig) -> SearchSetup:
+    """Resolve table, templates, op names, data and the budget check (before any training)."""
+    from nasdeploy.spaces.base import get_space
+    from nasdeploy.spaces.ops import OP_SPACES
+
+    if request.space != "darts":
+        raise NasDeployError(f"ICDARTS searches the darts space, not {request.space!r}; use --space darts or --strategy senas")
+    space = get_space("darts")
+    table = None
+    if request.table_path is not None:
+        from nasdeploy.latency.table import load_table
+
+        table = load_table(request.table_path, space="darts")
+    elif request.latency_budget_ms is not None or config.delta:
+        raise NasDeployError("a latency budget or δ needs a latency table; pass --table LUT.json from 'nasdeploy profile'")
+    if request.flops_budget is not None:
+        log.warning("ICDARTS does not use a FLOPs budget; --flops-budget ignored (arch.json still reports FLOPs)")
+    template = deployment_template(space, request, table, config)
+    op_space = str(template.op_space)
+    if op_space not in OP_SPACES:
+        raise NasDeployError(f"unknown op space {op_space!r}; choose one of: {', '.join(OP_SPACES)}")
+    zero = get_zero_config(config.zero_config)
+    op_names = search_op_names(list(OP_SPACES[op_space]), zero)
+    train_set, val_set, info = load_search_data(request, template)
+    if table is None:
+        template = replace(template, num_classes=info.num_classes, in_channels=info.channels, input_size=info.input_size)
+    elif (info.num_classes, info.channels) != (template.num_classes, template.in_channels):
+        raise NasDeployError(
+            f"data {request.data!r} has {info.num_classes} classes and {info.channels} channels but the latency table's "
+            f"template has {template.num_classes} and {template.in_channels}; profile a table for this data"
+        )
+    setup = SearchSetup(
+        space=space, deploy_template=template,
+        search_template=replace(template, layers=config.search_layers, C=config.search_channels, auxiliary=False, drop_path=0.0),
+        eval_template=replace(template, layers=config.eval_layers or template.layers, C=config.eval_channels or template.C,
+                              auxiliary=True, drop_path=0.0),
+        table=table, budget_ms=request.latency_budget_ms, op_names=op_names, zero=zero, config=config,
+        train_set=train_set, val_set=val_set, device=resolve_device(request.device), seed=request.seed, data=request.data,
+    )
+    check_budget(setup)
+    return setup
+
+
+def check_budget(setup: SearchSetup) -> None:
+    """Fail before training when no genotype of this rule can meet the budget."""
+    if setup.table is None:
+        return
+    from nasdeploy.latency.predictor import predict_latency_ms
+
+    cfg = setup.config
+    cheapest = cheapest_genotype(setup.table, setup.deploy_template, setup.op_names, cfg.discretization, setup.zero, cfg.k)
+    setup.cheapest_ms = predict_latency_ms(setup.table, cheapest, setup.space, setup.deploy_template)
+    if setup.budget_ms is not None and setup.budget_ms < setup.cheapest_ms:
+        raise NasDeployError(
+            f"latency budget {setup.budget_ms:.3f} ms is below the cheapest {cfg.discretization} network of this template "
+            f"({setup.cheapest_ms:.3f} ms predicted from {setup.table.path}); raise --latency-budget to at least "
+            f"{setup.cheapest_ms:.3f}ms or profile a smaller template"
+        )
+
+
+# ------------------------------------------------------------------------------------------ one run
+def running_means(values: dict[str, list[float]]) -> dict[str, float]:
+    return {key: float(np.mean(v)) for key, v in values.items() if v}
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(dim=1) == y).float().mean())
+
+
+class ICDARTSRun:
+    """One ICDARTS search phase (Algorithm 1), checkpointed at every epoch boundary."""
+
+    def __init__(self, setup: SearchSetup, out_dir: Path, epochs: int, masks=(None, None), label: str = "icdarts"):
+        cfg = setup.config
+        self.setup, self.cfg, self.out_dir, self.label = setup, cfg, Path(out_dir), label
+        self.masks = masks
+        self.total_epochs = cfg.pretrain_epochs + epochs
+        seed_everything(mix_seed(setup.seed, 0xA1FA))
+        self.S = SearchNetwork(setup.search_template, setup.op_names, cfg.discretization, masks).to(setup.device)
+        self.opt_w = torch.optim.SGD(self.S.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
+                                     weight_decay=cfg.w_weight_decay)
+        self.opt_a = torch.optim.Adam(self.S.arch_parameters(), lr=cfg.alpha_lr,
+                                      betas=(cfg.alpha_beta1, cfg.alpha_beta2), weight_decay=cfg.alpha_weight_decay)
+        penalty_start = None
+        if setup.table is not None and setup.budget_ms is not None:
+            with torch.no_grad():
+                penalty_start = float(self.penalty())
+        self.delta = DeltaSchedule.create(cfg.delta, setup.budget_ms, cfg.delta_init, cfg.delta_growth,
+                                          penalty_start, cfg.delta_share)
+        self.E = self.opt_e = self.genotype_E = None
+        self.epoch, self.step, self.log, self.seconds = 0, 0, [], 0.0
+
+    # ---------------------------------------------------------------- pieces of Algorithm 1
+    def penalty(self) -> torch.Tensor:
+        """P(α): Algorithm 3 on the deployment template (ms)."""
+        from nasdeploy.latency.predictor import expected_latency_darts
+
+        alpha_n, alpha_r = self.S.masked_alphas()
+        return expected_latency_darts(alpha_n, alpha_r, self.setup.op_names, self.setup.deploy_template, self.setup.table)
+
+    def genotype(self, stage: str = "retraining"):
+        return discretize(self.S.alpha_normal, self.S.alpha_reduce, self.setup.op_names, self.setup.search_template.nodes,
+                          self.cfg.discretization, self.setup.zero, stage, self.cfg.k, self.masks)
+
+    def lr_at(self, epoch: int) -> float:
+        """Cosine annealing of the weight learning rate over all epochs (§3.4.2)."""
+        cfg = self.cfg
+        return cfg.w_lr_min + 0.5 * (cfg.w_lr - cfg.w_lr_min) * (1 + math.cos(math.pi * epoch / max(1, self.total_epochs)))
+
+    def loaders(self, epoch: int):
+        from nasdeploy.train.data import make_loader
+
+        bs = self.cfg.batch_size
+        train = make_loader(self.setup.train_set, bs, shuffle=True, seed=mix_seed(self.setup.seed, epoch, 1), drop_last=True)
+        val = make_loader(self.setup.val_set, bs, shuffle=True, seed=mix_seed(self.setup.seed, epoch, 2), drop_last=True)
+        if len(train) == 0 or len(val) == 0:
+            raise NasDeployError(f"batch size {bs} is larger than half the training set ({len(self.setup.train_set)}); pass a smaller --batch-size")
+        return train, val
+
+    def steps_in(self, loader) -> int:
+        cap = self.cfg.steps_per_epoch
+        return len(loader) if cap is None else min(cap, len(loader))
+
+    def regenerate(self, epoch: int, lr: float, bar=None) -> None:
+        """Discretise α to ᾱ, build E in the evaluation template and warm it up on *train* (Eq. 3.11)."""
+        from nasdeploy.train.data import make_loader
+
+        cfg = self.cfg
+        self.genotype_E = self.genotype("evaluation")
+        self.E = self.setup.space.build(self.genotype_E, self.setup.eval_template).to(self.setup.device)
+        self.opt_e = torch.optim.SGD(self.E.parameters(), lr=lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+        self.E.train()
+        for w in range(cfg.warmup_epochs):
+            loader = make_loader(self.setup.train_set, cfg.batch_size, shuffle=True,
+                                 seed=mix_seed(self.setup.seed, epoch, self.step, 3 + w), drop_last=True)
+            for n, (x, y) in enumerate(loader):
+                if n >= self.steps_in(loader):
+                    break
+                self.update_evaluation(x.to(self.setup.device), y.to(self.setup.device))
+
+    def update_evaluation(self, x, y):
+        """w_E ← Eq. 3.11 (its own optimiser, its own loss only)."""
+        self.opt_e.zero_grad(set_to_none=True)
+        objective = evaluation_objective(self.E, x, y, self.cfg.aux_weight)
+        objective.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.E.parameters(), self.cfg.w_grad_clip)
+        self.opt_e.step()
+        return objective
+
+    def search_step(self, xt, yt, xv, yv) -> dict[str, float]:
+        """One iteration of Algorithm 1 after (possible) regeneration of E."""
+        cfg, delta = self.cfg, self.delta.delta
+        penalty = self.penalty if self.setup.table is not None else None
+        self.S.train()
+        self.E.train()
+        # α ← Eq. 3.9 + δ·P(α), on val
+        self.opt_a.zero_grad(set_to_none=True)
+        obj_a = alpha_objective(self.S, self.E, xv, yv, cfg.distill_lambda, cfg.temperature, delta, penalty)
+        obj_a.loss.backward()
+        self.opt_a.step()
+        # w_S ← Eq. 3.10 / 4.1, on train (E's logits are constants here)
+        self.opt_w.zero_grad(set_to_none=True)
+        self.opt_e.zero_grad(set_to_none=True)
+        obj_e = evaluation_objective(self.E, xt, yt, cfg.aux_weight)
+        p_value = obj_a.parts.get("expected_latency_ms", 0.0)
+        obj_w = search_weight_objective(self.S, xt, yt, obj_e.logits.detach(), cfg.distill_lambda, cfg.temperature,
+                                        delta, p_value)
+        obj_w.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.S.weight_parameters(), cfg.w_grad_clip)
+        self.opt_w.step()
+        # w_E ← Eq. 3.11, on the same train batch
+        obj_e.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.E.parameters(), cfg.w_grad_clip)
+        self.opt_e.step()
+        self.step += 1
+        return {**obj_a.parts, **obj_w.parts, **obj_e.parts, "acc_S_val": accuracy(obj_a.logits, yv),
+                "acc_S_train": accuracy(obj_w.logits, yt), "acc_E_train": accuracy(obj_e.logits, yt)}
+
+    def pretrain_epoch(self, epoch: int, bar, task) -> dict[str, float]:
+        """Eq. 3.4: w_S only, α fixed, on train."""
+        train, _ = self.loaders(epoch)
+        steps, values = self.steps_in(train), {}
+        self.S.train()
+        for n, (x, y) in enumerate(train):
+            if n >= steps:
+                break
+            x, y = x.to(self.setup.device), y.to(self.setup.device)
+            self.opt_w.zero_grad(set_to_none=True)
+            objective = pretrain_objective(self.S, x, y)
+            objective.loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.S.weight_parameters(), self.cfg.w_grad_clip)
+            self.opt_w.step()
+            for key, value in {**objective.parts, "acc_S_train": accuracy(objective.logits, y)}.items():
+                values.setdefault(key, []).append(value)
+            bar.update(task, advance=1, info=f"L_S {objective.parts['loss_S_train']:.3f}")
+        return running_means(values)
+
+    def search_epoch(self, epoch: int, lr: float, bar, task) -> dict[str, float]:
+        train, val = self.loaders(epoch)
+        steps = min(self.steps_in(train), self.steps_in(val))
+        update_every = self.cfg.update_every or steps
+        values: dict[str, list[float]] = {}
+        device = self.setup.device
+        for n, ((xt, yt), (xv, yv)) in enumerate(zip(train, val)):
+            if n >= steps:
+                break
+            if self.E is None or self.step % update_every == 0:
+                self.regenerate(epoch, lr)
+            for group in self.opt_e.param_groups:
+                group["lr"] = lr
+            parts = self.search_step(xt.to(device), yt.to(device), xv.to(device), yv.to(device))
+            for key, value in parts.items():
+                values.setdefault(key, []).append(value)
+            info = f"L_S {parts['loss_S_train']:.3f} L_E {parts['loss_E_train']:.3f}"
+            if "expected_latency_ms" in parts:
+                info += f" E[lat] {parts['expected_latency_ms']:.2f} ms δ {self.delta.delta:.3g}"
+            bar.update(task, advance=1, info=info)
+        return running_means(values)
+
+    # ---------------------------------------------------------------- epochs, log, checkpoint
+    def epoch_record(self, epoch: int, phase: str, lr: float, means: dict[str, float], seconds: float) -> dict[str, Any]:
+        from nasdeploy.latency.predictor import predict_latency_ms
+
+        space = self.setup.space
+        genotype = self.genotype("retraining")
+        weights_n, weights_r = self.S.mixing_weights()
+        record = {"epoch": epoch, "phase": phase, "lr": lr, "delta": self.delta.delta, **means,
+                  "genotype": space.arch_to_json(genotype),
+                  "genotype_E": space.arch_to_json(self.genotype_E) if self.genotype_E is not None else None}
+        if self.setup.table is not None:
+            with torch.no_grad():
+                record["expected_latency_ms"] = float(self.penalty())
+            record["predicted_latency_ms"] = predict_latency_ms(self.setup.table, genotype, space, self.setup.deploy_template)
+        record["alpha_normal"] = [[round(float(v), 5) for v in row] for row in weights_n.detach().cpu()]
+        record["alpha_reduce"] = [[round(float(v), 5) for v in row] for row in weights_r.detach().cpu()]
+        record["seconds"] = seconds
+        return record
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed."""
+        masks = [None if m is None else m.int().tolist() for m in self.masks]
+        return {"config": self.cfg.to_dict(), "seed": self.setup.seed, "data": self.setup.data,
+                "op_names": self.setup.op_names, "template": self.setup.deploy_template.to_dict(),
+                "budget_ms": self.setup.budget_ms, "masks": masks, "total_epochs": self.total_epochs}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint(), "epoch": self.epoch, "step": self.step,
+            "S": self.S.state_dict(), "opt_w": self.opt_w.state_dict(), "opt_a": self.opt_a.state_dict(),
+            "E": self.E.state_dict() if self.E is not None else None,
+            "opt_e": self.opt_e.state_dict() if self.opt_e is not None else None,
+            "genotype_E": self.setup.space.arch_to_json(self.genotype_E) if self.genotype_E is not None else None,
+            "delta": self.delta.state_dict(), "log": self.log, "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint():
+            raise NasDeployError(
+                f"checkpoint {path} was written by a search with other settings (options, seed, data, table or template); "
+                "re-run with the same settings or drop --resume"
+            )
+        space = self.setup.space
+        self.epoch, self.step, self.log, self.seconds = state["epoch"], state["step"], state["log"], state["seconds"]
+        self.S.load_state_dict(state["S"])
+        self.opt_w.load_state_dict(state["opt_w"])
+        self.opt_a.load_state_dict(state["opt_a"])
+        self.delta.load_state_dict(state["delta"])
+        if state["genotype_E"] is not None:
+            self.genotype_E = space.arch_from_json(state["genotype_E"])
+            self.E = space.build(self.genotype_E, self.setup.eval_template).to(self.setup.device)
+            self.E.load_state_dict(state["E"])
+            self.opt_e = torch.optim.SGD(self.E.parameters(), lr=self.cfg.w_lr, momentum=self.cfg.w_momentum,
+                                         weight_decay=self.cfg.w_weight_decay)
+            self.opt_e.load_state_dict(state["opt_e"])
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def run(self, resume: bool) -> "ICDARTSRun":
+        """Epochs from the checkpoint (if resuming) to the end; checkpoint + log after each."""
+        if resume:
+            self.load_state_dict(load_checkpoint(self.checkpoint_path, "ICDARTS checkpoint"), self.checkpoint_path)
+            log.info("%s: resuming at epoch %d of %d", self.label, self.epoch, self.total_epochs)
+        pretrain = self.cfg.pretrain_epochs
+        with progress_bar() as bar:
+            epochs_task = bar.add_task(f"{self.label} epochs", total=self.total_epochs, completed=self.epoch, info="")
+            while self.epoch < self.total_epochs:
+                epoch, started = self.epoch, time.perf_counter()
+                seed_everything(mix_seed(self.setup.seed, epoch))
+                lr = self.lr_at(epoch)
+                for group in self.opt_w.param_groups:
+                    group["lr"] = lr
+                phase = "pretrain" if epoch < pretrain else "search"
+                train, val = self.loaders(epoch)
+                steps = self.steps_in(train) if phase == "pretrain" else min(self.steps_in(train), self.steps_in(val))
+                task = bar.add_task(f"  {phase} epoch {epoch + 1}", total=steps, info="")
+                if phase == "pretrain":
+                    means = self.pretrain_epoch(epoch, bar, task)
+                else:
+                    means = self.search_epoch(epoch, lr, bar, task)
+                bar.remove_task(task)
+                seconds = time.perf_counter() - started
+                self.seconds += seconds
+                record = self.epoch_record(epoch, phase, lr, means, seconds)
+                if phase == "search":
+                    record["delta_next"] = self.delta.after_epoch(record.get("predicted_latency_ms"))
+                self.log.append(record)
+                self.epoch += 1
+                atomic_torch_save(self.state_dict(), self.checkpoint_path)
+                atomic_write_json(self.out_dir / "search_log.json", {"label": self.label, "epochs": self.log})
+                summary = f"L_S {record.get('loss_S_train', float('nan')):.3f}"
+                if "predicted_latency_ms" in record:
+                    summary += f" pred {record['predicted_latency_ms']:.2f} ms δ {record['delta']:.3g}"
+                bar.update(epochs_task, advance=1, info=summary)
+                log.info("%s epoch %d/%d (%s): %s", self.label, epoch + 1, self.total_epochs, phase, summary)
+        return self
+
+    def edge_set_scores(self) -> list[dict[str, float]]:
+        """Algorithm 2's α score of each op in each edge set (node): its largest mixing weight on the node's edges."""
+        scores = []
+        for weights in self.S.mixing_weights():
+            for edges in node_edge_ranges(self.setup.search_template.nodes):
+                block = weights[edges.start : edges.stop].detach().max(dim=0).values
+                scores.append({op: float(block[o]) for o, op in enumerate(self.setup.op_names)})
+        return scores
+
+
+# ------------------------------------------------------------------------------------------ tournament
+def masks_for(op_sets: list[list[str]], op_names: list[str], nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean [E, O] masks of both cells from per-node op sets (normal nodes first); zero ops always on."""
+    masks = []
+    for cell in range(2):
+        mask = torch.zeros(sum(j + 2 for j in range(nodes)), len(op_names), dtype=torch.bool)
+        for j, edges in enumerate(node_edge_ranges(nodes)):
+            allowed = set(op_sets[cell * nodes + j]) | set(ZERO_OPS)
+            for o, op in enumerate(op_names):
+                mask[edges.start : edges.stop, o] = op in allowed
+        masks.append(mask)
+    return masks[0], masks[1]
+
+
+def play_tournament(setup: SearchSetup, out_dir: Path, resume: bool) -> tuple[ICDARTSRun, list[dict]]:
+    """Algorithm 2 with one ICDARTS run per game; finished games are read back when resuming."""
+    cfg = setup.config
+    nodes = setup.search_template.nodes
+    pool = [op for op in setup.op_names if op not in ZERO_OPS]
+    game_epochs = cfg.game_epochs or max(1, cfg.epochs // cfg.tiers)
+    runs: dict[tuple[int, int], ICDARTSRun] = {}
+
+    def play(tier: int, game: int, op_sets: list[list[str]]) -> GameResult:
+        game_dir = out_dir / "tournament" / f"tier{tier}_game{game}"
+        checkpoint = game_dir / "checkpoint.pt"
+        log.info("tournament tier %d game %d: %d-%d ops per edge set", tier, game,
+                 min(map(len, op_sets)), max(map(len, op_sets)))
+        run = ICDARTSRun(setup, game_dir, game_epochs, masks_for(op_sets, setup.op_names, nodes), f"tier {tier} game {game}")
+        run.run(resume and checkpoint.exists())
+        runs[(tier, game)] = run
+        return GameResult(run.edge_set_scores(), run.genotype("retraining"), {"epochs": run.log})
+
+    result = run_tournament(cfg.tiers, pool, 2 * nodes, cfg.max_ops_per_edge, random.Random(mix_seed(setup.seed, 0x70)), play)
+    final = runs[(1, 0)]
+    history = result.games + [{"final_op_sets": result.op_sets}]
+    return final, history
+
+
+# ------------------------------------------------------------------------------------------ results
+def finish(setup: SearchSetup, run: ICDARTSRun, out_dir: Path, extra_log: dict[str, Any]) -> SearchResult:
+    """Discretise (with the budget fallback), write arch.json, cells.png and search_log.json."""
+    from nasdeploy.latency.predictor import predict_latency_ms
+    from nasdeploy.search.cell_plot import plot_cells
+    from nasdeploy.spaces.flops import count_flops, count_params
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    space, template, table = setup.space, setup.deploy_template, setup.table
+    genotype = run.genotype("retraining")
+    metrics: dict[str, Any] = {"predicted_latency_ms": None, "latency_budget_ms": setup.budget_ms,
+                               "delta_final": run.delta.delta, "table": str(table.path) if table is not None else None}
+    fallback = []
+    if table is not None:
+        predict = lambda g: predict_latency_ms(table, g, space, template)  # noqa: E731
+        predicted = predict(genotype)
+        if setup.budget_ms is not None and predicted > setup.budget_ms:
+            log.info("discretised genotype predicted %.3f ms > budget %.3f ms: budget-aware discretisation", predicted, setup.budget_ms)
+            weights = dict(zip(("normal", "reduce"), run.S.mixing_weights()))
+            costs = {"normal": edge_costs(table, template, setup.op_names, False),
+                     "reduce": edge_costs(table, template, setup.op_names, True)}
+            cheapest = cheapest_genotype(table, template, setup.op_names, setup.config.discretization, setup.zero, setup.config.k)
+            fit = fit_to_budget(genotype, setup.budget_ms, predict, costs, weights, setup.op_names, setup.zero, cheapest)
+            genotype, predicted, fallback = fit.genotype, fit.predicted_ms, fit.replacements
+            if fit.used_cheapest:
+                fallback.append({"used_cheapest_genotype": True})
+            if predicted > setup.budget_ms:
+                raise NasDeployError(f"could not fit the latency budget {setup.budget_ms:.3f} ms (best {predicted:.3f} ms); raise the budget")
+        metrics["predicted_latency_ms"] = predicted
+        metrics["cheapest_latency_ms"] = setup.cheapest_ms
+        with torch.no_grad():
+            metrics["expected_latency_ms"] = float(run.penalty())
+    network = space.build(genotype, template).eval()
+    size = template.input_size
+    input_shape = (1, template.in_channels, *((size, size) if isinstance(size, int) else size))
+    metrics.update({"flops": int(count_flops(network, input_shape)), "params": int(count_params(network)),
+                    "discretization": setup.config.discretization, "zero_config": setup.zero.name,
+                    "op_space": str(template.op_space), "search_seconds": run.seconds, "budget_fallback": fallback})
+    record = ArchitectureRecord(space="darts", template=template, arch=genotype, metrics=metrics)
+    arch_path = out_dir / "arch.json"
+    record.save(arch_path)
+    png = plot_cells(genotype, out_dir / "cells.png", title=f"ICDARTS {setup.config.discretization} {setup.zero.name}")
+    log_path = out_dir / "search_log.json"
+    atomic_write_json(log_path, {
+        "strategy": "icdarts", "config": setup.config.to_dict(), "seed": setup.seed, "data": setup.data,
+        "op_names": setup.op_names, "deploy_template": template.to_dict(),
+        "search_template": setup.search_template.to_dict(), "eval_template": setup.eval_template.to_dict(),
+        "delta_initial": run.delta.history[0] if run.delta.history else run.delta.delta,
+        "delta_history": run.delta.history, "epochs": run.log, **extra_log,
+        "result": {"genotype": space.arch_to_json(genotype), "metrics": metrics},
+    })
+    return SearchResult(record=record, arch_path=arch_path, log_path=log_path, extra_files=[png, run.checkpoint_path])
+
+
+def run_icdarts(request: SearchRequest) -> SearchResult:
+    """The whole strategy: options → setup (budget check) → search or tournament → outputs."""
+    config = make_config(request.preset, request.options, log)
+    out_dir = Path(request.out_dir)
+    setup = prepare(request, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("ICDARTS: %s rule, %s, op space %s (%d candidates), %s", config.discretization, setup.zero.name,
+             setup.deploy_template.op_space, len(setup.op_names),
+             f"budget {setup.budget_ms:.3f} ms (cheapest {setup.cheapest_ms:.3f} ms)" if setup.budget_ms else "no latency budget")
+    if config.tiers:
+        run, history = play_tournament(setup, out_dir, request.resume)
+        extra = {"tournament": history}
+    else:
+        run = ICDARTSRun(setup, out_dir, config.epochs).run(request.resume)
+        extra = {}
+    return finish(setup, run, out_dir, extra)
+
+
+@STRATEGIES.register("icdarts")
+class ICDARTS(SearchStrategy):
+    """ICDARTS search phase (Algorithm 1) with the latency penalty (Eq. 4.1) and the tournament (Algorithm 2)."""
+
+    name = "icdarts"
+    default_for_spaces = ("darts",)
+
+    def run(self, request: SearchRequest) -> SearchResult:
+        return run_icdarts(request)

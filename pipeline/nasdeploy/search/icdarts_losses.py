@@ -1,0 +1,101 @@
+"""The three ICDARTS objectives (Eq. 3.9, 3.10/4.1, 3.11) and the soft-target distillation term (Eq. 3.7-3.8).
+
+Gradient routing, which the tests check:
+
+* α (Eq. 3.9 + δ·P): ``L_val^S + λ·L_val^{S,E} + δ·P(α)``. E's logits are computed without gradient, so w_E
+  gets nothing. Eq. 4.1 writes δ·P(α) into w_S's objective, but ∂P/∂w_S = 0 there: the penalty would never
+  act. For it to act it must reach α, so the α objective carries δ·P(α) (its gradient goes to α only).
+* w_S (Eq. 3.10 / 4.1): ``L_train^S + λ·L_train^{S,E} + δ·P(α)``, with P detached (its value is logged as
+  part of Eq. 4.1; it adds no gradient) and E's logits detached. Only w_S's optimiser steps on it.
+* w_E (Eq. 3.11): ``L_train^E`` alone (+ ``aux_weight`` × the auxiliary head's cross-entropy, as in the
+  CDARTS template); it never sees S's loss or the distillation term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def soft_target_loss(search_logits: torch.Tensor, eval_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 3.7-3.8: T²/N Σ p log(p/q), p = softmax(f^E/T) (detached), q = softmax(f^S/T)."""
+    p = torch.softmax(eval_logits.detach() / temperature, dim=1)  # Eq. 3.8, p(w_E, ᾱ)
+    log_q = torch.log_softmax(search_logits / temperature, dim=1)  # Eq. 3.8, q(w_S, α)
+    return temperature**2 * F.kl_div(log_q, p, reduction="batchmean")  # Eq. 3.7
+
+
+def split_outputs(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, auxiliary logits or None) from a network that may return a tuple in train mode."""
+    if isinstance(out, (tuple, list)):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
+
+
+@dataclass
+class Objective:
+    loss: torch.Tensor
+    parts: dict[str, float]
+    logits: torch.Tensor
+
+
+def alpha_objective(
+    search_net: nn.Module,
+    eval_net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    distill_lambda: float,
+    temperature: float,
+    delta: float,
+    penalty: Callable[[], torch.Tensor] | None,
+) -> Objective:
+    """Eq. 3.9 plus δ·P(α): minimised over α on a *val* batch."""
+    logits_s = search_net(x)
+    with torch.no_grad():
+        logits_e, _ = split_outputs(eval_net(x))
+    loss_s = F.cross_entropy(logits_s, y)  # L_val^S
+    loss_se = soft_target_loss(logits_s, logits_e, temperature)  # L_val^{S,E}
+    loss = loss_s + distill_lambda * loss_se  # Eq. 3.9
+    parts = {"loss_S_val": float(loss_s.detach()), "loss_SE_val": float(loss_se.detach())}
+    if penalty is not None and delta > 0:
+        expected = penalty()
+        loss = loss + delta * expected  # δ·P(α): the penalty acts through α (module docstring)
+        parts["expected_latency_ms"] = float(expected.detach())
+    return Objective(loss, parts, logits_s)
+
+
+def search_weight_objective(
+    search_net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eval_logits: torch.Tensor,
+    distill_lambda: float,
+    temperature: float,
+    delta: float,
+    penalty_value: float = 0.0,
+) -> Objective:
+    """Eq. 3.10 / 4.1: minimised over w_S on a *train* batch; E's logits and P enter as constants."""
+    logits_s = search_net(x)
+    loss_s = F.cross_entropy(logits_s, y)  # L_train^S
+    loss_se = soft_target_loss(logits_s, eval_logits, temperature)  # L_train^{S,E}
+    loss = loss_s + distill_lambda * loss_se + delta * float(penalty_value)  # Eq. 4.1 (∂P/∂w_S = 0)
+    return Objective(loss, {"loss_S_train": float(loss_s.detach()), "loss_SE_train": float(loss_se.detach())}, logits_s)
+
+
+def evaluation_objective(eval_net: nn.Module, x: torch.Tensor, y: torch.Tensor, aux_weight: float) -> Objective:
+    """Eq. 3.11: L_train^E for w_E only (auxiliary head weighted as in the CDARTS template)."""
+    logits_e, aux = split_outputs(eval_net(x))
+    loss = F.cross_entropy(logits_e, y)  # L_train^E
+    if aux is not None and aux_weight > 0:
+        loss = loss + aux_weight * F.cross_entropy(aux, y)
+    return Objective(loss, {"loss_E_train": float(loss.detach())}, logits_e)
+
+
+def pretrain_objective(search_net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Objective:
+    """Eq. 3.4: pre-training of w_S with α fixed."""
+    logits_s = search_net(x)
+    loss = F.cross_entropy(logits_s, y)
+    return Objective(loss, {"loss_S_train": float(loss.detach())}, logits_s)

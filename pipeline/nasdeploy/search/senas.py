@@ -1,0 +1,500 @@
+"""SE-NAS: shrinking-and-expanding supernet search under FLOPs and/or latency budgets (Hu et al. 2021).
+
+Algorithm 1, as run here:
+
+1. Train the single-path supernet for ``epochs`` (uniform paths; paths over a budget are rejected and
+   redrawn, §4.3). Keep ``snapshots`` = K weight snapshots at evenly spaced mini-batches of the last epoch.
+2. For each of ``shrink_stages`` stages: score every operator with the K-averaged weights (Eq. 4-7,
+   ``search.senas_scores``; ``score_samples`` feasible paths containing each operator, with batch-norm
+   recalibration), remove the ``shrink_k`` lowest (never a layer's last operator, never one whose removal
+   would leave no architecture within the budget), merge adjacent small layer spaces into child spaces of
+   size <= ``merge_threshold`` = T and give each partial model its own weights (§3.4), then retrain the
+   shrunk and expanded supernet for ``stage_epochs``.
+3. Evolutionary search (SPOS: ``population``, ``generations``, ``mutation_prob``, crossover) over the final
+   space, fitness = validation accuracy with batch-norm recalibration, every candidate within the budgets.
+
+Spaces: ``mobilenet`` (layer-wise) and ``darts`` (edge-wise: each edge of the normal and reduction cell
+is a layer; the two inputs of every node are sampled as part of the path; see ``search.senas_paths``).
+Data: the training split of ``request.data`` halved (``split_halves``): one half trains supernet weights,
+the other is the validation set of Eq. 4/5 and of the evolutionary fitness.
+
+Options (``request.options``; missing or None = the preset's value):
+``epochs`` (first-stage epochs), ``stage_epochs`` (epochs after each shrink), ``shrink_stages``,
+``shrink_k`` (k), ``merge_threshold`` (T), ``snapshots`` (K of Eq. 4), ``score_samples`` (paths per
+operator for SI), ``population``, ``generations``, ``mutation_prob``, ``batch_size``, ``lr`` (initial
+learning rate, decayed linearly to 0 over each stage, §4.3), ``momentum``, ``weight_decay``,
+``bn_batches`` (training batches for batch-norm recalibration), ``steps_per_epoch`` (cap on mini-batches
+per epoch; None = whole epoch), ``val_samples`` (cap on validation images; None = all),
+``max_tries`` (rejection-sampling draws before repairing a path), ``final_samples`` (random paths whose
+mean accuracy is logged as the final supernet accuracy), ``grad_clip`` (gradient-norm clip; None = off,
+as in the paper; the cpu preset clips at 5 because the narrow 32x32 supernet otherwise diverges).
+
+Presets: ``paper`` (§4.3: 100 + 5 epochs per stage, k = 10, T = 50, 1000 paths per operator, SGD lr 0.5,
+momentum 0.9, wd 4e-5, batch 1024; K = 10 snapshots and 5 stages are our choice, the paper gives neither),
+``cpu`` (digits at 32x32 on 2 cores: 20 + 3 + 3 epochs, 2 stages of k = 20, T = 12), ``tiny`` (tests).
+
+Run: ``nasdeploy search --strategy senas --space mobilenet --table LUT.json --latency-budget 22ms``
+(``--flops-budget 320M`` as well or instead; ``--set key=value`` for any option above).
+
+Outputs under ``request.out_dir``: ``arch.json``, ``senas_log.json``, ``architecture.png``,
+``checkpoint.pt`` (after every epoch, stage and generation; ``request.resume`` continues it and ends with
+the same architecture as an uninterrupted run: all randomness is derived from (seed, stage, epoch)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path as FsPath
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nasdeploy.errors import NasDeployError
+from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
+from nasdeploy.progress import progress_bar
+from nasdeploy.search.base import STRATEGIES, SearchRequest, SearchResult, SearchStrategy
+from nasdeploy.search.evolution import EvolutionConfig, EvolutionState, derive_rng, evolutionary_search
+from nasdeploy.search.senas_paths import Budget, Path, PathCosts, check_budget, sample_feasible
+from nasdeploy.search.senas_scores import merge_child_spaces, operator_scores, selection_importance, shrink, space_size
+from nasdeploy.search.senas_spaces import SpaceAdapter, make_adapter, search_template_for
+from nasdeploy.search.supernet import SnapshotAverage, Supernet, path_accuracy, sgd_step
+from nasdeploy.spaces.record import ArchitectureRecord
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class SenasConfig:
+    epochs: int = 100
+    stage_epochs: int = 5
+    shrink_stages: int = 5
+    shrink_k: int = 10
+    merge_threshold: int = 50
+    snapshots: int = 10
+    score_samples: int = 1000
+    population: int = 50
+    generations: int = 20
+    mutation_prob: float = 0.1
+    batch_size: int = 1024
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    bn_batches: int = 20
+    steps_per_epoch: int | None = None
+    val_samples: int | None = None
+    max_tries: int = 100
+    final_samples: int = 20
+    grad_clip: float | None = None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},  # §4.3: 100 + 5 epochs per stage, k = 10, T = 50, 1000 paths per operator, SGD 0.5 / 4e-5, batch 1024
+    "cpu": dict(epochs=20, stage_epochs=3, shrink_stages=2, shrink_k=20, merge_threshold=12, snapshots=4, score_samples=2,
+                population=12, generations=4, batch_size=32, lr=0.05, grad_clip=5.0, bn_batches=4, val_samples=400,
+                final_samples=12),
+    "tiny": dict(epochs=1, stage_epochs=1, shrink_stages=1, shrink_k=3, merge_threshold=4, snapshots=2, score_samples=1,
+                 population=4, generations=1, batch_size=16, lr=0.05, bn_batches=1, steps_per_epoch=3, val_samples=32,
+                 final_samples=2),
+}
+
+
+def senas_config(preset: str, options: dict[str, Any]) -> SenasConfig:
+    """The preset's schedule with ``options`` (None values ignored) on top; unknown keys are an error."""
+    if preset not in PRESETS:
+        raise NasDeployError(f"unknown preset {preset!r} for SE-NAS; choose one of: {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(SenasConfig)}
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise NasDeployError(f"SE-NAS has no setting {', '.join(unknown)}; valid settings: {', '.join(sorted(known))}")
+    config = SenasConfig(**{**PRESETS[preset], **given})
+    if min(config.epochs, config.stage_epochs, config.merge_threshold, config.snapshots, config.batch_size,
+           config.score_samples) < 1 or config.shrink_k < 0 or config.shrink_stages < 0 or config.population < 2:
+        raise NasDeployError(
+            "SE-NAS settings out of range: epochs, stage_epochs, merge_threshold, snapshots, batch_size and "
+            "score_samples must be >= 1, shrink_k and shrink_stages >= 0, population >= 2"
+        )
+    return config
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class SearchData:
+    train: Any  # Dataset (half of the training split)
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    bn_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    info: Any
+
+
+def fixed_batches(dataset, batch_size: int, limit: int | None, seed: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from nasdeploy.train.data import make_loader
+
+    batches, seen = [], 0
+    for x, y in make_loader(dataset, batch_size, shuffle=True, seed=seed):
+        if limit is not None and seen >= limit:
+            break
+        if limit is not None:
+            x, y = x[: limit - seen], y[: limit - seen]
+        batches.append((x.to(device), y.to(device)))
+        seen += len(y)
+    return batches
+
+
+def load_search_data(request: SearchRequest, config: SenasConfig, input_size: int) -> SearchData:
+    from nasdeploy.train.data import load_dataset, split_halves
+
+    dataset, info = load_dataset(request.data, train=True, input_size=input_size, seed=request.seed)
+    train_half, val_half = split_halves(dataset, request.seed)
+    val = fixed_batches(val_half, 256, config.val_samples, request.seed, request.device)
+    bn = fixed_batches(train_half, config.batch_size, config.bn_batches * config.batch_size, request.seed + 1, request.device)
+    return SearchData(train_half, val, bn, info)
+
+
+# ---------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class SearchState:
+    """Everything a resumed search needs besides the weights."""
+
+    stage: int = 0
+    epochs_done: int = 0  # in the current stage
+    phase: str = "train"  # "train" | "evolve" | "done"
+    alive: list[list[str]] = dataclasses.field(default_factory=list)
+    stages: list[dict] = dataclasses.field(default_factory=list)
+    evolution: EvolutionState | None = None
+    final_accuracy: float | None = None
+    elapsed_s: float = 0.0
+
+
+class SenasRun:
+    """One SE-NAS search: owns the supernet, its optimiser state, the data and the checkpoint."""
+
+    def __init__(self, request: SearchRequest):
+        self.request = request
+        self.config = senas_config(request.preset, request.options)
+        self.out_dir = FsPath(request.out_dir)
+        self.device = torch.device(request.device)
+        self.budget = Budget(request.flops_budget, request.latency_budget_ms)
+        self.table = self.load_table()
+        self.space, self.deploy_template = self.templates()
+        self.adapter: SpaceAdapter | None = None
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.started = time.monotonic()
+
+    # -------------------------------------------------------------- setup
+    def load_table(self):
+        if self.request.table_path is None:
+            if self.request.latency_budget_ms is not None:
+                raise NasDeployError("a latency budget needs a latency table; pass --table LUT.json (from 'nasdeploy profile')")
+            return None
+        from nasdeploy.latency.table import load_table
+
+        return load_table(self.request.table_path, space=self.request.space)
+
+    def templates(self):
+        from nasdeploy.spaces.base import get_space
+
+        space = get_space(self.request.space)
+        if self.table is not None:
+            return space, space.template_from_dict(self.table.template)
+        return space, space.default_template(self.request.preset)
+
+    def setup(self) -> None:
+        self.data = load_search_data(self.request, self.config, self.deploy_template.input_size)
+        search_template = search_template_for(self.space, self.deploy_template, self.data.info.num_classes, self.data.info.channels)
+        self.adapter = make_adapter(self.request.space, search_template, self.deploy_template, self.table)
+        self.costs = PathCosts(self.adapter.paths, self.adapter.flops, self.adapter.latency, self.adapter.predict_latency)
+        full = self.adapter.paths.candidates
+        check_budget(self.costs, full, self.budget, self.request.space,
+                     self.adapter.cheapest_latency() if self.budget.latency_ms is not None else None)
+        torch.manual_seed(self.request.seed)
+        self.supernet = self.adapter.build_supernet().to(self.device)
+
+    # -------------------------------------------------------------- sampling
+    def sample(self, alive, rng, forced=None) -> Path | None:
+        return sample_feasible(self.adapter.paths, alive, self.costs, self.budget, rng, forced, self.config.max_tries)
+
+    def keep_for_budget(self, current: list[list[str]], operator: tuple[int, str]) -> bool:
+        """True when removing ``operator`` would leave no architecture within the budgets."""
+        layer, op = operator
+        trial = [list(ops) for ops in current]
+        trial[layer].remove(op)
+        return not self.costs.budget_reachable(trial, self.budget)
+
+    # -------------------------------------------------------------- training
+    def stage_epochs(self, stage: int) -> int:
+        return self.config.epochs if stage == 0 else self.config.stage_epochs
+
+    def train_epoch(self, state: SearchState, snapshots: SnapshotAverage | None, bar, task) -> float:
+        from nasdeploy.train.data import make_loader, set_epoch
+
+        stage, epoch = state.stage, state.epochs_done
+        rng = derive_rng(self.request.seed, "train", stage, epoch)
+        loader_seed = int(derive_rng(self.request.seed, "loader", stage, epoch).getrandbits(62))
+        set_epoch(self.data.train, epoch)
+        loader = make_loader(self.data.train, self.config.batch_size, shuffle=True, seed=loader_seed, drop_last=True)
+        steps = len(loader) if self.config.steps_per_epoch is None else min(len(loader), self.config.steps_per_epoch)
+        total = steps * self.stage_epochs(stage)
+        marks = snapshot_steps(steps, self.config.snapshots) if snapshots is not None else set()
+        self.supernet.train()
+        losses = []
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            path = self.sample(state.alive, rng)
+            if path is None:
+                raise NasDeployError("no architecture meets the FLOPs and latency budgets together; loosen one of them")
+            self.supernet.prepare(path, self.device)
+            loss = F.cross_entropy(self.supernet(x.to(self.device), path), y.to(self.device))
+            loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in self.supernet.parameters() if p.grad is not None], self.config.grad_clip)
+            lr = self.config.lr * (1 - (epoch * steps + step) / total)  # §4.3: lr · (1 - e/T)
+            sgd_step(dict(self.supernet.named_parameters()), self.buffers, lr, self.config.momentum, self.config.weight_decay)
+            losses.append(loss.item())
+            if step in marks:
+                snapshots.add(self.supernet)
+            bar.update(task, advance=1, info=f"stage {stage} epoch {epoch + 1} loss {loss.item():.3f}")
+        return sum(losses) / max(len(losses), 1)
+
+    # -------------------------------------------------------------- scoring, shrinking, expanding
+    def evaluate(self, supernet: Supernet, path: Path) -> float:
+        supernet.prepare(path, self.device)
+        return path_accuracy(supernet, path, self.data.val_batches, self.data.bn_batches)
+
+    def score_pool(self, supernet: Supernet, state: SearchState) -> tuple[list[Path], list[float]]:
+        """Feasible paths until every alive operator is on ``score_samples`` of them (Eq. 5 sample)."""
+        rng = derive_rng(self.request.seed, "score", state.stage)
+        pool: list[Path] = []
+        accuracies: list[float] = []
+        cache: dict[Path, float] = {}
+        counts: dict[tuple[int, str], int] = {}
+        for layer, ops in enumerate(state.alive):
+            if len(ops) < 2:
+                continue
+            for op in ops:
+                while counts.get((layer, op), 0) < self.config.score_samples:
+                    path = self.sample(state.alive, rng, forced=(layer, op))
+                    if path is None:
+                        break  # no feasible path contains this operator: SI = 0
+                    if path not in cache:
+                        cache[path] = self.evaluate(supernet, path)
+                    pool.append(path)
+                    accuracies.append(cache[path])
+                    for i, c in enumerate(self.adapter.paths.active(path)):
+                        if c is not None:
+                            counts[(i, c)] = counts.get((i, c), 0) + 1
+        return pool, accuracies
+
+    def shrink_and_expand(self, state: SearchState, snapshots: SnapshotAverage) -> None:
+        averaged = snapshots.averaged(self.supernet)  # Eq. 4
+        pool, accuracies = self.score_pool(averaged, state)
+        del averaged
+        si = selection_importance([self.adapter.paths.active(p) for p in pool], accuracies, state.alive)  # Eq. 5
+        scores = operator_scores(si, state.alive)  # Eq. 6-7
+        size_before = space_size(state.alive)
+        alive, removed = shrink(state.alive, scores.s, self.config.shrink_k, keep=self.keep_for_budget)
+        groups = merge_child_spaces([len(ops) for ops in alive], self.config.merge_threshold, self.supernet.child_spaces)
+        self.supernet.set_child_spaces(groups)
+        self.supernet.drop_removed(alive)
+        names = dict(self.supernet.named_parameters())
+        self.buffers = {k: v for k, v in self.buffers.items() if k in names}
+        state.alive = alive
+        entry = {
+            "stage": state.stage,
+            "supernet_accuracy": sum(accuracies) / max(len(accuracies), 1),
+            "paths_evaluated": len(set(pool)),
+            "scores": scores.to_json(),
+            "removed": [{"layer": layer, "op": op} for layer, op in removed],
+            "child_spaces": groups,
+            "space_size_before": size_before,
+            "space_size_after": space_size(alive),
+            "alive": alive,
+        }
+        state.stages.append(entry)
+        log.info("stage %d: supernet accuracy %.3f, removed %s, child spaces %s", state.stage,
+                 entry["supernet_accuracy"], [f"{l}:{o}" for l, o in removed], groups)
+
+    # -------------------------------------------------------------- checkpoint
+    def checkpoint_path(self) -> FsPath:
+        return self.out_dir / "checkpoint.pt"
+
+    def settings(self) -> dict[str, Any]:
+        r = self.request
+        return {"space": r.space, "preset": r.preset, "seed": r.seed, "data": r.data, "config": asdict(self.config),
+                "flops_budget": r.flops_budget, "latency_budget_ms": r.latency_budget_ms,
+                "table": str(r.table_path) if r.table_path else None}
+
+    def save(self, state: SearchState) -> None:
+        state.elapsed_s += time.monotonic() - self.started
+        self.started = time.monotonic()
+        atomic_torch_save({
+            "version": CHECKPOINT_VERSION, "settings": self.settings(), "state": state,
+            "child_spaces": self.supernet.child_spaces, "materialised": self.supernet.materialised_keys(),
+            "supernet": self.supernet.state_dict(), "buffers": self.buffers,
+        }, self.checkpoint_path())
+
+    def restore(self) -> SearchState:
+        saved = load_checkpoint(self.checkpoint_path(), "SE-NAS checkpoint")
+        if not isinstance(saved, dict) or saved.get("version") != CHECKPOINT_VERSION:
+            raise NasDeployError(f"{self.checkpoint_path()} is not an SE-NAS checkpoint of this version; drop --resume to start again")
+        if saved["settings"] != self.settings():
+            raise NasDeployError(f"{self.checkpoint_path()} was made with other settings; rerun with the same settings or drop --resume")
+        self.supernet.set_child_spaces(saved["child_spaces"])
+        for group, key in saved["materialised"]:
+            self.supernet.materialise(group, key)
+        self.supernet.load_state_dict(saved["supernet"])
+        self.supernet.to(self.device)
+        self.buffers = {k: v.to(self.device) for k, v in saved["buffers"].items()}
+        return saved["state"]
+
+    # -------------------------------------------------------------- phases
+    def steps_per_epoch(self) -> int:
+        steps = len(self.data.train) // self.config.batch_size
+        return steps if self.config.steps_per_epoch is None else min(steps, self.config.steps_per_epoch)
+
+    def run_training(self, state: SearchState) -> None:
+        """Algorithm 1: train; then per stage score, shrink, expand and retrain (checkpoint per epoch)."""
+        stages = self.config.shrink_stages + 1
+        done = sum(self.stage_epochs(s) for s in range(state.stage)) + state.epochs_done
+        total = sum(self.stage_epochs(s) for s in range(stages))
+        with progress_bar() as bar:
+            task = bar.add_task("supernet", total=total * self.steps_per_epoch(), completed=done * self.steps_per_epoch(), info="")
+            while state.stage < stages:
+                n_epochs = self.stage_epochs(state.stage)
+                scoring = state.epochs_done == n_epochs - 1 and state.stage < self.config.shrink_stages
+                snapshots = SnapshotAverage() if scoring else None
+                loss = self.train_epoch(state, snapshots, bar, task)
+                log.info("stage %d epoch %d/%d: train loss %.4f", state.stage, state.epochs_done + 1, n_epochs, loss)
+                if scoring:
+                    self.shrink_and_expand(state, snapshots)
+                state.epochs_done += 1
+                if state.epochs_done == n_epochs:
+                    state.stage, state.epochs_done = state.stage + 1, 0
+                self.save(state)
+        state.phase = "evolve"
+        self.save(state)
+
+    def final_accuracy(self, state: SearchState) -> float:
+        rng = derive_rng(self.request.seed, "final")
+        paths = [p for p in (self.sample(state.alive, rng) for _ in range(self.config.final_samples)) if p is not None]
+        return sum(self.evaluate(self.supernet, p) for p in paths) / max(len(paths), 1)
+
+    def run_evolution(self, state: SearchState) -> tuple[Path, float]:
+        if state.final_accuracy is None:
+            state.final_accuracy = self.final_accuracy(state)
+            self.save(state)
+        config = EvolutionConfig(self.config.population, self.config.generations, self.config.mutation_prob, self.config.max_tries)
+        operators = AliveOperators(self, state.alive)
+        with progress_bar() as bar:
+            task = bar.add_task("evolution", total=config.generations + 1, completed=(state.evolution or EvolutionState()).generation, info="")
+
+            def on_generation(evo: EvolutionState) -> None:
+                state.evolution = evo
+                self.save(state)
+                bar.update(task, advance=1, info=f"best {evo.history[-1]['best_fitness']:.3f}")
+
+            best, fitness, evo = evolutionary_search(
+                operators, lambda p: self.evaluate(self.supernet, p), lambda p: self.costs.feasible(p, self.budget),
+                config, self.request.seed, state.evolution, on_generation,
+            )
+        state.evolution = evo
+        return best, fitness
+
+    # -------------------------------------------------------------- outputs
+    def write_outputs(self, state: SearchState, best: Path, fitness: float) -> SearchResult:
+        arch = self.adapter.to_arch(best)
+        model = self.space.build(arch, self.deploy_template)
+        metrics = {
+            "predicted_latency_ms": self.costs.latency_ms(best),
+            "flops": int(round(self.costs.flops(best))),
+            "params": inference_params(model),
+            "latency_budget_ms": self.budget.latency_ms,
+            "flops_budget": self.budget.flops,
+            "table": str(self.request.table_path) if self.request.table_path else None,
+            "supernet_accuracy": fitness,
+            "supernet_accuracy_first_stage": state.stages[0]["supernet_accuracy"] if state.stages else None,
+            "supernet_accuracy_final": state.final_accuracy,
+            "strategy": "senas",
+            "search_time_s": round(state.elapsed_s, 1),
+        }
+        record = ArchitectureRecord(self.request.space, self.deploy_template, arch, metrics)
+        arch_path = self.out_dir / "arch.json"
+        record.save(arch_path)
+        log_path = self.out_dir / "senas_log.json"
+        atomic_write_json(log_path, {
+            "settings": self.settings(), "stages": state.stages, "final_alive": state.alive,
+            "final_child_spaces": self.supernet.child_spaces,
+            "final_supernet_accuracy": state.final_accuracy,
+            "evolution": state.evolution.history if state.evolution else [],
+            "best": {"path": best.to_json(), "fitness": fitness, **metrics},
+        })
+        plot = self.plot(best)
+        return SearchResult(record, arch_path, log_path, [plot, self.checkpoint_path()])
+
+    def plot(self, best: Path) -> FsPath:
+        target = self.out_dir / "architecture.png"
+        if self.request.space == "darts":
+            from nasdeploy.search.cell_plot import plot_cells
+
+            return FsPath(plot_cells(self.adapter.to_arch(best), target, title="SE-NAS"))
+        from nasdeploy.search.arch_plot import plot_layerwise
+
+        return plot_layerwise(best.choices, self.adapter.strides, target, title="SE-NAS searched architecture")
+
+    def run(self) -> SearchResult:
+        self.setup()
+        state = self.restore() if self.request.resume else SearchState(alive=[list(c) for c in self.adapter.paths.candidates])
+        if state.phase == "train":
+            self.run_training(state)
+        best, fitness = self.run_evolution(state)
+        state.phase = "done"
+        self.save(state)
+        return self.write_outputs(state, best, fitness)
+
+
+def inference_params(model) -> int:
+    """Parameters of the deployed network (a DARTS auxiliary head is training-only)."""
+    from nasdeploy.spaces.flops import count_params
+
+    aux = getattr(model, "auxiliary_head", None)
+    return int(count_params(model)) - (int(count_params(aux)) if aux is not None else 0)
+
+
+def snapshot_steps(steps: int, k: int) -> set[int]:
+    """K evenly spaced mini-batch indices of an epoch of ``steps`` batches, the last one included."""
+    k = min(k, steps)
+    return {steps - 1 - (i * steps) // k for i in range(k)}
+
+
+class AliveOperators:
+    """Evolution operators over the current (shrunk) space, with budget-respecting random samples."""
+
+    def __init__(self, run: SenasRun, alive: list[list[str]]):
+        self.run, self.alive, self.paths = run, alive, run.adapter.paths
+
+    def sample(self, rng):
+        return self.run.sample(self.alive, rng)
+
+    def mutate(self, path, rng, prob):
+        return self.paths.mutate(path, self.alive, rng, prob)
+
+    def crossover(self, a, b, rng):
+        return self.paths.crossover(a, b, rng)
+
+
+@STRATEGIES.register("senas")
+class SENAS(SearchStrategy):
+    name = "senas"
+    default_for_spaces = ("mobilenet",)
+
+    def run(self, request: SearchRequest) -> SearchResult:
+        return SenasRun(request).run()
