@@ -1,0 +1,104 @@
+"""``nasdeploy export`` (checkpoint -> validated ONNX/TensorRT + report) and ``nasdeploy measure`` (any ONNX file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from nasdeploy.cli.app import app
+from nasdeploy.progress import console, setup_logging
+
+
+@app.command()
+def export(
+    onnx_name: Path = typer.Argument(Path("model.onnx"), help="ONNX file name, written inside --out-dir."),
+    checkpoint: Path = typer.Option(..., help="model.pt written by 'nasdeploy train'."),
+    budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: the one searched for)."),
+    table: Optional[Path] = typer.Option(None, help="Latency table for the prediction (default: the search's prediction)."),
+    runtime: str = typer.Option("onnxruntime", help="Runtime to re-measure on: onnxruntime | tensorrt | torch."),
+    device: str = typer.Option("cpu", help="cpu | cuda:N."),
+    tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine and check its parity (GPU)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Build the TensorRT engine in fp16 (relative tolerance 1e-2, top-1 ≥ 99 %)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measured latency exceeds the budget."),
+    out_dir: Optional[Path] = typer.Option(None, help="Output folder (default exports/<checkpoint folder name>)."),
+    exporter: str = typer.Option("legacy", help="torch.onnx exporter: legacy (TorchScript, opset 17) | dynamo (opset 18)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Export with a dynamic batch axis."),
+    atol: float = typer.Option(1e-4, help="fp32 parity tolerance: max |ONNX Runtime − PyTorch| on logits."),
+    data: Optional[str] = typer.Option(None, help="Dataset for the real parity inputs (default: the training data)."),
+    compare_torch: bool = typer.Option(True, help="Also measure the PyTorch module on the same device for comparison."),
+    warmup: Optional[int] = typer.Option(None, help="Untimed runs before timing (default: the table's method, else 10)."),
+    repeats: Optional[int] = typer.Option(None, help="Timed runs (default: the table's method, else 50)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Export the inference graph, prove parity, re-measure on the target runtime and write report.json/.md."""
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+    from nasdeploy.export.report import summary_table
+    from nasdeploy.units import parse_latency
+
+    setup_logging(verbose)
+    options = ExportOptions(
+        budget_ms=parse_latency(budget) if budget else None, table=table, runtime=runtime, device=device,
+        tensorrt=tensorrt, fp16=fp16, exporter=exporter, dynamic_batch=dynamic_batch, atol=atol, data=data,
+        compare=[("torch", device)] if compare_torch else [],
+        method={k: v for k, v in {"warmup": warmup, "repeats": repeats}.items() if v is not None},
+    )
+    folder = out_dir or Path("exports") / (checkpoint.resolve().parent.name or "model")
+    report = export_checkpoint(checkpoint, onnx_name, folder, options)
+    console.print(summary_table(report))
+    console.print(f"report: {folder / 'report.json'} and {folder / 'report.md'}")
+    if strict and report["within_budget"] is False:
+        console.print(f"[bold red]measured {report['measured_median_ms']:.3f} ms exceeds the budget {report['budget_ms']:.4g} ms (--strict)[/]")
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def measure(
+    model: Path = typer.Argument(..., help="ONNX file to measure."),
+    runtime: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt."),
+    device: str = typer.Option("cpu", help="cpu | cuda:N."),
+    batch: Optional[int] = typer.Option(None, help="Batch size for a graph with a dynamic batch axis."),
+    input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224 (default: read from the graph)."),
+    warmup: int = typer.Option(10, help="Untimed runs first."),
+    repeats: int = typer.Option(50, help="Timed runs."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default 1, as the profiler)."),
+    dtype: str = typer.Option("float32", help="float32 | float16."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the measurement as JSON here."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Measure any ONNX file with the profiler's method and print median/p10/p90 with device and versions."""
+    from nasdeploy.errors import NasDeployError
+    from nasdeploy.export.measure import ONNX_RUNTIMES, onnx_measurement, parse_shape
+    from nasdeploy.hardware import MeasureMethod
+    from nasdeploy.io import atomic_write_json
+
+    setup_logging(verbose)
+    if runtime not in ONNX_RUNTIMES:
+        raise NasDeployError(f"measure takes an ONNX file, so --runtime is one of {', '.join(ONNX_RUNTIMES)}, not {runtime!r}")
+    if warmup < 0 or repeats < 1 or (batch is not None and batch < 1):
+        raise NasDeployError("--warmup must be >= 0, --repeats and --batch >= 1; e.g. --warmup 10 --repeats 50")
+    shape = parse_shape(input_shape)
+    if shape is not None and batch is not None:
+        shape = (batch,) + shape[1:]
+    method = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch or 1)
+    result = onnx_measurement(model, runtime, device, method, shape).to_dict()
+    console.print(measurement_table(model, result))
+    if json_out is not None:
+        atomic_write_json(json_out, {"model": str(model), **result})
+        console.print(f"wrote {json_out}")
+
+
+def measurement_table(model: Path, result: dict) -> Table:
+    table = Table(title=f"latency of {model.name}", show_header=False)
+    table.add_row("runtime / device", f"{result['runtime']} / {result['device']}")
+    table.add_row("input shape", "×".join(str(d) for d in result["input_shape"]))
+    for key in ("median_ms", "p10_ms", "p90_ms", "iqr_ms", "mean_ms"):
+        table.add_row(key.replace("_ms", " (ms)"), f"{result[key]:.4f}")
+    m = result["method"]
+    table.add_row("method", f"warm-up {m['warmup']}, {m['repeats']} runs, {m['threads']} thread(s), {m['dtype']}")
+    fp = result["fingerprint"]
+    table.add_row("device", (fp.get("gpu") or {}).get("name") or f"{fp.get('cpu_model')} ({fp.get('logical_cores')} cores)")
+    table.add_row("versions", ", ".join(f"{k} {v}" for k, v in result["versions"].items()))
+    return table

@@ -1,0 +1,68 @@
+"""``nasdeploy run``: the whole pipeline (profile -> search -> retrain -> export + report) in one folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from nasdeploy.cli.app import app
+from nasdeploy.progress import console, setup_logging
+
+
+@app.command()
+def run(
+    strategy: Optional[str] = typer.Option(None, help="icdarts | senas (default: icdarts for darts, senas for mobilenet)."),
+    space: str = typer.Option("darts", help="Search space: darts | mobilenet."),
+    latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: derived from the table)."),
+    data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
+    preset: str = typer.Option("cpu", help="cpu (≤ 15 min on 2 cores with digits) | tiny (smoke test) | paper."),
+    out: Path = typer.Option(Path("runs/default"), help="Run folder; re-running skips finished stages."),
+    device: str = typer.Option("cpu", help="cpu | cuda:N (search, training and measurement)."),
+    runtime: str = typer.Option("onnxruntime", help="Runtime the table is profiled on and the net deployed to."),
+    table: Optional[Path] = typer.Option(None, help="Use this latency table instead of the machine's cached/profiled one."),
+    epochs: Optional[int] = typer.Option(None, help="Retraining epochs (default: the preset's)."),
+    seed: int = typer.Option(0, help="Random seed for every stage."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Profile the machine, search under the budget, retrain, export to ONNX with parity and re-measure."""
+    from nasdeploy.pipeline import RunConfig, run_pipeline
+    from nasdeploy.units import parse_latency
+
+    setup_logging(verbose)
+    config = RunConfig(
+        out=out, space=space, strategy=strategy, latency_budget_ms=parse_latency(latency_budget) if latency_budget else None,
+        data=data, preset=preset, device=device, runtime=runtime, seed=seed, table=table, train_epochs=epochs,
+    )
+    state = run_pipeline(config, on_stage=lambda stage, result: console.print(
+        f"[bold]{stage}[/]: {result.status}" + (f" in {result.seconds:.1f} s" if result.status == "done" else " (already finished)")))
+    if state.get("budget_source", "given") != "given":
+        console.print(f"latency budget {state['budget_ms']:.3f} ms — {state['budget_source']}")
+    console.print(run_table(state, out))
+
+
+def _ms(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.3f} ms"
+
+
+def run_table(state: dict, out: Path) -> Table:
+    s = state["summary"]
+    table = Table(title=f"nasdeploy run: {out}", show_header=False)
+    table.add_row("test accuracy", "—" if s["test_accuracy"] is None else f"{s['test_accuracy'] * 100:.2f} %")
+    table.add_row("latency budget", _ms(s["budget_ms"]))
+    table.add_row("LUT-predicted latency", _ms(s["predicted_latency_ms"]))
+    table.add_row(f"measured median ({s['runtime']}, {s['device']})", _ms(s["measured_median_ms"]))
+    error = s["relative_prediction_error"]
+    table.add_row("prediction error (pred − meas) / meas", "—" if error is None else f"{error * 100:+.1f} %")
+    verdict = {True: "[green]within budget[/]", False: "[red]OVER budget[/]", None: "—"}[s["within_budget"]]
+    table.add_row("budget check", verdict)
+    table.add_row(f"ONNX Runtime ({s['device']}) median", _ms(s["onnxruntime_median_ms"]))
+    table.add_row(f"PyTorch ({s['device']}) median", _ms(s["torch_median_ms"]))
+    table.add_row("parity max |ONNX − torch|", f"{s['parity_max_abs_diff']:.2e}")
+    table.add_row("parameters / FLOPs", f"{s['params']:,} / " + ("—" if s["flops"] is None else f"{s['flops']:,}"))
+    table.add_row("stage time (profile + search + train + export)", f"{state.get('stage_time_s', 0.0):.0f} s")
+    table.add_row("wall time of this invocation", f"{state.get('wall_time_s', 0.0):.0f} s")
+    table.add_row("report", str(Path(out) / "export" / "report.md"))
+    return table

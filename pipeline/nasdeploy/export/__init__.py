@@ -1,0 +1,1 @@
+"""Export to ONNX/TensorRT with parity checks, re-measurement and reports."""

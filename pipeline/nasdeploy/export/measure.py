@@ -1,0 +1,110 @@
+"""Re-measure an exported network with the profiler's own backends and method, so LUT and reality compare.
+
+Every result carries its method (warm-up, repeats, threads, dtype, batch), the device fingerprint
+and runtime versions, as trtexec and ONNX Runtime's perf tool report them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nasdeploy.export.onnx_export import onnx_input_shape
+from nasdeploy.hardware import MeasureMethod, Timing, fingerprint, get_backend
+
+ONNX_RUNTIMES = ("onnxruntime", "tensorrt")
+
+
+@dataclass
+class Measurement:
+    """One latency distribution with everything needed to interpret it."""
+
+    runtime: str
+    device: str
+    input_shape: tuple[int, ...]
+    timing: Timing
+    method: MeasureMethod
+    versions: dict[str, Any]
+    fingerprint: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "device": self.device,
+            "input_shape": list(self.input_shape),
+            **self.timing.summary(),
+            "method": self.method.to_dict(),
+            "versions": self.versions,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def method_from_dict(d: dict[str, Any] | None, **overrides: Any) -> MeasureMethod:
+    """A MeasureMethod from a table's ``method`` dict (unknown keys ignored), fields overridden."""
+    names = {f.name for f in dataclasses.fields(MeasureMethod)}
+    values = {k: v for k, v in (d or {}).items() if k in names}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return MeasureMethod(**values)
+
+
+def measure_onnx(
+    path: Path | str,
+    runtime: str = "onnxruntime",
+    device: str = "cpu",
+    method: MeasureMethod | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Timing:
+    """The latency distribution of an ONNX file (design contract); see :func:`onnx_measurement` for the full record."""
+    return onnx_measurement(path, runtime, device, method, input_shape).timing
+
+
+def onnx_measurement(
+    path: Path | str,
+    runtime: str = "onnxruntime",
+    device: str = "cpu",
+    method: MeasureMethod | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Measurement:
+    """Latency of an ONNX file on ``runtime``/``device``; the input shape is read from the graph if not given."""
+    method = dataclasses.replace(method) if method is not None else MeasureMethod()
+    shape = tuple(input_shape) if input_shape else onnx_input_shape(path, method.batch)
+    method.batch = shape[0]
+    backend = get_backend(runtime, device, method)
+    timing = backend.measure_onnx(Path(path), shape)
+    return Measurement(runtime, device, shape, timing, backend.method, backend.versions(),
+                       fingerprint(device, getattr(backend, "threads", None)))
+
+
+def module_measurement(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    runtime: str = "torch",
+    device: str = "cpu",
+    method: MeasureMethod | None = None,
+) -> Measurement:
+    """Latency of an eval-mode PyTorch module (the torch runtime: eager execution)."""
+    method = dataclasses.replace(method) if method is not None else MeasureMethod()
+    method.batch = input_shape[0]
+    backend = get_backend(runtime, device, method)
+    timing = backend.measure_module(module.eval(), tuple(input_shape))
+    return Measurement(runtime, device, tuple(input_shape), timing, backend.method, backend.versions(),
+                       fingerprint(device, getattr(backend, "threads", None)))
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``."""
+    from nasdeploy.errors import NasDeployError
+
+    if text is None or text == "":
+        return None
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise NasDeployError(f"cannot read input shape {text!r}; write positive integers separated by commas, e.g. 1,3,224,224")
+    return shape

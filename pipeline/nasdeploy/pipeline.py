@@ -1,0 +1,324 @@
+"""``nasdeploy run``: profile -> search -> retrain -> export + report, in one resumable run folder.
+
+Layout of ``runs/<name>/``::
+
+    run.json              settings, budget (and where it came from), each stage's status, final summary
+    profile/table.json    the latency table used (copied from the machine's table cache, or profiled now)
+    search/arch.json      the searched architecture (+ the strategy's log, plots, checkpoint)
+    train/model.pt        retrained weights (+ metrics.json, checkpoint.pt)
+    export/model.onnx     the validated ONNX graph (+ report.json, report.md)
+
+Each stage is a plain function taking the :class:`RunConfig` and the run folder. A stage is finished
+when its output file exists and validates; re-running skips finished stages and resumes unfinished ones
+from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from nasdeploy.errors import NasDeployError
+from nasdeploy.hardware import MeasureMethod
+from nasdeploy.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+RUN_SCHEMA_VERSION = 1
+STAGES = ("profile", "search", "train", "export")
+PRESETS = ("tiny", "cpu", "paper")
+# settings that change a stage's result: a run folder made with other values is not reused
+RESULT_SETTINGS = ("space", "strategy", "latency_budget_ms", "data", "preset", "device", "runtime", "seed",
+                   "train_epochs", "search_options")
+# profiling effort per preset (the tiny preset is for smoke tests: few repeats, small overhead fit)
+PROFILE_METHOD = {"tiny": dict(warmup=3, repeats=10), "cpu": dict(warmup=5, repeats=30), "paper": dict(warmup=10, repeats=100)}
+FIT_SAMPLES = {"tiny": 3, "cpu": 8, "paper": 20}
+
+
+@dataclass
+class RunConfig:
+    out: Path = Path("runs/default")
+    space: str = "darts"
+    strategy: str | None = None  # None: the space's default strategy (icdarts for darts, senas for mobilenet)
+    latency_budget_ms: float | None = None  # None: derived from the table (midway cheapest -> random arch)
+    data: str = "digits"
+    preset: str = "cpu"
+    device: str = "cpu"
+    runtime: str = "onnxruntime"  # latency table and deployment runtime
+    seed: int = 0
+    table: Path | None = None  # a ready latency table; None: the machine's cached table, profiled if absent
+    table_root: Path = Path("latency_tables")
+    train_epochs: int | None = None  # None: the preset's schedule
+    search_options: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass
+class StageResult:
+    status: str  # "done" | "skipped" (already finished) | "failed"
+    seconds: float
+    outputs: dict[str, Any]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / stage
+
+
+def space_and_template(config: RunConfig):
+    from nasdeploy.spaces.base import get_space
+
+    if config.preset not in PRESETS:
+        raise NasDeployError(f"unknown preset {config.preset!r}; choose one of: {', '.join(PRESETS)}")
+    space = get_space(config.space)
+    return space, space.default_template(config.preset)
+
+
+def profile_method(config: RunConfig) -> MeasureMethod:
+    return MeasureMethod(**PROFILE_METHOD[config.preset])
+
+
+def table_is_complete(table, space, template) -> bool:
+    return all(table.has(inst) for inst in space.op_instances(template))
+
+
+def try_load_table(path: Path, space_name: str, template):
+    """The table at ``path`` if it exists and was made for this space/template, else None."""
+    from nasdeploy.latency.table import load_table
+
+    if not Path(path).is_file():
+        return None
+    try:
+        return load_table(path, space=space_name, template=template)
+    except NasDeployError as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+
+
+def derive_budget(table, space, template, seed: int) -> tuple[float, str]:
+    """A budget every search can meet: midway between the cheapest and a random architecture's prediction."""
+    from nasdeploy.latency.predictor import cheapest_latency_ms, predict_latency_ms
+
+    cheapest = cheapest_latency_ms(table, space.name, template)
+    sampled = predict_latency_ms(table, space.sample(template, random.Random(seed)), space, template)
+    budget = (cheapest + max(sampled, cheapest)) / 2
+    return budget, f"derived: midway between the cheapest ({cheapest:.3f} ms) and a random architecture ({sampled:.3f} ms)"
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_profile(config: RunConfig, run_dir: Path) -> StageResult:
+    """Copy (or first measure) the latency table for this machine, runtime, space and template."""
+    from nasdeploy.latency.profiler import profile_space
+    from nasdeploy.latency.table import default_table_path, save_table
+
+    space, template = space_and_template(config)
+    target = stage_dir(run_dir, "profile") / "table.json"
+    existing = try_load_table(target, config.space, template)
+    if existing is not None and table_is_complete(existing, space, template):
+        return StageResult("skipped", 0.0, {"table": str(target)})
+    started = time.perf_counter()
+    method = profile_method(config)
+    if config.table is not None:
+        source = Path(config.table)
+        table = try_load_table(source, config.space, template)
+        if table is None:
+            raise NasDeployError(f"latency table {source} is missing or not for space {config.space!r} preset {config.preset!r}; "
+                                 "drop --table to profile this machine")
+    else:
+        source = default_table_path(config.space, template, config.runtime, config.device, method.batch, config.table_root)
+        table = try_load_table(source, config.space, template)
+        if table is None or not table_is_complete(table, space, template):
+            log.info("no complete latency table for this machine at %s: profiling %s/%s (%s preset)", source,
+                     config.runtime, config.device, config.preset)
+            table = profile_space(config.space, template, config.runtime, config.device, method, path=source,
+                                  resume=True, fit_samples=FIT_SAMPLES[config.preset])
+        else:
+            log.info("using the cached latency table %s", source)
+    save_table(table, target)
+    return StageResult("done", time.perf_counter() - started, {"table": str(target), "source": str(source)})
+
+
+def stage_search(config: RunConfig, run_dir: Path, budget_ms: float) -> StageResult:
+    """Search under the budget with ICDARTS (darts) / SE-NAS (mobilenet) or ``config.strategy``."""
+    from nasdeploy.search.base import SearchRequest, default_strategy, get_strategy
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    out = stage_dir(run_dir, "search")
+    arch_path = out / "arch.json"
+    strategy = config.strategy or default_strategy(config.space)
+    if arch_path.is_file():
+        try:
+            record = ArchitectureRecord.load(arch_path)
+            if record.space == config.space:
+                return StageResult("skipped", 0.0, {"arch": str(arch_path), "strategy": strategy})
+        except NasDeployError as exc:
+            log.warning("searching again: %s", exc)
+    started = time.perf_counter()
+    request = SearchRequest(
+        space=config.space, out_dir=out, table_path=stage_dir(run_dir, "profile") / "table.json",
+        latency_budget_ms=budget_ms, data=config.data, preset=config.preset, seed=config.seed,
+        resume=(out / "checkpoint.pt").is_file(), device=config.device, options=dict(config.search_options),
+    )
+    result = get_strategy(strategy).run(request)
+    return StageResult("done", time.perf_counter() - started, {
+        "arch": str(result.arch_path), "log": str(result.log_path), "strategy": strategy,
+        "predicted_latency_ms": result.record.metrics.get("predicted_latency_ms"),
+    })
+
+
+def train_finished(out: Path) -> bool:
+    from nasdeploy.train.trainer import METRICS, MODEL
+
+    if not (out / MODEL).is_file() or not (out / METRICS).is_file():
+        return False
+    try:
+        return "test_accuracy" in read_json(out / METRICS, "training metrics")
+    except NasDeployError:
+        return False
+
+
+def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
+    """Retrain the searched architecture from scratch (§3.4.2 recipe, the preset's epochs)."""
+    from nasdeploy.spaces.record import ArchitectureRecord
+    from nasdeploy.train.trainer import preset_config, train_architecture
+
+    out = stage_dir(run_dir, "train")
+    if train_finished(out):
+        return StageResult("skipped", 0.0, {"model": str(out / "model.pt"), "metrics": str(out / "metrics.json")})
+    started = time.perf_counter()
+    record = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json")
+    train_config = preset_config(config.preset, epochs=config.train_epochs, seed=config.seed, device=config.device)
+    metrics = train_architecture(record, config.data, train_config, out, resume=True)
+    return StageResult("done", time.perf_counter() - started, {
+        "model": str(out / "model.pt"), "metrics": str(out / "metrics.json"), "test_accuracy": metrics["test_accuracy"],
+    })
+
+
+def export_finished(out: Path) -> bool:
+    try:
+        report = read_json(out / "report.json", "export report")
+    except NasDeployError:
+        return False
+    return all(p.get("passed") for p in report.get("parity", [{}])) and Path(report.get("files", {}).get("onnx", "")).is_file()
+
+
+def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageResult:
+    """Export to ONNX with parity, re-measure with ONNX Runtime and torch on the device, write the report."""
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+
+    out = stage_dir(run_dir, "export")
+    if export_finished(out):
+        return StageResult("skipped", 0.0, {"report": str(out / "report.json")})
+    started = time.perf_counter()
+    comparisons = [(runtime, config.device) for runtime in ("onnxruntime", "torch") if runtime != config.runtime]
+    options = ExportOptions(
+        budget_ms=budget_ms, table=stage_dir(run_dir, "profile") / "table.json", runtime=config.runtime,
+        device=config.device, compare=comparisons,
+    )
+    export_checkpoint(stage_dir(run_dir, "train") / "model.pt", "model.onnx", out, options)
+    return StageResult("done", time.perf_counter() - started, {"report": str(out / "report.json"), "onnx": str(out / "model.onnx")})
+
+
+# ---------------------------------------------------------------- the run
+
+
+def load_run_state(run_dir: Path, config: RunConfig) -> dict[str, Any]:
+    """run.json of an earlier run in this folder (settings must match), or a fresh state."""
+    path = Path(run_dir) / "run.json"
+    settings = config.settings()
+    if not path.is_file():
+        return {"schema_version": RUN_SCHEMA_VERSION, "settings": settings, "stages": {}}
+    state = read_json(path, "run state")
+    old = state.get("settings", {})
+    changed = [k for k in RESULT_SETTINGS if old.get(k) != settings.get(k)]
+    if changed:
+        raise NasDeployError(
+            f"run folder {run_dir} was made with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in changed)}); "
+            "pass the same settings to continue it, or choose another --out"
+        )
+    state["settings"] = settings
+    return state
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """The figures the terminal summary shows, read back from the export report."""
+    report = read_json(stage_dir(run_dir, "export") / "report.json", "export report")
+    by_runtime = {report["runtime"]: report["measured_median_ms"]}
+    by_runtime.update({c["runtime"]: c["median_ms"] for c in report.get("comparisons", [])})
+    return {
+        "test_accuracy": report.get("test_accuracy"),
+        "budget_ms": report.get("budget_ms"),
+        "predicted_latency_ms": report.get("predicted_latency_ms"),
+        "measured_median_ms": report.get("measured_median_ms"),
+        "measured_p90_ms": report.get("measured_p90_ms"),
+        "relative_prediction_error": report.get("relative_prediction_error"),
+        "within_budget": report.get("within_budget"),
+        "runtime": report.get("runtime"),
+        "device": report.get("device"),
+        "onnxruntime_median_ms": by_runtime.get("onnxruntime"),
+        "torch_median_ms": by_runtime.get("torch"),
+        "parity_max_abs_diff": report["parity"][0]["max_abs_diff"],
+        "flops": report.get("flops"),
+        "params": report.get("params"),
+    }
+
+
+def run_pipeline(config: RunConfig, on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, Any]:
+    """Run (or continue) every stage; returns the final run.json contents."""
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = load_run_state(run_dir, config)
+    state_path = run_dir / "run.json"
+    started = time.perf_counter()
+
+    def record(stage: str, step: Callable[[], StageResult]) -> StageResult:
+        previous = state["stages"].get(stage, {})
+        state["stages"][stage] = {"status": "running", "seconds": 0.0, "outputs": {}}
+        atomic_write_json(state_path, state)
+        try:
+            result = step()
+        except BaseException as exc:
+            state["stages"][stage] = {"status": "failed", "seconds": 0.0, "outputs": {}, "error": str(exc)}
+            atomic_write_json(state_path, state)
+            raise
+        state["stages"][stage] = dataclasses.asdict(result)
+        if result.status == "skipped" and previous.get("status") in ("done", "skipped"):
+            # keep what the run that did the work measured
+            state["stages"][stage].update(seconds=previous.get("seconds", 0.0), outputs={**previous.get("outputs", {}), **result.outputs})
+        atomic_write_json(state_path, state)
+        log.info("stage %s: %s (%.1f s)", stage, result.status, result.seconds)
+        if on_stage is not None:
+            on_stage(stage, result)
+        return result
+
+    record("profile", lambda: stage_profile(config, run_dir))
+    if config.latency_budget_ms is not None:
+        budget, source = config.latency_budget_ms, "given"
+    else:
+        from nasdeploy.latency.table import load_table
+
+        space, template = space_and_template(config)
+        table = load_table(stage_dir(run_dir, "profile") / "table.json", config.space, template)
+        budget, source = derive_budget(table, space, template, config.seed)
+        log.info("no --latency-budget given: using %.3f ms (%s)", budget, source)
+    state.update({"budget_ms": budget, "budget_source": source})
+    record("search", lambda: stage_search(config, run_dir, budget))
+    record("train", lambda: stage_train(config, run_dir))
+    record("export", lambda: stage_export(config, run_dir, budget))
+    state["summary"] = run_summary(run_dir)
+    state["wall_time_s"] = time.perf_counter() - started  # this invocation
+    state["stage_time_s"] = sum(state["stages"][s].get("seconds", 0.0) for s in STAGES)  # all invocations
+    atomic_write_json(state_path, state)
+    return state

@@ -1,0 +1,1 @@
+"""Data loaders and the retraining loop (dissertation §3.4.2)."""

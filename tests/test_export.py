@@ -1,0 +1,285 @@
+"""Export: ONNX parity for DARTS and MobileNet networks, loud failures, measurement, reports, --strict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from nasdeploy.errors import NasDeployError
+from nasdeploy.export.measure import measure_onnx, method_from_dict, onnx_measurement, parse_shape
+from nasdeploy.export.onnx_export import export_onnx, onnx_input_shape, ort_outputs
+from nasdeploy.export.report import build_report, relative_error, report_markdown
+from nasdeploy.hardware import MeasureMethod
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = MeasureMethod(warmup=2, repeats=5)
+
+
+def conv_net(classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes),
+    )
+    # non-trivial BN statistics so ONNX Runtime's BN folding changes the float summation order
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    return net.eval()
+
+
+def digits_batch(n: int = 16, size: int = 32) -> torch.Tensor:
+    from nasdeploy.train.data import load_dataset
+
+    ds, _ = load_dataset("digits", train=False, input_size=size)
+    return torch.stack([ds[i][0] for i in range(n)])
+
+
+# ---------------------------------------------------------------- ONNX export and parity
+
+
+def test_export_plain_network_parity(tmp_path):
+    net = conv_net()
+    path = tmp_path / "net.onnx"
+    result = export_onnx(net, (1, 3, 32, 32), path, real_inputs=digits_batch())
+    assert path.is_file()
+    onnx.checker.check_model(str(path))
+    assert result.passed and result.max_abs_diff <= 1e-4 and result.atol == 1e-4
+    assert result.real_inputs == 16 and result.random_inputs == 4 and result.top1_agreement == 1.0
+    # independent re-check of the written file
+    x = digits_batch(1).numpy()
+    ort = ort_outputs(path, [x])[0]
+    assert np.abs(ort - net(torch.from_numpy(x)).detach().numpy()).max() <= 1e-4
+    assert onnx_input_shape(path) == (1, 3, 32, 32)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left over
+
+
+def test_dynamic_batch_export(tmp_path):
+    path = tmp_path / "dyn.onnx"
+    result = export_onnx(conv_net(), (1, 3, 32, 32), path, real_inputs=digits_batch(8), dynamic_batch=True)
+    assert result.passed and result.real_inputs == 8
+    assert onnx_input_shape(path, batch=4) == (4, 3, 32, 32)
+    assert ort_outputs(path, [digits_batch(5).numpy()])[0].shape == (5, 10)
+
+
+def test_failing_parity_raises_and_writes_nothing(tmp_path):
+    """Tolerance 0: ONNX Runtime folds BN into the convs, so float rounding differs from PyTorch."""
+    path = tmp_path / "net.onnx"
+    with pytest.raises(NasDeployError, match=r"max \|diff\| .* > tolerance 0 .*was not written") as info:
+        export_onnx(conv_net(), (1, 3, 32, 32), path, atol=0.0, real_inputs=digits_batch(4))
+    assert "\n" not in str(info.value)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failing_parity_keeps_previous_file(tmp_path):
+    path = tmp_path / "net.onnx"
+    export_onnx(conv_net(), (1, 3, 32, 32), path)
+    before = path.read_bytes()
+    with pytest.raises(NasDeployError):
+        export_onnx(conv_net(), (1, 3, 32, 32), path, atol=0.0)
+    assert path.read_bytes() == before
+
+
+def test_onnx_input_shape_errors(tmp_path):
+    with pytest.raises(NasDeployError, match="not found"):
+        onnx_input_shape(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(NasDeployError, match="not a readable ONNX file"):
+        onnx_input_shape(bad)
+    path = tmp_path / "net.onnx"
+    export_onnx(conv_net(), (1, 3, 32, 32), path)
+    with pytest.raises(NasDeployError, match="static batch of 1"):
+        onnx_input_shape(path, batch=8)
+
+
+def test_parse_shape_and_method():
+    assert parse_shape("1,3,224,224") == (1, 3, 224, 224)
+    assert parse_shape(None) is None
+    with pytest.raises(NasDeployError):
+        parse_shape("1,3,a")
+    method = method_from_dict({"warmup": 3, "repeats": 7, "threads": 1, "unknown": 1}, batch=2)
+    assert (method.warmup, method.repeats, method.batch) == (3, 7, 2)
+
+
+def test_measure_onnx_records_method_and_device(tmp_path):
+    path = tmp_path / "net.onnx"
+    export_onnx(conv_net(), (1, 3, 32, 32), path)
+    timing = measure_onnx(path, "onnxruntime", "cpu", FAST)  # the design contract: a Timing
+    assert len(timing.samples_ms) == 5 and timing.median > 0
+    result = onnx_measurement(path, "onnxruntime", "cpu", FAST).to_dict()
+    assert result["n"] == 5 and result["input_shape"] == [1, 3, 32, 32]
+    assert 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
+    assert result["method"]["threads"] == 1 and result["fingerprint"]["logical_cores"] >= 1
+    assert "onnxruntime" in result["versions"]
+
+
+def test_report_fields_and_relative_error():
+    assert relative_error(11.0, 10.0) == pytest.approx(0.1)
+    assert relative_error(None, 10.0) is None
+    measurement = {"median_ms": 2.0, "p90_ms": 2.5, "runtime": "onnxruntime", "device": "cpu",
+                   "method": {"warmup": 1, "repeats": 2, "threads": 1, "dtype": "float32", "batch": 1},
+                   "fingerprint": {"cpu_model": "x", "logical_cores": 2}, "versions": {"onnxruntime": "1"}}
+    parity = [{"runtime": "onnxruntime-cpu", "max_abs_diff": 1e-7, "atol": 1e-4, "passed": True, "top1_agreement": 1.0}]
+    report = build_report("n", {"onnx": "m.onnx"}, 1.5, 1.8, measurement, parity,
+                          {"test_accuracy": 0.9, "flops": 1000, "params": 10})
+    assert report["within_budget"] is False
+    assert report["relative_prediction_error"] == pytest.approx(-0.1)
+    for key in ("budget_ms", "predicted_latency_ms", "measured_median_ms", "measured_p90_ms", "parity", "flops",
+                "params", "test_accuracy", "fingerprint", "versions", "method"):
+        assert key in report
+    markdown = report_markdown(report)
+    assert "OVER budget" in markdown and "1.800 ms" in markdown
+
+
+# ---------------------------------------------------------------- searched architectures (need nasdeploy.spaces)
+
+
+def darts_record():
+    from nasdeploy.spaces.base import get_space
+    from nasdeploy.spaces.darts import Genotype
+    from nasdeploy.spaces.ops import OP_SPACES
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    space = get_space("darts")
+    template = space.default_template("tiny", C=4, layers=3, input_size=16)  # small: fast on 2 CPU cores
+    ops = [op for op in OP_SPACES[template.op_space] if op not in ("none", "random")]
+    # a fixed hand-written cell: node j takes input 0 and node/input j + 1, cycling through the op space
+    cell = [[(ops[(2 * j) % len(ops)], 0), (ops[(2 * j + 1) % len(ops)], j + 1)] for j in range(template.nodes)]
+    concat = list(range(2, template.nodes + 2))
+    genotype = Genotype(normal=cell, normal_concat=concat, reduce=cell, reduce_concat=concat)
+    return ArchitectureRecord("darts", template, genotype, {"predicted_latency_ms": 1.0, "latency_budget_ms": 2.0})
+
+
+def mobilenet_record():
+    from nasdeploy.spaces.base import get_space
+    from nasdeploy.spaces.mobilenet import LayerwiseArch, layer_layouts
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    space = get_space("mobilenet")
+    template = space.default_template("tiny")
+    layouts = layer_layouts(template)
+    choices = [layout.choices[i % len(layout.choices)] for i, layout in enumerate(layouts)]
+    return ArchitectureRecord("mobilenet", template, LayerwiseArch(choices), {"predicted_latency_ms": 1.0})
+
+
+@pytest.mark.parametrize("make_record", [darts_record, mobilenet_record], ids=["darts", "mobilenet"])
+def test_searched_architectures_export_with_parity(tmp_path, make_record):
+    record = make_record()
+    model = record.build().eval()
+    size = record.template.input_size
+    path = tmp_path / "arch.onnx"
+    result = export_onnx(model, (1, 3, size, size), path, real_inputs=digits_batch(4, size))
+    assert path.is_file() and result.passed and result.max_abs_diff <= 1e-4
+    onnx.checker.check_model(str(path))
+    graph_outputs = onnx.load(str(path)).graph.output
+    assert len(graph_outputs) == 1  # eval graph: logits only, no auxiliary head
+
+
+# ---------------------------------------------------------------- the export command on a trained checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    from nasdeploy.train.trainer import TrainConfig, train_architecture
+
+    out = tmp_path_factory.mktemp("trained")
+    config = TrainConfig(epochs=1, batch_size=16, max_batches=2, threads=1)
+    train_architecture(darts_record(), "digits", config, out)
+    return out / "model.pt"
+
+
+def _export_args(checkpoint: Path, out_dir: Path, budget: str) -> list[str]:
+    return ["export", "model.onnx", "--checkpoint", str(checkpoint), "--budget", budget, "--strict",
+            "--out-dir", str(out_dir), "--no-compare-torch", "--warmup", "2", "--repeats", "5"]
+
+
+def test_export_command_report_and_strict_exit_codes(tmp_path, trained_checkpoint):
+    from nasdeploy.cli import app
+
+    runner = CliRunner()
+    tight = runner.invoke(app, _export_args(trained_checkpoint, tmp_path / "tight", "0.001ms"))
+    assert tight.exit_code == 1, tight.output
+    assert "exceeds the budget" in tight.output
+    loose = runner.invoke(app, _export_args(trained_checkpoint, tmp_path / "loose", "100s"))
+    assert loose.exit_code == 0, loose.output
+    report = json.loads((tmp_path / "loose" / "report.json").read_text())
+    assert report["within_budget"] is True and report["budget_ms"] == 100000.0
+    assert report["parity"][0]["passed"] and report["parity"][0]["max_abs_diff"] <= 1e-4
+    assert report["predicted_latency_ms"] == 1.0  # the search's own prediction (no --table)
+    assert report["relative_prediction_error"] == pytest.approx((1.0 - report["measured_median_ms"]) / report["measured_median_ms"])
+    assert report["measured_p90_ms"] >= report["measured_median_ms"] > 0 and report["method"]["repeats"] == 5
+    assert report["params"] > 0 and 0 <= report["test_accuracy"] <= 1
+    assert report["fingerprint"]["cpu_model"] and report["versions"]["onnxruntime"]
+    assert (tmp_path / "loose" / "model.onnx").is_file() and (tmp_path / "loose" / "report.md").is_file()
+
+
+def test_export_with_torch_comparison(tmp_path, trained_checkpoint):
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+
+    options = ExportOptions(budget_ms=50.0, compare=[("torch", "cpu")], method=FAST.to_dict())
+    report = export_checkpoint(trained_checkpoint, "net.onnx", tmp_path, options)
+    assert [c["runtime"] for c in report["comparisons"]] == ["torch"]
+    assert report["comparisons"][0]["median_ms"] > 0 and report["measurement"]["n"] == 5
+
+
+def test_cli_user_error_exits_2(tmp_path):
+    env = {"PYTHONPATH": str(REPO / "pipeline")}
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", "from nasdeploy.cli import main; main()", "measure", str(tmp_path / "none.onnx")],
+                          capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+    assert proc.returncode == 2
+    assert "ONNX file not found" in proc.stderr
+
+
+def test_measure_command_json(tmp_path):
+    from nasdeploy.cli import app
+
+    path = tmp_path / "net.onnx"
+    export_onnx(conv_net(), (1, 3, 32, 32), path)
+    result = CliRunner().invoke(app, ["measure", str(path), "--repeats", "5", "--warmup", "1", "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["input_shape"] == [1, 3, 32, 32] and saved["n"] == 5 and saved["runtime"] == "onnxruntime"
+
+
+# ---------------------------------------------------------------- TensorRT
+
+
+def test_tensorrt_needs_gpu_message():
+    from nasdeploy.export.tensorrt_export import TENSORRT_HINT, require_tensorrt
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present; the no-GPU message is not reachable here")
+    with pytest.raises(NasDeployError, match="TensorRT needs an NVIDIA GPU"):
+        require_tensorrt("cuda:0")
+    assert "pip install 'nasdeploy[tensorrt]'" in TENSORRT_HINT
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_tensorrt_engine_parity(tmp_path, fp16):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    pytest.importorskip("tensorrt", reason="tensorrt package not installed")
+    from nasdeploy.export.tensorrt_export import export_tensorrt
+
+    net = conv_net()
+    onnx_path = tmp_path / "net.onnx"
+    export_onnx(net, (1, 3, 32, 32), onnx_path)
+    engine = tmp_path / "net.engine"
+    result = export_tensorrt(net, onnx_path, engine, (1, 3, 32, 32), fp16=fp16, real_inputs=digits_batch(16))
+    assert engine.is_file() and result.passed and result.max_abs_diff <= result.atol
