@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -16,7 +18,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# Rich falls back to 80 columns when stderr is a file or pipe (logs, CI), which folds the summary tables
+# into unreadable slivers; a log gets 160 columns unless COLUMNS says otherwise.
+console = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 160)
 
 
 def setup_logging(verbose: bool = False) -> None:
