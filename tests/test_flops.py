@@ -11,14 +11,6 @@ from nasdeploy.spaces.blocks import SepConv
 from nasdeploy.spaces.flops import count_flops, count_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these nets are tiny, and spinning OpenMP threads on a shared CPU is far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_conv_flops():
     assert count_flops(nn.Conv2d(3, 16, 3, padding=1), (1, 3, 32, 32)) == 16 * 3 * 9 * 32 * 32

@@ -21,14 +21,6 @@ from nasdeploy.spaces.mobilenet import LayerwiseArch, choices_for_layer, layer_i
 from nasdeploy.spaces.ops import OP_SPACES, OPS, build_op, op_space_names
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these nets are tiny, and spinning OpenMP threads on a shared CPU is far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 ALL_SPACE_OPS = sorted({op for ops in OP_SPACES.values() for op in ops} | {"none", "random"})
 
 DARTS_V2 = {
