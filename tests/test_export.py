@@ -223,6 +223,9 @@ def test_export_command_report_and_strict_exit_codes(tmp_path, trained_checkpoin
     assert report["measured_p90_ms"] >= report["measured_median_ms"] > 0 and report["method"]["repeats"] == 5
     assert report["params"] > 0 and 0 <= report["test_accuracy"] <= 1
     assert report["fingerprint"]["cpu_model"] and report["versions"]["onnxruntime"]
+    assert report["checkpoint_sha256"] and report["runtime"] == "onnxruntime" and report["device"] == "cpu"
+    markdown = (tmp_path / "loose" / "report.md").read_text()
+    assert "within budget" in markdown and f"{report['measured_median_ms']:.3f} ms" in markdown
     assert (tmp_path / "loose" / "model.onnx").is_file() and (tmp_path / "loose" / "report.md").is_file()
 
 
@@ -254,6 +257,74 @@ def test_measure_command_json(tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["input_shape"] == [1, 3, 32, 32] and saved["n"] == 5 and saved["runtime"] == "onnxruntime"
+
+
+def test_measure_command_on_torchvision_mobilenet_v3_small(tmp_path):
+    """Any ONNX file: torchvision's MobileNetV3-Small (random weights, nothing downloaded), exported here."""
+    import torchvision
+
+    from nasdeploy.cli import app
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    path = tmp_path / "mobilenet_v3_small.onnx"
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["logits"])
+    result = CliRunner().invoke(app, ["measure", str(path), "--warmup", "2", "--repeats", "5", "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert "mobilenet_v3_small.onnx" in result.output and "median" in result.output
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["input_shape"] == [1, 3, 224, 224] and saved["n"] == 5
+    assert saved["method"]["warmup"] == 2 and saved["method"]["threads"] == 1  # the profiler's single-thread method
+    assert 0 < saved["p10_ms"] <= saved["median_ms"] <= saved["p90_ms"]
+    assert saved["fingerprint"]["logical_cores"] >= 1 and saved["versions"]["onnxruntime"]
+    # a 56 M multiply-add network at 224 px cannot run in under 0.1 ms on a CPU core, nor take seconds
+    assert 0.1 < saved["median_ms"] < 2000
+
+
+def test_strict_follows_searched_budget_and_needs_one(tmp_path, trained_checkpoint):
+    from nasdeploy.cli import app
+
+    args = ["export", "model.onnx", "--checkpoint", str(trained_checkpoint), "--strict", "--no-compare-torch",
+            "--warmup", "1", "--repeats", "3"]
+    result = CliRunner().invoke(app, args + ["--out-dir", str(tmp_path / "searched")])
+    report = json.loads((tmp_path / "searched" / "report.json").read_text())
+    assert report["budget_ms"] == 2.0  # the budget stored by the search
+    assert result.exit_code == (0 if report["measured_median_ms"] <= 2.0 else 1), result.output
+
+    payload = torch.load(trained_checkpoint, weights_only=False)
+    del payload["record"]["metrics"]["latency_budget_ms"]
+    unbudgeted = tmp_path / "unbudgeted.pt"
+    torch.save(payload, unbudgeted)
+    result = CliRunner().invoke(app, args[:3] + [str(unbudgeted)] + args[4:] + ["--out-dir", str(tmp_path / "none")])
+    assert isinstance(result.exception, NasDeployError) and "--strict needs a latency budget" in str(result.exception)
+    assert not (tmp_path / "none").exists()  # refused before exporting anything
+
+
+def test_fp16_and_tensorrt_flags_fail_before_exporting(tmp_path, trained_checkpoint):
+    from nasdeploy.cli import app
+
+    base = ["export", "model.onnx", "--checkpoint", str(trained_checkpoint), "--out-dir", str(tmp_path / "x")]
+    fp16 = CliRunner().invoke(app, base + ["--fp16"])
+    assert isinstance(fp16.exception, NasDeployError) and "add --tensorrt" in str(fp16.exception)
+    trt = CliRunner().invoke(app, base + ["--tensorrt"])  # device cpu: never a TensorRT target
+    assert isinstance(trt.exception, NasDeployError) and "TensorRT needs an NVIDIA GPU" in str(trt.exception)
+    assert "--device cuda:0" in str(trt.exception) and "\n" not in str(trt.exception)
+    assert not (tmp_path / "x").exists()
+
+
+def test_search_table_method_is_reused_for_measurement(tmp_path):
+    from nasdeploy.export.deploy import predicted_latency
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"method": {"warmup": 3, "repeats": 7, "threads": 1}}))
+    record = darts_record()
+    record.metrics["table"] = str(table)
+    predicted, method, name = predicted_latency(record, None)
+    assert (predicted, method["repeats"], name) == (1.0, 7, str(table))
+    record.metrics["table"] = str(tmp_path / "gone.json")
+    assert predicted_latency(record, None)[1] is None  # table gone: the default method
 
 
 # ---------------------------------------------------------------- TensorRT

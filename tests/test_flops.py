@@ -2,8 +2,6 @@
 
 import random
 
-import pytest
-import torch
 from torch import nn
 
 from nasdeploy.spaces import get_space

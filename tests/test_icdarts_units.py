@@ -175,3 +175,22 @@ def test_delta_schedule_fixed_adaptive_and_off():
     assert DeltaSchedule.create(None, 10.0, delta_init=0.3, growth=3.0).delta == 0.3
     off = DeltaSchedule.create(None, budget_ms=None, delta_init=None, growth=2.0)
     assert off.delta == 0.0 and off.after_epoch(99.0) == 0.0
+
+
+def test_algorithm_3_on_a_hand_computed_cell():
+    """Algorithm 3's inner loops on a 2-node cell with two ops, worked out by hand."""
+    from nasdeploy.latency.predictor import cell_expected_latency
+
+    costs = torch.tensor([[2.0, 4.0], [0.0, 2.0], [1.0, 1.0], [2.0, 2.0], [4.0, 0.0]])  # L^T per (edge, op), ms
+    alpha = torch.zeros(5, 2)
+    alpha[0, 0] = math.log(3.0)  # softmax (0.75, 0.25) on edge 0; 0.5/0.5 elsewhere
+    alpha.requires_grad_(True)
+    # edge latencies: 2.5, 1, 1, 2, 2. node 0: l^c_0 = 2.5 + 1 = 3.5
+    # node 1: inputs 0, 1 and node 0 (k = 2 adds l^c_0): 1 + 2 + (2 + 3.5) = 8.5
+    l0, l1 = 3.5, 8.5
+    by_hand = (l0 * math.exp(l0) + l1 * math.exp(l1)) / (math.exp(l0) + math.exp(l1))  # Σ l^c softmax(l^c)
+    p = cell_expected_latency(alpha, costs, nodes=2)
+    assert float(p) == pytest.approx(by_hand, rel=1e-6)
+    p.backward()
+    # moving weight to the dearer op of edge 4 (4 ms vs 0 ms) raises P: its α gradient is positive
+    assert float(alpha.grad[4, 0]) > 0 > float(alpha.grad[4, 1])

@@ -51,6 +51,86 @@ def test_profile_stage_fills_and_reuses_cache_and_derives_budget(tmp_path, table
     assert source.startswith("derived: midway")
 
 
+def _small_record(seed: int = 0):
+    """A small searched-like DARTS record (C=4, 3 cells, 16 px): trains and exports in seconds."""
+    import random
+
+    from nasdeploy.spaces.base import get_space
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    space = get_space("darts")
+    template = space.default_template("tiny", C=4, layers=3, input_size=16)
+    return ArchitectureRecord("darts", template, space.sample(template, random.Random(seed)),
+                              {"predicted_latency_ms": 1.0, "latency_budget_ms": 50.0})
+
+
+def _weights(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_stage_skips_finished_and_redoes_corrupt_or_stale(tmp_path):
+    from nasdeploy.pipeline import stage_train
+
+    run = tmp_path / "run"
+    _small_record(0).save(run / "search" / "arch.json")
+    config = RunConfig(out=run, preset="tiny")
+    assert stage_train(config, run).status == "done"
+    model, checkpoint = run / "train" / "model.pt", run / "train" / "checkpoint.pt"
+    first = _weights(model)
+    assert stage_train(config, run).status == "skipped"
+
+    model.write_bytes(b"truncated")  # a corrupt output is redone: resumed from the final checkpoint
+    assert stage_train(config, run).status == "done"
+    assert _same(_weights(model), first)
+
+    model.write_bytes(b"truncated")  # corrupt checkpoint too: moved aside, trained again from scratch
+    checkpoint.write_bytes(b"truncated")
+    assert stage_train(config, run).status == "done"
+    assert _same(_weights(model), first)  # seeded: the same weights as the first time
+    assert (run / "train" / "checkpoint.pt.stale").read_bytes() == b"truncated"
+
+    _small_record(1).save(run / "search" / "arch.json")  # a new search result makes the trained net stale
+    assert stage_train(config, run).status == "done"
+    assert not _same(_weights(model), first)
+    assert stage_train(config, run).status == "skipped"
+
+
+def test_export_finished_checks_report_onnx_and_checkpoint(tmp_path):
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+    from nasdeploy.pipeline import export_finished
+    from nasdeploy.train.trainer import TrainConfig, train_architecture
+
+    config = TrainConfig(epochs=1, batch_size=16, max_batches=2, threads=1)
+    train_architecture(_small_record(0), "digits", config, tmp_path / "train")
+    checkpoint, out = tmp_path / "train" / "model.pt", tmp_path / "export"
+    assert not export_finished(out, checkpoint)
+    report = export_checkpoint(checkpoint, "model.onnx", out, ExportOptions(method={"warmup": 1, "repeats": 3}))
+    assert len(report["checkpoint_sha256"]) == 64
+    assert export_finished(out, checkpoint)
+
+    onnx_bytes = (out / "model.onnx").read_bytes()
+    (out / "model.onnx").write_bytes(onnx_bytes[: len(onnx_bytes) // 2])  # truncated graph
+    assert not export_finished(out, checkpoint)
+    (out / "model.onnx").write_bytes(onnx_bytes)
+    assert export_finished(out, checkpoint)
+
+    report_text = (out / "report.json").read_text()
+    (out / "report.json").write_text(report_text[:100])
+    assert not export_finished(out, checkpoint)
+    (out / "report.json").write_text(report_text)
+
+    train_architecture(_small_record(0), "digits", TrainConfig(**{**config.to_dict(), "seed": 1}), tmp_path / "train")
+    assert not export_finished(out, checkpoint)  # retrained weights: the old export is stale
+
+
 @pytest.mark.slow
 def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     from nasdeploy.cli import app
@@ -77,3 +157,12 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert result.output.count("already finished") == 4
     assert "test accuracy" in result.output and "PyTorch" in result.output
     assert time.perf_counter() - began < 60
+
+    # a damaged stage output is redone, and only that stage
+    (out / "export" / "model.onnx").write_bytes(b"not onnx")
+    state = run_pipeline(config)
+    assert [state["stages"][s]["status"] for s in STAGES] == ["skipped", "skipped", "skipped", "done"]
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(out / "export" / "model.onnx")))
+    assert state["summary"]["test_accuracy"] == summary["test_accuracy"]

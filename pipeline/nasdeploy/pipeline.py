@@ -178,15 +178,48 @@ def stage_search(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
     })
 
 
-def train_finished(out: Path) -> bool:
+def train_finished(out: Path, record_json: dict[str, Any] | None = None) -> bool:
+    """model.pt and metrics.json both readable, and (when given) trained from ``record_json``."""
+    from nasdeploy.io import load_checkpoint
     from nasdeploy.train.trainer import METRICS, MODEL
 
     if not (out / MODEL).is_file() or not (out / METRICS).is_file():
         return False
     try:
-        return "test_accuracy" in read_json(out / METRICS, "training metrics")
-    except NasDeployError:
+        if "test_accuracy" not in read_json(out / METRICS, "training metrics"):
+            return False
+        payload = load_checkpoint(out / MODEL, "trained model")
+    except NasDeployError as exc:
+        log.warning("retraining: %s", exc)
         return False
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        return False
+    if record_json is not None and payload.get("record") != record_json:
+        log.info("retraining: %s was trained from another architecture than search/arch.json", out / MODEL)
+        return False
+    return True
+
+
+def usable_train_checkpoint(out: Path, record_json: dict[str, Any], train_config) -> None:
+    """Move aside a training checkpoint that cannot be resumed (corrupt, other architecture or settings)."""
+    from nasdeploy.io import load_checkpoint
+    from nasdeploy.train.trainer import CHECKPOINT, check_resumable
+
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return
+    reason = None
+    try:
+        state = load_checkpoint(path, "training checkpoint")
+        if not isinstance(state, dict) or "model" not in state:
+            reason = "it is not a training checkpoint"
+        else:
+            check_resumable(state, train_config, record_json, path)
+    except NasDeployError as exc:
+        reason = str(exc)
+    if reason is not None:
+        log.warning("training from scratch, %s moved to %s: %s", path, path.with_suffix(".pt.stale"), reason)
+        path.replace(path.with_suffix(".pt.stale"))
 
 
 def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
@@ -195,23 +228,47 @@ def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
     from nasdeploy.train.trainer import preset_config, train_architecture
 
     out = stage_dir(run_dir, "train")
-    if train_finished(out):
+    record = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json")
+    record_json = record.to_json()
+    if train_finished(out, record_json):
         return StageResult("skipped", 0.0, {"model": str(out / "model.pt"), "metrics": str(out / "metrics.json")})
     started = time.perf_counter()
-    record = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json")
     train_config = preset_config(config.preset, epochs=config.train_epochs, seed=config.seed, device=config.device)
+    usable_train_checkpoint(out, record_json, train_config)
     metrics = train_architecture(record, config.data, train_config, out, resume=True)
     return StageResult("done", time.perf_counter() - started, {
         "model": str(out / "model.pt"), "metrics": str(out / "metrics.json"), "test_accuracy": metrics["test_accuracy"],
     })
 
 
-def export_finished(out: Path) -> bool:
+def export_finished(out: Path, checkpoint: Path) -> bool:
+    """report.json readable with passing parity, its ONNX file valid, and made from ``checkpoint`` as it is now."""
     try:
         report = read_json(out / "report.json", "export report")
-    except NasDeployError:
+    except NasDeployError as exc:
+        if (out / "report.json").exists():
+            log.warning("exporting again: %s", exc)
         return False
-    return all(p.get("passed") for p in report.get("parity", [{}])) and Path(report.get("files", {}).get("onnx", "")).is_file()
+    onnx_path = Path(report.get("files", {}).get("onnx", ""))
+    if not report.get("parity") or not all(p.get("passed") for p in report["parity"]) or not onnx_path.is_file():
+        return False
+    if report.get("checkpoint_sha256") != file_sha256(checkpoint):
+        log.info("exporting again: %s changed since the last export", checkpoint)
+        return False
+    try:
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(onnx_path)))
+    except Exception as exc:  # any parse/check failure means the file is not the validated one
+        log.warning("exporting again: %s is not a valid ONNX file (%s)", onnx_path, exc.__class__.__name__)
+        return False
+    return True
+
+
+def file_sha256(path: Path) -> str | None:
+    from nasdeploy.export.deploy import file_sha256 as sha
+
+    return sha(path)
 
 
 def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageResult:
@@ -219,7 +276,7 @@ def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
 
     out = stage_dir(run_dir, "export")
-    if export_finished(out):
+    if export_finished(out, stage_dir(run_dir, "train") / "model.pt"):
         return StageResult("skipped", 0.0, {"report": str(out / "report.json")})
     started = time.perf_counter()
     comparisons = [(runtime, config.device) for runtime in ("onnxruntime", "torch") if runtime != config.runtime]

@@ -18,11 +18,13 @@ def export(
     checkpoint: Path = typer.Option(..., help="model.pt written by 'nasdeploy train'."),
     budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: the one searched for)."),
     table: Optional[Path] = typer.Option(None, help="Latency table for the prediction (default: the search's prediction)."),
-    runtime: str = typer.Option("onnxruntime", help="Runtime to re-measure on: onnxruntime | tensorrt | torch."),
+    runtime: Optional[str] = typer.Option(None, help="Runtime to re-measure on: onnxruntime | tensorrt | torch "
+                                          "(default: tensorrt with --tensorrt, else onnxruntime)."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
-    tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine and check its parity (GPU)."),
-    fp16: bool = typer.Option(False, "--fp16", help="Build the TensorRT engine in fp16 (relative tolerance 1e-2, top-1 ≥ 99 %)."),
-    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measured latency exceeds the budget."),
+    tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine on --device cuda:N, check its parity "
+                                  "(fp32: max abs diff ≤ 1e-3) and re-measure it there. GPU only."),
+    fp16: bool = typer.Option(False, "--fp16", help="Build the TensorRT engine in fp16 (tolerance 1e-2 × max |logit|, top-1 ≥ 99 %)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measured median latency exceeds the budget."),
     out_dir: Optional[Path] = typer.Option(None, help="Output folder (default exports/<checkpoint folder name>)."),
     exporter: str = typer.Option("legacy", help="torch.onnx exporter: legacy (TorchScript, opset 17) | dynamo (opset 18)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Export with a dynamic batch axis."),
@@ -34,11 +36,14 @@ def export(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Export the inference graph, prove parity, re-measure on the target runtime and write report.json/.md."""
+    from nasdeploy.errors import NasDeployError
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
     from nasdeploy.export.report import summary_table
     from nasdeploy.units import parse_latency
 
     setup_logging(verbose)
+    if strict and budget is None:
+        _require_searched_budget(checkpoint)
     options = ExportOptions(
         budget_ms=parse_latency(budget) if budget else None, table=table, runtime=runtime, device=device,
         tensorrt=tensorrt, fp16=fp16, exporter=exporter, dynamic_batch=dynamic_batch, atol=atol, data=data,
@@ -49,9 +54,22 @@ def export(
     report = export_checkpoint(checkpoint, onnx_name, folder, options)
     console.print(summary_table(report))
     console.print(f"report: {folder / 'report.json'} and {folder / 'report.md'}")
+    if strict and report["budget_ms"] is None:
+        raise NasDeployError("--strict needs a latency budget, and none was given or searched for; pass --budget, e.g. --budget 22ms")
     if strict and report["within_budget"] is False:
         console.print(f"[bold red]measured {report['measured_median_ms']:.3f} ms exceeds the budget {report['budget_ms']:.4g} ms (--strict)[/]")
         raise typer.Exit(code=1)
+
+
+def _require_searched_budget(checkpoint: Path) -> None:
+    """--strict without --budget: the checkpoint's searched budget must exist (checked before exporting)."""
+    from nasdeploy.errors import NasDeployError
+    from nasdeploy.io import load_checkpoint
+
+    payload = load_checkpoint(checkpoint, "trained model")
+    record = payload.get("record", {}) if isinstance(payload, dict) else {}
+    if (record.get("metrics") or {}).get("latency_budget_ms") is None:
+        raise NasDeployError(f"--strict needs a latency budget and {checkpoint} was not searched under one; pass --budget, e.g. --budget 22ms")
 
 
 @app.command()

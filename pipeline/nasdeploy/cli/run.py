@@ -19,7 +19,8 @@ def run(
     latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: derived from the table)."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
     preset: str = typer.Option("cpu", help="cpu (≤ 15 min on 2 cores with digits) | tiny (smoke test) | paper."),
-    out: Path = typer.Option(Path("runs/default"), help="Run folder; re-running skips finished stages."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<space>-<strategy>-<preset>); re-running skips "
+                                       "finished stages."),
     device: str = typer.Option("cpu", help="cpu | cuda:N (search, training and measurement)."),
     runtime: str = typer.Option("onnxruntime", help="Runtime the table is profiled on and the net deployed to."),
     table: Optional[Path] = typer.Option(None, help="Use this latency table instead of the machine's cached/profiled one."),
@@ -32,6 +33,7 @@ def run(
     from nasdeploy.units import parse_latency
 
     setup_logging(verbose)
+    out = out or default_run_folder(space, strategy, preset)
     config = RunConfig(
         out=out, space=space, strategy=strategy, latency_budget_ms=parse_latency(latency_budget) if latency_budget else None,
         data=data, preset=preset, device=device, runtime=runtime, seed=seed, table=table, train_epochs=epochs,
@@ -41,6 +43,13 @@ def run(
     if state.get("budget_source", "given") != "given":
         console.print(f"latency budget {state['budget_ms']:.3f} ms — {state['budget_source']}")
     console.print(run_table(state, out))
+
+
+def default_run_folder(space: str, strategy: Optional[str], preset: str) -> Path:
+    """``runs/<space>-<strategy>-<preset>``: ``run`` and ``run --strategy senas`` get folders of their own."""
+    from nasdeploy.search.base import default_strategy
+
+    return Path("runs") / f"{space}-{strategy or default_strategy(space)}-{preset}"
 
 
 def _ms(value: Optional[float]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from nasdeploy.errors import NasDeployError
+from nasdeploy.io import read_json
 from nasdeploy.export.measure import method_from_dict, module_measurement, onnx_measurement
 from nasdeploy.export.onnx_export import FP32_ATOL, export_onnx
 from nasdeploy.export.report import build_report, write_report
@@ -28,7 +29,7 @@ RUNTIMES = ("onnxruntime", "tensorrt", "torch")
 class ExportOptions:
     budget_ms: float | None = None  # None: the budget the architecture was searched for
     table: Path | None = None  # LUT for the prediction; None: the prediction stored by the search
-    runtime: str = "onnxruntime"  # where the deployed net is re-measured
+    runtime: str | None = None  # where the deployed net is re-measured; None: tensorrt with --tensorrt, else onnxruntime
     device: str = "cpu"
     tensorrt: bool = False
     fp16: bool = False
@@ -39,6 +40,24 @@ class ExportOptions:
     data: str | None = None  # None: the dataset the model was trained on
     compare: list[tuple[str, str]] = field(default_factory=list)  # extra (runtime, device) measurements
     method: dict[str, Any] | None = None  # MeasureMethod fields overriding the table's method (else the defaults)
+
+
+def target_runtime(options: ExportOptions) -> str:
+    """The runtime the deployed net is re-measured on: ``options.runtime``, else tensorrt with --tensorrt."""
+    runtime = options.runtime or ("tensorrt" if options.tensorrt else "onnxruntime")
+    if runtime not in RUNTIMES:
+        raise NasDeployError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def file_sha256(path: Path | str) -> str | None:
+    """Hex SHA-256 of a file (None if absent): ties a report to the exact checkpoint it was made from."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def real_batch(data_spec: str, input_size: int, count: int) -> torch.Tensor:
@@ -53,7 +72,15 @@ def real_batch(data_spec: str, input_size: int, count: int) -> torch.Tensor:
 def predicted_latency(record: ArchitectureRecord, table_path: Path | None) -> tuple[float | None, dict[str, Any] | None, str | None]:
     """(LUT-predicted ms, the table's method, table path) — from ``table_path`` or the search's own record."""
     if table_path is None:
-        return record.metrics.get("predicted_latency_ms"), None, record.metrics.get("table")
+        # the search's own prediction; measure with its table's method when that table is still here
+        searched_table = record.metrics.get("table")
+        method = None
+        if searched_table and Path(searched_table).is_file():
+            try:
+                method = read_json(searched_table, "latency table").get("method")
+            except (NasDeployError, AttributeError):
+                method = None
+        return record.metrics.get("predicted_latency_ms"), method, searched_table
     from nasdeploy.latency.predictor import predict_latency_ms
     from nasdeploy.latency.table import load_table
 
@@ -73,8 +100,16 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     """Export, validate, re-measure and report; writes OUT/<onnx_name>, [engine], report.json, report.md."""
     from nasdeploy.train.trainer import load_trained_model
 
-    if options.runtime not in RUNTIMES:
-        raise NasDeployError(f"unknown runtime {options.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    runtime = target_runtime(options)
+    wants_engine = options.tensorrt or runtime == "tensorrt"
+    if options.fp16 and not wants_engine:
+        raise NasDeployError("--fp16 applies to the TensorRT engine; add --tensorrt (GPU), or drop --fp16")
+    if wants_engine:  # fail before any work, not after the ONNX export
+        from nasdeploy.export.tensorrt_export import require_tensorrt
+
+        require_tensorrt(options.device)
+    if options.budget_ms is not None and options.budget_ms <= 0:
+        raise NasDeployError(f"latency budget must be positive, got {options.budget_ms} ms; pass e.g. --budget 22ms")
     out_dir = Path(out_dir)
     model, payload = load_trained_model(checkpoint)
     record = ArchitectureRecord.from_json(payload["record"], source=str(checkpoint))
@@ -85,7 +120,7 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     onnx_path = out_dir / Path(onnx_name).name
     parity = [export_onnx(model, input_shape, onnx_path, options.atol, real, options.exporter, options.dynamic_batch).to_dict()]
     files = {"onnx": str(onnx_path), "checkpoint": str(checkpoint)}
-    if options.tensorrt or options.runtime == "tensorrt":
+    if wants_engine:
         from nasdeploy.export.tensorrt_export import export_tensorrt
 
         engine_path = onnx_path.with_suffix(".fp16.engine" if options.fp16 else ".engine")
@@ -93,22 +128,23 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
         files["tensorrt_engine"] = str(engine_path)
 
     predicted, table_method, table_name = predicted_latency(record, options.table)
-    dtype = "float16" if options.fp16 and options.runtime == "tensorrt" else None
+    dtype = "float16" if options.fp16 and runtime == "tensorrt" else None
     overrides = {**(options.method or {}), "batch": input_shape[0]}
     if dtype is not None:
         overrides["dtype"] = dtype
     method = method_from_dict(table_method, **overrides)
-    log.info("re-measuring %s on %s/%s (%d runs after %d warm-up)", onnx_path.name, options.runtime, options.device,
+    log.info("re-measuring %s on %s/%s (%d runs after %d warm-up)", onnx_path.name, runtime, options.device,
              method.repeats, method.warmup)
-    measurement = measure_target(onnx_path, model, input_shape, options.runtime, options.device, method)
-    comparisons = [measure_target(onnx_path, model, input_shape, runtime, device,
+    measurement = measure_target(onnx_path, model, input_shape, runtime, options.device, method)
+    comparisons = [measure_target(onnx_path, model, input_shape, other, device,
                                   method_from_dict(method.to_dict(), dtype="float32"))
-                   for runtime, device in options.compare if (runtime, device) != (options.runtime, options.device)]
+                   for other, device in options.compare if (other, device) != (runtime, options.device)]
     budget = options.budget_ms if options.budget_ms is not None else record.metrics.get("latency_budget_ms")
     report = build_report(
         name=out_dir.name, files=files, budget_ms=budget, predicted_ms=predicted, measurement=measurement,
         parity=parity, model_metrics=payload.get("metrics", {}), comparisons=comparisons, table=table_name,
-        extra={"space": record.space, "arch": record.to_json()["arch"], "input_shape": list(input_shape)},
+        extra={"space": record.space, "arch": record.to_json()["arch"], "input_shape": list(input_shape),
+               "checkpoint_sha256": file_sha256(checkpoint)},
     )
     json_path, md_path = write_report(report, out_dir)
     files.update({"report_json": str(json_path), "report_md": str(md_path)})

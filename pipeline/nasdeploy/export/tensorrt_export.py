@@ -35,8 +35,10 @@ def require_tensorrt(device: str = "cuda:0"):
     """The ``tensorrt`` module, or NasDeployError with :data:`TENSORRT_HINT`."""
     from nasdeploy.hardware.devices import cuda_index
 
-    if cuda_index(device) is None or not torch.cuda.is_available():
-        raise NasDeployError(f"{TENSORRT_HINT} (device {device!r} is not a usable CUDA device here)")
+    if cuda_index(device) is None:
+        raise NasDeployError(f"{TENSORRT_HINT}; device {device!r} is not a GPU: pass --device cuda:0")
+    if not torch.cuda.is_available():
+        raise NasDeployError(f"{TENSORRT_HINT}; no CUDA GPU is visible on this machine (device {device!r})")
     try:
         import tensorrt
     except ImportError:

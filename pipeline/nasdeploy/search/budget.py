@@ -83,6 +83,16 @@ class DeltaSchedule:
             start = delta_share / max(float(penalty_start), 1e-9)
         return cls(start, False, growth, budget_ms)
 
+    def describe(self) -> str:
+        """One line for the search log: how δ was set and how it adapts."""
+        if self.fixed and self.budget_ms is None and self.delta == 0.0:
+            return "delta = 0: no latency budget and no --delta, accuracy-only search"
+        if self.fixed:
+            return f"delta fixed at {self.delta:g} by --delta (no adaptation)"
+        return (f"delta adaptive: delta_0 = delta_share / P(alpha_0) (or delta_init), multiplied by {self.growth:g} after "
+                f"each search epoch whose discretised genotype is predicted over the {self.budget_ms:g} ms budget; "
+                "the final genotype is then forced under the budget by fit_to_budget if still over")
+
     def after_epoch(self, predicted_ms: float | None) -> float:
         """Grow δ when the epoch's discretised genotype is predicted over budget; returns the new δ."""
         self.history.append(self.delta)

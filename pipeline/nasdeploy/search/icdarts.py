@@ -376,10 +376,21 @@ class ICDARTSRun:
             with torch.no_grad():
                 record["expected_latency_ms"] = float(self.penalty())
             record["predicted_latency_ms"] = predict_latency_ms(self.setup.table, genotype, space, self.setup.deploy_template)
+        if phase == "search" and self.E is not None:
+            record["acc_E_val"] = self.evaluation_accuracy()
         record["alpha_normal"] = [[round(float(v), 5) for v in row] for row in weights_n.detach().cpu()]
         record["alpha_reduce"] = [[round(float(v), 5) for v in row] for row in weights_r.detach().cpu()]
         record["seconds"] = seconds
         return record
+
+    @torch.no_grad()
+    def evaluation_accuracy(self, limit: int = 256) -> float:
+        """E's accuracy (eval mode) on the first ``limit`` images of the val half: no randomness, so resume-safe."""
+        x, y = (t[:limit].to(self.setup.device) for t in self.setup.val_set.tensors)
+        self.E.eval()
+        correct = sum(int((self.E(x[i : i + 128]).argmax(dim=1) == y[i : i + 128]).sum()) for i in range(0, len(y), 128))
+        self.E.train()
+        return correct / max(len(y), 1)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""
@@ -544,6 +555,9 @@ def finish(setup: SearchSetup, run: ICDARTSRun, out_dir: Path, extra_log: dict[s
     network = space.build(genotype, template).eval()
     size = template.input_size
     input_shape = (1, template.in_channels, *((size, size) if isinstance(size, int) else size))
+    if fallback:
+        log.info("budget fallback: %d op replacement(s) brought the genotype to %.3f ms <= %.3f ms",
+                 len([r for r in fallback if "from" in r]), metrics["predicted_latency_ms"], setup.budget_ms)
     metrics.update({"flops": int(count_flops(network, input_shape)), "params": int(count_params(network)),
                     "discretization": setup.config.discretization, "zero_config": setup.zero.name,
                     "op_space": str(template.op_space), "search_seconds": run.seconds, "budget_fallback": fallback})
@@ -556,6 +570,7 @@ def finish(setup: SearchSetup, run: ICDARTSRun, out_dir: Path, extra_log: dict[s
         "strategy": "icdarts", "config": setup.config.to_dict(), "seed": setup.seed, "data": setup.data,
         "op_names": setup.op_names, "deploy_template": template.to_dict(),
         "search_template": setup.search_template.to_dict(), "eval_template": setup.eval_template.to_dict(),
+        "delta_rule": run.delta.describe(),
         "delta_initial": run.delta.history[0] if run.delta.history else run.delta.delta,
         "delta_history": run.delta.history, "epochs": run.log, **extra_log,
         "result": {"genotype": space.arch_to_json(genotype), "metrics": metrics},

@@ -9,6 +9,12 @@ Gradient routing, which the tests check:
   part of Eq. 4.1; it adds no gradient) and E's logits detached. Only w_S's optimiser steps on it.
 * w_E (Eq. 3.11): ``L_train^E`` alone (+ ``aux_weight`` × the auxiliary head's cross-entropy, as in the
   CDARTS template); it never sees S's loss or the distillation term.
+
+How δ is set (``search.budget.DeltaSchedule``; the search log records it as ``delta_rule``, ``delta`` per
+epoch and ``delta_history``): ``--delta`` fixes δ for the whole search; with ``--latency-budget`` and no
+``--delta``, δ_0 = ``delta_share`` / P(α_0) (the penalty starts as 0.1 of the loss) and δ is multiplied by
+``delta_growth`` (2) after every search epoch whose discretised genotype is predicted over the budget; without
+a budget δ = 0. Whatever δ reaches, the final genotype is forced under the budget by ``budget.fit_to_budget``.
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=No
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
-def _check_resumable(state: dict, config: TrainConfig, record_json: dict, path: Path) -> None:
+def check_resumable(state: dict, config: TrainConfig, record_json: dict, path: Path) -> None:
     saved = state.get("config", {})
     for key in ("epochs", "batch_size", "lr", "seed", "cutout", "drop_path", "auxiliary_weight", "weight_decay"):
         if saved.get(key) != getattr(config, key):
@@ -243,7 +243,7 @@ def _train_architecture(record: ArchitectureRecord, data_spec: str, config: Trai
     checkpoint_path = out_dir / CHECKPOINT
     if resume and checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path, "training checkpoint")
-        _check_resumable(state, config, record_json, checkpoint_path)
+        check_resumable(state, config, record_json, checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
