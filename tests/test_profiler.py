@@ -131,7 +131,7 @@ def test_validate_refuses_other_machine(torch_table, tmp_path):
 def test_stem_repeat_weights(tiny, tmp_path):
     from nasdeploy.latency.stem_repeat import stem_repeat_weights
 
-    backend = get_backend("torch", "cpu", MeasureMethod(warmup=1, repeats=5, threads=1))
+    backend = get_backend("torch", "cpu", MeasureMethod(warmup=1, repeats=5, threads=1, rounds=3))
     result = stem_repeat_weights("darts", tiny, backend, path=tmp_path / "w.json", op_names=["sep_conv_3x3", "skip_connect"], copies=3)
     assert set(result["ops"]) == {"sep_conv_3x3", "skip_connect"}
     assert sum(r["weight"] for r in result["ops"].values()) == pytest.approx(1.0)

@@ -6,8 +6,9 @@ each operation repeated ten times in the stemming layer were obtained the same w
 subtracted ... and the differences normalised to get the latency weights."
 
 Here the reference network is the DARTS V2 genotype (or, if the op space lacks its ops, a fixed sample),
-each op is inserted ``copies`` times right after the stem convolution at the stem's shape, and the
-latency is the mean of ``method.repeats`` timed runs, as in the dissertation.
+each op is inserted ``copies`` times right after the stem convolution at the stem's shape. Each network's
+latency is the median of ``method.repeats`` timed runs, taken over ``method.rounds`` interleaved rounds
+(best round kept), rather than one mean of twenty runs: see :func:`measure_interleaved`.
 """
 
 from __future__ import annotations
@@ -93,6 +94,26 @@ def latency_weights(deltas_ms: dict[str, float]) -> dict[str, float]:
     return {op: (value / total if total > 0 else 0.0) for op, value in clipped.items()}
 
 
+def measure_interleaved(backend: Backend, networks: dict[str, nn.Module], shape: tuple[int, ...]) -> dict[str, dict]:
+    """Time every network once per round (``method.rounds``), in turn; keep each one's best round.
+
+    The dissertation averages twenty runs of each network one after the other; a slow spell of the machine
+    then lands on one network's difference alone (a negative Δ for a costly op). Interleaving the rounds
+    and keeping each network's lowest round median cancels such spells in the differences.
+    """
+    best: dict[str, dict] = {}
+    rounds = max(1, backend.method.rounds)
+    with progress_bar() as bar:
+        task = bar.add_task("stem-repeat", total=rounds * len(networks), info="")
+        for round_index in range(rounds):
+            for name, network in networks.items():
+                summary = backend.measure_module(network, shape).summary()
+                if name not in best or summary["median_ms"] < best[name]["median_ms"]:
+                    best[name] = summary
+                bar.update(task, advance=1, info=f"round {round_index + 1}/{rounds} {name}")
+    return best
+
+
 def stem_repeat_weights(space_name: str, template: Any, backend: Backend, path: Path | None = None,
                         op_names: Sequence[str] | None = None, copies: int = 10) -> dict[str, Any]:
     """Table 4.6: baseline network latency, then each op ``copies`` times after the stem; weights = normalised increases."""
@@ -109,17 +130,12 @@ def stem_repeat_weights(space_name: str, template: Any, backend: Backend, path: 
     baseline_net = space.build(genotype, template)
     stem_shape = stem_output_shape(baseline_net, shape)
     channels = stem_shape[1]
-    ops: dict[str, dict[str, float]] = {}
-    with progress_bar() as bar:
-        task = bar.add_task("stem-repeat", total=len(op_names) + 1, info="baseline")
-        baseline = backend.measure_module(baseline_net, shape)
-        bar.update(task, advance=1)
-        for op in op_names:
-            network = StemRepeat(space.build(genotype, template), [build_op(op, channels, channels, 1) for _ in range(copies)])
-            timing = backend.measure_module(network, shape)
-            ops[op] = {"latency_ms": timing.summary()["mean_ms"], "median_ms": timing.median}
-            bar.update(task, advance=1, info=op)
-    base_ms = baseline.summary()["mean_ms"]
+    networks = {"baseline": baseline_net}
+    networks.update({op: StemRepeat(space.build(genotype, template), [build_op(op, channels, channels, 1) for _ in range(copies)])
+                     for op in op_names})
+    best = measure_interleaved(backend, networks, shape)
+    base_ms = best.pop("baseline")["median_ms"]
+    ops = {op: dict(row, latency_ms=row["median_ms"]) for op, row in best.items()}
     weights = latency_weights({op: row["latency_ms"] - base_ms for op, row in ops.items()})
     for op, row in ops.items():
         row.update(delta_ms=row["latency_ms"] - base_ms, per_op_ms=(row["latency_ms"] - base_ms) / copies, weight=weights[op])
@@ -128,7 +144,7 @@ def stem_repeat_weights(space_name: str, template: Any, backend: Backend, path: 
         "reference": space.arch_to_json(genotype), "stem_shape": list(stem_shape), "copies": copies,
         "runtime": backend.name, "device": backend.device, "measure": backend.method.to_dict(),
         "fingerprint": fingerprint(backend.device, backend.method.threads), "versions": backend.versions(),
-        "baseline_ms": base_ms, "baseline_median_ms": baseline.median, "ops": ops,
+        "baseline_ms": base_ms, "ops": ops,
     }
     if path is not None:
         atomic_write_json(path, result)
