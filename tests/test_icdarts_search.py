@@ -69,8 +69,13 @@ def cheapest_ms(table: Path, **options) -> float:
     return prepare(req, make_config("tiny", req.options)).cheapest_ms
 
 
-def unconstrained_ms(table: Path, tmp: Path) -> float:
-    return run_icdarts(request(tmp, table)).record.metrics["predicted_latency_ms"]
+DELTA_OPTIONS = {"epochs": 1, "steps_per_epoch": 4, "pretrain_epochs": 0}
+
+
+@pytest.fixture(scope="module")
+def free_metrics(table_path, tmp_path_factory) -> dict:
+    """δ = 0 (no penalty): the reference for the δ test and the upper end of the tight-budget test."""
+    return run_icdarts(request(tmp_path_factory.mktemp("d0"), table_path, delta=0.0, **DELTA_OPTIONS)).record.metrics
 
 
 # ------------------------------------------------------------------------------------------ gradients
@@ -102,6 +107,14 @@ def test_gradient_routing(table_path, tmp_path):
     (0.5 * run.penalty()).backward()
     assert all(g is not None and g.abs().sum() > 0 for g in grads(alphas))
     assert all(g is None for g in grads(w_s) + grads(w_e))
+    clear()
+    # L^{S,E} alone, even with E's logits still attached to E's graph: w_S gets gradient, w_E none
+    from nasdeploy.search.icdarts_losses import soft_target_loss, split_outputs
+
+    attached_e, _ = split_outputs(E(x))
+    soft_target_loss(S(x), attached_e, 2.0).backward()
+    assert sum(float(g.abs().sum()) for g in grads(w_s) if g is not None) > 0
+    assert all(g is None for g in grads(w_e))
     clear()
     # w_S's objective (Eq. 3.10 / 4.1) reaches w_S, never w_E (E's logits are detached)
     logits_e = evaluation_objective(E, x, y, 0.4).logits
@@ -185,8 +198,8 @@ def test_missing_and_corrupt_table_fail_clearly(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ searches
-def test_search_outputs_and_tight_budget(table_path, tmp_path):
-    loose = unconstrained_ms(table_path, tmp_path / "free")
+def test_search_outputs_and_tight_budget(table_path, tmp_path, free_metrics):
+    loose = free_metrics["predicted_latency_ms"]
     floor = cheapest_ms(table_path)
     budget = floor + 0.3 * (loose - floor)
     assert floor < budget < loose
@@ -208,16 +221,18 @@ def test_search_outputs_and_tight_budget(table_path, tmp_path):
     for epoch in search_epochs:
         grown = epoch["predicted_latency_ms"] > budget
         assert epoch["delta_next"] == pytest.approx(epoch["delta"] * (2.0 if grown else 1.0))
+    assert "multiplied by 2" in log["delta_rule"] and "fit_to_budget" in log["delta_rule"]
+    assert 0.0 <= search_epochs[0]["acc_E_val"] <= 1.0
+    assert log["result"]["metrics"]["predicted_latency_ms"] <= budget
     pretrain = log["epochs"][0]  # α is fixed while pre-training, so its P is P(α_0)
     assert search_epochs[0]["delta"] * pretrain["expected_latency_ms"] == pytest.approx(0.1, rel=1e-4)  # δ_0·P(α_0)
     assert (tmp_path / "tight" / "cells.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "tight" / "checkpoint.pt").exists()
 
 
-def test_larger_delta_gives_lower_predicted_latency(table_path, tmp_path):
-    options = {"epochs": 1, "steps_per_epoch": 4, "pretrain_epochs": 0}
-    free = run_icdarts(request(tmp_path / "d0", table_path, delta=0.0, **options)).record.metrics
-    costly = run_icdarts(request(tmp_path / "d1", table_path, delta=50.0, **options)).record.metrics
+def test_larger_delta_gives_lower_predicted_latency(table_path, tmp_path, free_metrics):
+    free = free_metrics
+    costly = run_icdarts(request(tmp_path / "d1", table_path, delta=50.0, **DELTA_OPTIONS)).record.metrics
     assert costly["predicted_latency_ms"] < free["predicted_latency_ms"]
     assert costly["expected_latency_ms"] < free["expected_latency_ms"]
 
@@ -225,7 +240,7 @@ def test_larger_delta_gives_lower_predicted_latency(table_path, tmp_path):
 def test_resume_gives_the_same_genotype_and_alpha(table_path, tmp_path, monkeypatch):
     import nasdeploy.search.icdarts as icdarts
 
-    options = {"epochs": 2, "pretrain_epochs": 0, "update_every": 3, "steps_per_epoch": 2}  # E lives across epochs
+    options = {"epochs": 2, "pretrain_epochs": 0, "update_every": 2, "steps_per_epoch": 1}  # E lives across epochs
     whole = run_icdarts(request(tmp_path / "whole", table_path, **options))
     real_write, calls = icdarts.atomic_write_json, {"n": 0}
 
@@ -250,7 +265,7 @@ def test_resume_gives_the_same_genotype_and_alpha(table_path, tmp_path, monkeypa
         run_icdarts(resuming(request(tmp_path / "empty", table_path, **options)))
 
 
-@pytest.mark.parametrize("rule", ["idarts", "xdarts"])
+@pytest.mark.parametrize("rule", ["idarts"])  # xdarts: test_cli_search_writes_the_genotype
 def test_idarts_xdarts_search_builds_their_cells(table_path, tmp_path, rule):
     result = run_icdarts(request(tmp_path, table_path, discretization=rule, zero_config="V3"))
     genotype = result.record.arch
@@ -321,5 +336,10 @@ def test_cli_search_writes_the_genotype(table_path, tmp_path):
     record = ArchitectureRecord.load(out / "arch.json")
     assert record.metrics["predicted_latency_ms"] <= 400 and record.metrics["discretization"] == "xdarts"
     assert record.metrics["delta_final"] == 0.01  # --delta fixes δ
+    nodes = len(record.arch.normal)
+    assert [len(n) for n in record.arch.normal] == [len(n) for n in record.arch.reduce] == [j + 2 for j in range(nodes)]
+    log = json.loads((out / "search_log.json").read_text())
+    assert log["delta_rule"] == "delta fixed at 0.01 by --delta (no adaptation)"
+    assert all(epoch["delta"] == 0.01 for epoch in log["epochs"])
     bad = CliRunner().invoke(app, args[:-len(fast)] + ["--set", "bogus=1"])
     assert bad.exit_code != 0 and "unknown ICDARTS option 'bogus'" in str(bad.exception)

@@ -23,6 +23,7 @@ Outputs under ``request.out_dir``: ``arch.json``, ``search_log.json``, ``cells.p
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -273,7 +274,11 @@ class ICDARTSRun:
         cfg = self.cfg
         self.genotype_E = self.genotype("evaluation")
         self.E = self.setup.space.build(self.genotype_E, self.setup.eval_template).to(self.setup.device)
-        self.opt_e = torch.optim.SGD(self.E.parameters(), lr=lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+        # a new E is a fresh network: its warm-up runs at the initial rate (at the annealed rate of late epochs
+        # a few warm-up steps leave it at chance), then it follows S's cosine schedule
+        warmup_lr = cfg.eval_warmup_lr if cfg.eval_warmup_lr is not None else cfg.w_lr
+        self.opt_e = torch.optim.SGD(self.E.parameters(), lr=warmup_lr, momentum=cfg.w_momentum,
+                                     weight_decay=cfg.w_weight_decay)
         self.E.train()
         for w in range(cfg.warmup_epochs):
             loader = make_loader(self.setup.train_set, cfg.batch_size, shuffle=True,
@@ -385,11 +390,24 @@ class ICDARTSRun:
 
     @torch.no_grad()
     def evaluation_accuracy(self, limit: int = 256) -> float:
-        """E's accuracy (eval mode) on the first ``limit`` images of the val half: no randomness, so resume-safe."""
+        """E's accuracy (eval mode) on the first ``limit`` images of the val half.
+
+        E has trained for a few dozen steps only, so its running batch-norm statistics are still far from the
+        data's; a copy of E gets them re-estimated (cumulative average) on the first ``limit`` *train* images
+        first. No randomness and E itself is untouched, so a resumed search logs the same value.
+        """
+        net = copy.deepcopy(self.E)
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None
+        net.train()
+        xt = self.setup.train_set.tensors[0][:limit].to(self.setup.device)
+        for i in range(0, len(xt), 128):
+            net(xt[i : i + 128])
+        net.eval()
         x, y = (t[:limit].to(self.setup.device) for t in self.setup.val_set.tensors)
-        self.E.eval()
-        correct = sum(int((self.E(x[i : i + 128]).argmax(dim=1) == y[i : i + 128]).sum()) for i in range(0, len(y), 128))
-        self.E.train()
+        correct = sum(int((net(x[i : i + 128]).argmax(dim=1) == y[i : i + 128]).sum()) for i in range(0, len(y), 128))
         return correct / max(len(y), 1)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -538,7 +556,7 @@ def finish(setup: SearchSetup, run: ICDARTSRun, out_dir: Path, extra_log: dict[s
         predicted = predict(genotype)
         if setup.budget_ms is not None and predicted > setup.budget_ms:
             log.info("discretised genotype predicted %.3f ms > budget %.3f ms: budget-aware discretisation", predicted, setup.budget_ms)
-            weights = dict(zip(("normal", "reduce"), run.S.mixing_weights()))
+            weights = dict(zip(("normal", "reduce"), (w.detach() for w in run.S.mixing_weights())))
             costs = {"normal": edge_costs(table, template, setup.op_names, False),
                      "reduce": edge_costs(table, template, setup.op_names, True)}
             cheapest = cheapest_genotype(table, template, setup.op_names, setup.config.discretization, setup.zero, setup.config.k)
