@@ -138,6 +138,29 @@ def test_partial_models_have_independent_weights():
     assert copy_two is net.candidates["L1to2|y+x|0|1"]
 
 
+def test_only_the_sampled_path_stays_on_the_training_device():
+    """§3.4: idle partial models leave the device. ``meta`` stands in for the parking place (no GPU in CI):
+    the copies the path runs are on the training device, every other copy is parked, and parking is skipped
+    when the training device is the parking place itself."""
+    net = tiny_supernet([[1, 2]])
+    one, two = Path(("x", "x", "y")), Path(("x", "y", "x"))
+    net.prepare(one, "cpu")
+    net.prepare(two, "cpu")
+    assert set(net.copy_devices().values()) == {torch.device("cpu")}  # training on the CPU: nothing to park
+    net.idle_device = torch.device("meta")
+    net.prepare(two, "cpu")
+    devices = net.copy_devices()
+    assert {n for n, d in devices.items() if d.type == "cpu"} == {"L1to2|y+x|0|1", "L1to2|y+x|0|2"}
+    assert {n for n, d in devices.items() if d.type == "meta"} == {"L1to2|x+y|0|1", "L1to2|x+y|0|2"}
+    assert all(p.device.type == "cpu" for n, p in net.named_parameters() if "shared" in n)  # shared stay
+    buffers = {name: torch.zeros(1) for name, _ in net.named_parameters()}
+    from nasdeploy.search.supernet import follow_params
+
+    follow_params(buffers, dict(net.named_parameters()))
+    assert buffers["candidates.L1to2|x+y|0|1.0.weight"].device.type == "meta"
+    assert buffers["candidates.L1to2|y+x|0|1.0.weight"].device.type == "cpu"
+
+
 def test_drop_removed_forgets_partial_models_with_removed_operators():
     net = tiny_supernet([[1, 2]])
     net.prepare(Path(("x", "x", "y")), "cpu")

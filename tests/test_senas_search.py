@@ -61,15 +61,23 @@ def request_for(out_dir, table_path=None, **kwargs):
                          preset="tiny", seed=kwargs.pop("seed", 0), options=options, **kwargs)
 
 
+def probe_costs(space_name, template, table=None):
+    """The strategy's own path costs, without loading data or building a supernet."""
+    from nasdeploy.search.senas_paths import PathCosts
+    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+
+    adapter = make_adapter(space_name, search_template_for(get_space(space_name), template, 10, 3), template, table)
+    return PathCosts(adapter.paths, adapter.flops, adapter.latency, adapter.predict_latency)
+
+
 def test_search_meets_latency_and_flops_budgets(tmp_path, mobilenet_lut):
     path, table, space, template = mobilenet_lut
     cheapest = cheapest_latency_ms(table, "mobilenet", template)
-    run = SenasRun(request_for(tmp_path / "probe", path))
-    run.setup()
-    paths = run.adapter.paths
-    largest = max(run.costs.latency_ms(paths.sample(paths.candidates, random.Random(i))) for i in range(20))
+    costs = probe_costs("mobilenet", template, table)
+    paths = costs.paths
+    largest = max(costs.latency_ms(paths.sample(paths.candidates, random.Random(i))) for i in range(20))
     budget = cheapest + 0.3 * (largest - cheapest)
-    flops_budget = run.costs.cheapest_value(run.adapter.paths.candidates, "flops") * 1.5
+    flops_budget = costs.cheapest_value(paths.candidates, "flops") * 1.5
     result = get_strategy("senas").run(request_for(tmp_path / "out", path, latency_budget_ms=budget, flops_budget=flops_budget))
 
     record = ArchitectureRecord.load(result.arch_path)
@@ -92,7 +100,7 @@ def test_search_meets_latency_and_flops_budgets(tmp_path, mobilenet_lut):
     state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=False)["state"]
     evaluated = list(state.evolution.fitness)
     assert evaluated
-    assert all(run.costs.latency_ms(p) <= budget and run.costs.flops(p) <= flops_budget for p in evaluated)
+    assert all(costs.latency_ms(p) <= budget and costs.flops(p) <= flops_budget for p in evaluated)
 
 
 def test_impossible_latency_budget_fails_before_training(tmp_path, mobilenet_lut):
@@ -166,9 +174,8 @@ def test_darts_edgewise_search_under_flops_budget(tmp_path):
     space = get_space("darts")
     template = space.default_template("tiny")
     options = {"steps_per_epoch": 2, "val_samples": 16, "population": 3}
-    probe = SenasRun(request_for(tmp_path / "probe", space="darts", options=options))
-    probe.setup()
-    smallest = probe.costs.cheapest_value(probe.adapter.paths.candidates, "flops")
+    costs = probe_costs("darts", template)
+    smallest = costs.cheapest_value(costs.paths.candidates, "flops")
     budget = smallest * 1.3
     result = get_strategy("senas").run(request_for(tmp_path / "out", space="darts", flops_budget=budget, options=options))
     record = ArchitectureRecord.load(result.arch_path)

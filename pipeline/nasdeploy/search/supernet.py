@@ -10,7 +10,10 @@ combination of choices for the layers ``L`` — its own copy of those layers' we
 child spaces at later stages never renames existing copies). Copies are materialised lazily, on the first path
 that needs them, as copies of the shared weights at merge time (those shared weights are frozen from
 then on, since no path uses them any more), so memory grows only with the partial models sampled.
-All materialised weights stay on the training device (idle copies are not offloaded to CPU).
+Only the sampled path lives in device memory (§3.4, "only one architecture is used and stored in memory at
+each iteration"): when the training device is not the CPU, ``prepare`` moves the path's partial models to the
+device and every idle partial-model copy (and, via ``follow_params``, its momentum buffer) to CPU memory.
+The shared candidates stay on the device, as in SPOS.
 Partial models share nothing, so an optimiser step on one leaves the others bit-identical.
 """
 
@@ -39,6 +42,7 @@ class Supernet(nn.Module):
         self.candidates = nn.ModuleDict()
         self.child_spaces: list[list[int]] = []
         self.group_of: dict[int, int] = {}
+        self.idle_device = torch.device("cpu")  # where idle partial-model copies wait
 
     # ---------------------------------------------------------------- storage
     def add_candidate(self, unit: int, layer: int, choice: str, module: nn.Module) -> None:
@@ -103,8 +107,16 @@ class Supernet(nn.Module):
         module = self.candidates[self.copy_name(group, key, unit, layer)]
         return module
 
+    def path_copy_names(self, path: Path) -> set[str]:
+        """Names of the partial-model copies ``path`` runs."""
+        names = set()
+        for group, layers in enumerate(self.child_spaces):
+            key = self.partial_key(group, path)
+            names |= {self.copy_name(group, key, unit, layer) for layer in layers for unit in self.units_of_layer[layer]}
+        return names
+
     def prepare(self, path: Path, device: torch.device | str) -> list[str]:
-        """Materialise the path's partial models on ``device``; returns the names created."""
+        """Materialise the path's partial models on ``device`` and park idle copies; returns the names created."""
         created = []
         for group in range(len(self.child_spaces)):
             key = self.partial_key(group, path)
@@ -115,7 +127,26 @@ class Supernet(nn.Module):
                         name = self.copy_name(group, key, unit, layer)
                         self.candidates[name].to(device)
                         created.append(name)
+        self.place(path, device)
         return created
+
+    def place(self, path: Path, device: torch.device | str) -> None:
+        """§3.4: the path's partial models on ``device``, every other copy on ``idle_device`` (no-op when equal)."""
+        device = torch.device(device)
+        if device == self.idle_device:
+            return
+        active = self.path_copy_names(path)
+        for name, module in self.candidates.items():
+            if name.startswith("L"):
+                target = device if name in active else self.idle_device
+                first = next(module.parameters(), None)
+                if first is not None and first.device != target:
+                    module.to(target)
+
+    def copy_devices(self) -> dict[str, torch.device]:
+        """Device of every materialised partial-model copy (for tests and memory checks)."""
+        return {name: next(m.parameters()).device for name, m in self.candidates.items()
+                if name.startswith("L") and next(m.parameters(), None) is not None}
 
     def fixed_modules(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -161,17 +192,26 @@ def batchnorms(modules: Iterable[nn.Module]) -> list[nn.modules.batchnorm._Batch
 @torch.no_grad()
 def recalibrate_bn(supernet: Supernet, path: Path, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Reset the path's batch-norm statistics and re-estimate them (cumulative average) on ``batches``."""
-    norms = [bn for bn in batchnorms(supernet.path_modules(path)) if bn.track_running_stats]
+    modules = supernet.path_modules(path)
+    norms = [bn for bn in batchnorms(modules) if bn.track_running_stats]
     saved = [bn.momentum for bn in norms]
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None
-    supernet.train()
+    set_path_mode(supernet, modules, True)
     for x, _ in batches:
         supernet(x, path)
     for bn, momentum in zip(norms, saved):
         bn.momentum = momentum
-    supernet.eval()
+    set_path_mode(supernet, modules, False)
+
+
+def set_path_mode(supernet: Supernet, modules: Sequence[nn.Module], training: bool) -> None:
+    """train()/eval() for the modules a path runs only: walking every candidate of a large supernet for each
+    evaluated path costs as much as the forward pass itself. Training epochs call ``supernet.train()``."""
+    supernet.training = training
+    for module in modules:
+        module.train(training)
 
 
 @torch.no_grad()
@@ -198,6 +238,8 @@ def sgd_step(named_params: dict[str, nn.Parameter], buffers: dict[str, torch.Ten
                 continue
             d_p = p.grad.add(p, alpha=weight_decay) if weight_decay else p.grad
             buf = buffers.get(name)
+            if buf is not None and buf.device != p.device:
+                buf = buf.to(p.device)
             if buf is None:
                 buf = d_p.detach().clone()
             else:
@@ -205,6 +247,14 @@ def sgd_step(named_params: dict[str, nn.Parameter], buffers: dict[str, torch.Ten
             buffers[name] = buf
             p.add_(buf, alpha=-lr)
             p.grad = None
+
+
+def follow_params(buffers: dict[str, torch.Tensor], named_params: dict[str, nn.Parameter]) -> None:
+    """Move each momentum buffer to its parameter's device (idle partial models' buffers leave the device too)."""
+    for name, buf in list(buffers.items()):
+        p = named_params.get(name)
+        if p is not None and buf.device != p.device:
+            buffers[name] = buf.to(p.device)
 
 
 class SnapshotAverage:
@@ -220,7 +270,7 @@ class SnapshotAverage:
         self.k += 1
         for name, p in supernet.named_parameters():
             if name in self.sums:
-                self.sums[name] += p.detach()
+                self.sums[name] += p.detach().to(self.sums[name].device)
             else:
                 self.sums[name] = p.detach().clone()
             self.counts[name] = self.counts.get(name, 0) + 1
@@ -240,7 +290,7 @@ class SnapshotAverage:
             total = self.sums[name].clone()
             missing = self.k - self.counts[name]
             if missing:
-                total += missing * _copy_source(averaged, name)
+                total += missing * _copy_source(averaged, name).to(total.device)
             p.copy_(total / self.k)
         return averaged
 
