@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +269,8 @@ def test_measure_command_on_torchvision_mobilenet_v3_small(tmp_path):
     torch.manual_seed(0)
     net = torchvision.models.mobilenet_v3_small(weights=None).eval()
     path = tmp_path / "mobilenet_v3_small.onnx"
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's deprecation notice
         torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
                           input_names=["images"], output_names=["logits"])
     result = CliRunner().invoke(app, ["measure", str(path), "--warmup", "2", "--repeats", "5", "--json", str(tmp_path / "m.json")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -48,13 +49,43 @@ def test_profile_stage_fills_and_reuses_cache_and_derives_budget(tmp_path, table
     table = load_table(config.out / "profile" / "table.json", "darts", template)
     budget, source = derive_budget(table, space, template, seed=0)
     assert cheapest_latency_ms(table, "darts", template) <= budget
-    assert source.startswith("derived: midway")
+    assert source.startswith("derived: lower quartile of 32 random architectures")
+    # a quarter of the (same, seeded) random architectures are predicted within the budget, the rest above
+    from nasdeploy.latency.predictor import predict_latency_ms
+
+    rng = random.Random(0)
+    predictions = [predict_latency_ms(table, space.sample(template, rng), space, template) for _ in range(32)]
+    assert sum(p <= budget for p in predictions) in range(8, 17)  # ties at the quartile may add a few
+    assert derive_budget(table, space, template, seed=0) == (budget, source)  # deterministic
+
+
+def test_cpu_preset_scales_retraining_epochs_by_network_cost():
+    from nasdeploy.pipeline import CPU_TRAIN_EPOCH_MACS, run_train_epochs
+    from nasdeploy.spaces.base import get_space
+    from nasdeploy.spaces.record import ArchitectureRecord
+    from nasdeploy.train.trainer import count_flops
+
+    record = _small_record(0)
+    flops = count_flops(record.build(), (1, 3, 16, 16))
+    assert run_train_epochs(record, "cpu") == min(max(round(CPU_TRAIN_EPOCH_MACS / flops), 3), 30)
+    assert run_train_epochs(record, "tiny") is None and run_train_epochs(record, "paper") is None
+    space, template = get_space("darts"), get_space("darts").default_template("cpu")
+    heavy = ArchitectureRecord("darts", template, space.sample(template, random.Random(0)), {})
+    assert run_train_epochs(heavy, "cpu") < run_train_epochs(record, "cpu")  # a costlier network gets fewer epochs
+
+
+def test_run_defaults_space_and_folder_follow_the_strategy():
+    from nasdeploy.cli.run import default_run_folder, default_space
+
+    assert (default_space(None), default_space("icdarts"), default_space("senas")) == ("darts", "darts", "mobilenet")
+    with pytest.raises(NasDeployError, match="unknown search strategy 'evo'"):
+        default_space("evo")
+    assert default_run_folder("darts", None, "cpu") == Path("runs/darts-icdarts-cpu")
+    assert default_run_folder("mobilenet", "senas", "tiny") == Path("runs/mobilenet-senas-tiny")
 
 
 def _small_record(seed: int = 0):
     """A small searched-like DARTS record (C=4, 3 cells, 16 px): trains and exports in seconds."""
-    import random
-
     from nasdeploy.spaces.base import get_space
     from nasdeploy.spaces.record import ArchitectureRecord
 
@@ -102,6 +133,11 @@ def test_train_stage_skips_finished_and_redoes_corrupt_or_stale(tmp_path):
     assert not _same(_weights(model), first)
     assert stage_train(config, run).status == "skipped"
 
+    longer = RunConfig(out=run, preset="tiny", train_epochs=2)  # other training settings: trained again
+    assert stage_train(longer, run).status == "done"
+    assert json.loads((run / "train" / "metrics.json").read_text())["config"]["epochs"] == 2
+    assert stage_train(longer, run).status == "skipped"
+
 
 def test_export_finished_checks_report_onnx_and_checkpoint(tmp_path):
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
@@ -131,8 +167,8 @@ def test_export_finished_checks_report_onnx_and_checkpoint(tmp_path):
     assert not export_finished(out, checkpoint)  # retrained weights: the old export is stale
 
 
-@pytest.mark.slow
 def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
+    """The whole pipeline with the tiny preset (about 20-35 s on 2 shared cores, so not marked slow)."""
     from nasdeploy.cli import app
 
     out = tmp_path / "run"
@@ -166,3 +202,11 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
 
     onnx.checker.check_model(onnx.load(str(out / "export" / "model.onnx")))
     assert state["summary"]["test_accuracy"] == summary["test_accuracy"]
+
+    # an architecture searched for another budget (e.g. an older budget rule) is searched again
+    from nasdeploy.pipeline import stage_search
+
+    assert stage_search(config, out, state["budget_ms"]).status == "skipped"
+    assert stage_search(config, out, state["budget_ms"] * 1.5).status == "done"
+    record = json.loads((out / "search" / "arch.json").read_text())
+    assert record["metrics"]["latency_budget_ms"] == pytest.approx(state["budget_ms"] * 1.5)

@@ -45,7 +45,7 @@ class RunConfig:
     out: Path = Path("runs/default")
     space: str = "darts"
     strategy: str | None = None  # None: the space's default strategy (icdarts for darts, senas for mobilenet)
-    latency_budget_ms: float | None = None  # None: derived from the table (midway cheapest -> random arch)
+    latency_budget_ms: float | None = None  # None: derived from the table (lower quartile of random architectures)
     data: str = "digits"
     preset: str = "cpu"
     device: str = "cpu"
@@ -53,7 +53,7 @@ class RunConfig:
     seed: int = 0
     table: Path | None = None  # a ready latency table; None: the machine's cached table, profiled if absent
     table_root: Path = Path("latency_tables")
-    train_epochs: int | None = None  # None: the preset's schedule
+    train_epochs: int | None = None  # None: the preset's schedule (cpu: scaled by the network's cost, run_train_epochs)
     search_options: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
@@ -105,14 +105,29 @@ def try_load_table(path: Path, space_name: str, template):
         return None
 
 
+BUDGET_SAMPLES = 32
+BUDGET_QUANTILE = 0.25
+
+
 def derive_budget(table, space, template, seed: int) -> tuple[float, str]:
-    """A budget every search can meet: midway between the cheapest and a random architecture's prediction."""
+    """A budget a search can meet and the table predicts well: the lower quartile of random architectures.
+
+    A quarter of uniformly sampled architectures fit under it, so it constrains the search; and it lies
+    inside the range the table's overhead model was fitted on (random architectures), where predictions
+    are trustworthy — a budget near the cheapest network would rely on extrapolating that fit.
+    """
     from nasdeploy.latency.predictor import cheapest_latency_ms, predict_latency_ms
 
     cheapest = cheapest_latency_ms(table, space.name, template)
-    sampled = predict_latency_ms(table, space.sample(template, random.Random(seed)), space, template)
-    budget = (cheapest + max(sampled, cheapest)) / 2
-    return budget, f"derived: midway between the cheapest ({cheapest:.3f} ms) and a random architecture ({sampled:.3f} ms)"
+    rng = random.Random(seed)
+    sampled = sorted(predict_latency_ms(table, space.sample(template, rng), space, template) for _ in range(BUDGET_SAMPLES))
+    quartile = sampled[int(BUDGET_QUANTILE * (len(sampled) - 1))]
+    budget = max(quartile, cheapest, 0.0)
+    if budget <= 0:
+        raise NasDeployError(f"the latency table predicts {budget:.3f} ms for random architectures; "
+                             "profile again (nasdeploy profile) or pass --latency-budget, e.g. --latency-budget 5ms")
+    return budget, (f"derived: lower quartile of {BUDGET_SAMPLES} random architectures "
+                    f"({sampled[0]:.3f}–{sampled[-1]:.3f} ms; cheapest {cheapest:.3f} ms)")
 
 
 # ---------------------------------------------------------------- stages
@@ -161,8 +176,13 @@ def stage_search(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
     if arch_path.is_file():
         try:
             record = ArchitectureRecord.load(arch_path)
-            if record.space == config.space:
+            if record.space == config.space and same_budget(record.metrics.get("latency_budget_ms"), budget_ms):
                 return StageResult("skipped", 0.0, {"arch": str(arch_path), "strategy": strategy})
+            log.warning("searching again: %s was searched for another space or budget (%s ms, now %.4g ms)", arch_path,
+                        record.metrics.get("latency_budget_ms"), budget_ms)
+            stale = out / "checkpoint.pt"
+            if stale.is_file():
+                stale.replace(stale.with_suffix(".pt.stale"))
         except NasDeployError as exc:
             log.warning("searching again: %s", exc)
     started = time.perf_counter()
@@ -178,15 +198,23 @@ def stage_search(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
     })
 
 
-def train_finished(out: Path, record_json: dict[str, Any] | None = None) -> bool:
-    """model.pt and metrics.json both readable, and (when given) trained from ``record_json``."""
+def same_budget(searched_ms: float | None, budget_ms: float) -> bool:
+    return searched_ms is not None and abs(float(searched_ms) - budget_ms) <= 1e-9 * max(abs(budget_ms), 1.0)
+
+
+def train_finished(out: Path, record_json: dict[str, Any] | None = None, train_config=None) -> bool:
+    """model.pt and metrics.json both readable, and (when given) trained from ``record_json`` with ``train_config``."""
     from nasdeploy.io import load_checkpoint
-    from nasdeploy.train.trainer import METRICS, MODEL
+    from nasdeploy.train.trainer import METRICS, MODEL, RESUME_KEYS
 
     if not (out / MODEL).is_file() or not (out / METRICS).is_file():
         return False
     try:
-        if "test_accuracy" not in read_json(out / METRICS, "training metrics"):
+        metrics = read_json(out / METRICS, "training metrics")
+        if not isinstance(metrics, dict) or "test_accuracy" not in metrics:
+            return False
+        if train_config is not None and any(metrics.get("config", {}).get(k) != getattr(train_config, k) for k in RESUME_KEYS):
+            log.info("retraining: %s was trained with other settings", out / MODEL)
             return False
         payload = load_checkpoint(out / MODEL, "trained model")
     except NasDeployError as exc:
@@ -222,6 +250,28 @@ def usable_train_checkpoint(out: Path, record_json: dict[str, Any], train_config
         path.replace(path.with_suffix(".pt.stale"))
 
 
+# cpu preset: a fixed retraining compute budget, in epochs × multiply-adds per image — 3 epochs of a
+# 30 M-MAC cell network (about 3 min on one core); a lighter network gets more epochs (3 to 30), so a
+# 2 M-MAC MobileNet is not left at chance after 3 epochs.
+CPU_TRAIN_EPOCH_MACS = 9e7
+CPU_TRAIN_EPOCHS = (3, 30)
+
+
+def run_train_epochs(record, preset: str) -> int | None:
+    """Retraining epochs for ``nasdeploy run``: the preset's, scaled by network cost for the cpu preset."""
+    from nasdeploy.train.trainer import count_flops
+
+    if preset != "cpu":
+        return None
+    size = getattr(record.template, "input_size", 32)
+    channels = getattr(record.template, "in_channels", 3)
+    flops = count_flops(record.build(), (1, channels, size, size))
+    if not flops:
+        return None
+    low, high = CPU_TRAIN_EPOCHS
+    return int(min(max(round(CPU_TRAIN_EPOCH_MACS / flops), low), high))
+
+
 def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
     """Retrain the searched architecture from scratch (§3.4.2 recipe, the preset's epochs)."""
     from nasdeploy.spaces.record import ArchitectureRecord
@@ -230,14 +280,16 @@ def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
     out = stage_dir(run_dir, "train")
     record = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json")
     record_json = record.to_json()
-    if train_finished(out, record_json):
+    epochs = config.train_epochs if config.train_epochs is not None else run_train_epochs(record, config.preset)
+    train_config = preset_config(config.preset, epochs=epochs, seed=config.seed, device=config.device)
+    if train_finished(out, record_json, train_config):
         return StageResult("skipped", 0.0, {"model": str(out / "model.pt"), "metrics": str(out / "metrics.json")})
     started = time.perf_counter()
-    train_config = preset_config(config.preset, epochs=config.train_epochs, seed=config.seed, device=config.device)
     usable_train_checkpoint(out, record_json, train_config)
     metrics = train_architecture(record, config.data, train_config, out, resume=True)
     return StageResult("done", time.perf_counter() - started, {
         "model": str(out / "model.pt"), "metrics": str(out / "metrics.json"), "test_accuracy": metrics["test_accuracy"],
+        "epochs": train_config.epochs,
     })
 
 

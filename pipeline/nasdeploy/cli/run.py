@@ -14,8 +14,9 @@ from nasdeploy.progress import console, setup_logging
 
 @app.command()
 def run(
-    strategy: Optional[str] = typer.Option(None, help="icdarts | senas (default: icdarts for darts, senas for mobilenet)."),
-    space: str = typer.Option("darts", help="Search space: darts | mobilenet."),
+    strategy: Optional[str] = typer.Option(None, help="icdarts | senas (default: the space's, icdarts for darts, senas for mobilenet)."),
+    space: Optional[str] = typer.Option(None, help="Search space: darts | mobilenet (default: the strategy's own, "
+                                        "mobilenet for senas, else darts)."),
     latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: derived from the table)."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
     preset: str = typer.Option("cpu", help="cpu (≤ 15 min on 2 cores with digits) | tiny (smoke test) | paper."),
@@ -33,6 +34,7 @@ def run(
     from nasdeploy.units import parse_latency
 
     setup_logging(verbose)
+    space = space or default_space(strategy)
     out = out or default_run_folder(space, strategy, preset)
     config = RunConfig(
         out=out, space=space, strategy=strategy, latency_budget_ms=parse_latency(latency_budget) if latency_budget else None,
@@ -43,6 +45,18 @@ def run(
     if state.get("budget_source", "given") != "given":
         console.print(f"latency budget {state['budget_ms']:.3f} ms — {state['budget_source']}")
     console.print(run_table(state, out))
+
+
+def default_space(strategy: Optional[str]) -> str:
+    """The space a strategy was designed for (SE-NAS: the layer-wise MobileNet space), else darts."""
+    from nasdeploy.search.base import STRATEGIES
+
+    import nasdeploy.search  # noqa: F401  (registers the strategies)
+
+    if strategy is None:
+        return "darts"
+    spaces = STRATEGIES.get(strategy).default_for_spaces
+    return spaces[0] if spaces else "darts"
 
 
 def default_run_folder(space: str, strategy: Optional[str], preset: str) -> Path:

@@ -181,9 +181,13 @@ def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=No
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
+# settings that change the trained weights: a checkpoint or result made with other values is not reused
+RESUME_KEYS = ("epochs", "batch_size", "lr", "seed", "cutout", "drop_path", "auxiliary_weight", "weight_decay")
+
+
 def check_resumable(state: dict, config: TrainConfig, record_json: dict, path: Path) -> None:
     saved = state.get("config", {})
-    for key in ("epochs", "batch_size", "lr", "seed", "cutout", "drop_path", "auxiliary_weight", "weight_decay"):
+    for key in RESUME_KEYS:
         if saved.get(key) != getattr(config, key):
             raise NasDeployError(
                 f"checkpoint {path} was made with {key}={saved.get(key)!r}, not {getattr(config, key)!r}; "
