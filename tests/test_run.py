@@ -194,6 +194,20 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert "test accuracy" in result.output and "PyTorch" in result.output
     assert time.perf_counter() - began < 60
 
+    # the searched architecture measured on its table's own backend, next to its prediction
+    arch, table_json = out / "search" / "arch.json", out / "profile" / "table.json"
+    measured = CliRunner().invoke(app, ["measure", str(arch), "--table", str(table_json), "--json", str(tmp_path / "m.json")])
+    assert measured.exit_code == 0, measured.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    rounds = json.loads(table_json.read_text())["method"]["rounds"]
+    assert m["predicted_ms"] == pytest.approx(json.loads(arch.read_text())["metrics"]["predicted_latency_ms"])
+    assert m["measured_p10_ms"] <= m["measured_median_ms"] <= m["measured_p90_ms"] and len(m["rounds"]) == rounds
+    assert m["measured_median_ms"] == min(r["median_ms"] for r in m["rounds"])
+    assert m["prediction_error"] == pytest.approx((m["predicted_ms"] - m["measured_median_ms"]) / m["measured_median_ms"])
+    assert m["budget_ms"] == pytest.approx(state["budget_ms"]) and "LUT-predicted" in measured.output
+    no_table = CliRunner().invoke(app, ["measure", str(arch)])
+    assert no_table.exit_code != 0 and "pass --table LUT.json" in str(no_table.exception)
+
     # a damaged stage output is redone, and only that stage
     (out / "export" / "model.onnx").write_bytes(b"not onnx")
     state = run_pipeline(config)

@@ -74,7 +74,8 @@ def _require_searched_budget(checkpoint: Path) -> None:
 
 @app.command()
 def measure(
-    model: Path = typer.Argument(..., help="ONNX file to measure."),
+    model: Path = typer.Argument(..., help="ONNX file to measure, or a searched arch.json (with --table)."),
+    table: Optional[Path] = typer.Option(None, help="With an arch.json: the latency table whose backend and method measure it."),
     runtime: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     batch: Optional[int] = typer.Option(None, help="Batch size for a graph with a dynamic batch axis."),
@@ -86,13 +87,20 @@ def measure(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the measurement as JSON here."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Measure any ONNX file with the profiler's method and print median/p10/p90 with device and versions."""
+    """Measure any ONNX file with the profiler's method and print median/p10/p90 with device and versions.
+
+    Given a searched ``arch.json`` and ``--table``, builds the architecture on the table's template and
+    measures it on the table's own backend and method, next to its LUT-predicted latency.
+    """
     from nasdeploy.errors import NasDeployError
     from nasdeploy.export.measure import ONNX_RUNTIMES, onnx_measurement, parse_shape
     from nasdeploy.hardware import MeasureMethod
     from nasdeploy.io import atomic_write_json
 
     setup_logging(verbose)
+    if model.suffix == ".json":
+        measure_arch(model, table, json_out)
+        return
     if runtime not in ONNX_RUNTIMES:
         raise NasDeployError(f"measure takes an ONNX file, so --runtime is one of {', '.join(ONNX_RUNTIMES)}, not {runtime!r}")
     if warmup < 0 or repeats < 1 or (batch is not None and batch < 1):
@@ -105,6 +113,33 @@ def measure(
     console.print(measurement_table(model, result))
     if json_out is not None:
         atomic_write_json(json_out, {"model": str(model), **result})
+        console.print(f"wrote {json_out}")
+
+
+def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional[Path]) -> None:
+    """``nasdeploy measure arch.json --table T``: predicted vs measured on the table's backend."""
+    from nasdeploy.errors import NasDeployError
+    from nasdeploy.io import atomic_write_json
+    from nasdeploy.latency.table import load_table
+    from nasdeploy.latency.validate import measure_architecture
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    if table_path is None:
+        raise NasDeployError(f"{arch_path} is an architecture: pass --table LUT.json to measure it on that table's backend")
+    record = ArchitectureRecord.load(arch_path)
+    result = measure_architecture(load_table(table_path, space=record.space), record)
+    table = Table(title=f"latency of {arch_path}", show_header=False)
+    table.add_row("runtime / device", f"{result['runtime']} / {result['device']}")
+    table.add_row("LUT-predicted (ms)", f"{result['predicted_ms']:.4f}")
+    table.add_row("measured median (ms)", f"{result['measured_median_ms']:.4f} (p10 {result['measured_p10_ms']:.4f}, "
+                  f"p90 {result['measured_p90_ms']:.4f})")
+    table.add_row("prediction error", f"{100 * result['prediction_error']:+.1f} %")
+    if result["budget_ms"] is not None:
+        within = "within" if result["measured_median_ms"] <= result["budget_ms"] else "OVER"
+        table.add_row("budget (ms)", f"{result['budget_ms']:.4g} (measured {within})")
+    console.print(table)
+    if json_out is not None:
+        atomic_write_json(json_out, {"model": str(arch_path), **result})
         console.print(f"wrote {json_out}")
 
 

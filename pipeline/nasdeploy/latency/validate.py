@@ -164,3 +164,31 @@ def fidelity_table(reports: list[tuple[str, dict]]):
                      f"{report.get('machine_drift_ratio', 1.0) - 1:+.1%}", f"{report.get('metrics_drift_corrected', m)['within_10pct']:.0%}",
                      str(report.get("plot", "")))
     return rows
+
+
+def measure_architecture(table: LatencyTable, record, allow_other_machine: bool = False) -> dict[str, Any]:
+    """One searched architecture (an ``ArchitectureRecord``) predicted and measured on ``table``'s own backend.
+
+    The network is built on the table's template (the one its latency was predicted for) and timed with
+    the table's stored method, rounds included, as ``validate-lut`` times its samples.
+    """
+    if record.space != table.space:
+        raise NasDeployError(f"the architecture is from the {record.space} space, the table {table.path} from {table.space}; "
+                             "pass a table profiled for that space")
+    check_same_machine(table, allow_other_machine)
+    space = get_space(table.space)
+    template = space.template_from_dict(table.template)
+    backend = get_backend(table.runtime, table.device, stored_method(table))
+    predicted = predict_latency_ms(table, record.arch, space, template)
+    [measured] = measure_networks(backend, [lambda: space.build(record.arch, template)],
+                                  network_input_shape(template, table.batch), [{}], f"measure {table.runtime} {table.device}")
+    median = measured["median_ms"]
+    return {
+        "table": str(table.path) if table.path else None, "runtime": table.runtime, "device": table.device,
+        "predicted_ms": predicted, "measured_median_ms": median, "measured_p10_ms": measured["p10_ms"],
+        "measured_p90_ms": measured["p90_ms"], "rounds": measured["rounds"],
+        "prediction_error": (predicted - median) / median if median > 0 else math.nan,
+        "budget_ms": record.metrics.get("latency_budget_ms"),
+        "method": backend.method.to_dict(), "versions": backend.versions(),
+        "fingerprint": fingerprint(table.device, backend.method.threads), "arch": space.arch_to_json(record.arch),
+    }
