@@ -2,7 +2,9 @@
 
 Torch picks one thread per core; on a small shared CI box (2 cores, other processes) two threads fight
 for the cores and tiny networks run many times slower. Every test runs single-threaded unless it sets
-its own count; subprocesses inherit OMP_NUM_THREADS=1.
+its own count; subprocesses inherit OMP_NUM_THREADS=1. The count is also set at import, so module- and
+session-scoped fixtures (set up before any per-test fixture) run single-threaded too: a search run in a
+module fixture and its resumed twin in a test must do the same float arithmetic.
 """
 
 import os
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -41,15 +41,6 @@ def make_table(path: Path, preset: str = "tiny") -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory) -> Path:
     return make_table(tmp_path_factory.mktemp("lut") / "tiny.json")

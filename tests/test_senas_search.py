@@ -21,15 +21,6 @@ from nasdeploy.spaces.record import ArchitectureRecord
 TINY = {"population": 4, "generations": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny convs gain nothing from a second thread, and one avoids OpenMP spin-waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hand_made_table(space_name, template, path):
     """A LUT whose entries are a deterministic function of each op's FLOPs (0.05 ms + 1 ms per MFLOP)."""
     from nasdeploy.spaces.flops import count_flops
