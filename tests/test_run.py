@@ -224,3 +224,22 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert stage_search(config, out, state["budget_ms"] * 1.5).status == "done"
     record = json.loads((out / "search" / "arch.json").read_text())
     assert record["metrics"]["latency_budget_ms"] == pytest.approx(state["budget_ms"] * 1.5)
+
+
+@pytest.mark.slow
+def test_default_cpu_run_end_to_end(tmp_path):
+    """The README's main job (cpu preset, embedded digits), profiling its own table: 6-8 min on 2 cores.
+
+    Asserts what a user relies on: every stage ran, the retrained net learned the digits, the ONNX export
+    matches PyTorch, the re-measured latency is close to the LUT's prediction, and the searched genotype
+    was predicted within the derived budget.
+    """
+    out = tmp_path / "run"
+    state = run_pipeline(RunConfig(out=out, preset="cpu", table_root=tmp_path / "tables"))
+    assert [state["stages"][s]["status"] for s in STAGES] == ["done"] * 4
+    summary = state["summary"]
+    assert summary["test_accuracy"] >= 0.8
+    assert summary["parity_max_abs_diff"] <= 1e-4
+    assert summary["predicted_latency_ms"] <= summary["budget_ms"]
+    assert abs(summary["predicted_latency_ms"] - summary["measured_median_ms"]) <= 0.25 * summary["measured_median_ms"]
+    assert summary["onnxruntime_median_ms"] < summary["torch_median_ms"]
