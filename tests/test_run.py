@@ -207,6 +207,11 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert m["budget_ms"] == pytest.approx(state["budget_ms"]) and "LUT-predicted" in measured.output
     no_table = CliRunner().invoke(app, ["measure", str(arch)])
     assert no_table.exit_code != 0 and "pass --table LUT.json" in str(no_table.exception)
+    other = json.loads(table_json.read_text())
+    other["fingerprint"]["cpu_model"] = "Some Other CPU"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    refused = CliRunner().invoke(app, ["measure", str(arch), "--table", str(tmp_path / "other.json")])
+    assert refused.exit_code != 0 and "--allow-other-machine" in str(refused.exception)
 
     # a damaged stage output is redone, and only that stage
     (out / "export" / "model.onnx").write_bytes(b"not onnx")

@@ -76,6 +76,7 @@ def _require_searched_budget(checkpoint: Path) -> None:
 def measure(
     model: Path = typer.Argument(..., help="ONNX file to measure, or a searched arch.json (with --table)."),
     table: Optional[Path] = typer.Option(None, help="With an arch.json: the latency table whose backend and method measure it."),
+    allow_other_machine: bool = typer.Option(False, help="With an arch.json: measure even if the table was profiled on another machine."),
     runtime: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     batch: Optional[int] = typer.Option(None, help="Batch size for a graph with a dynamic batch axis."),
@@ -99,7 +100,7 @@ def measure(
 
     setup_logging(verbose)
     if model.suffix == ".json":
-        measure_arch(model, table, json_out)
+        measure_arch(model, table, json_out, allow_other_machine)
         return
     if runtime not in ONNX_RUNTIMES:
         raise NasDeployError(f"measure takes an ONNX file, so --runtime is one of {', '.join(ONNX_RUNTIMES)}, not {runtime!r}")
@@ -116,7 +117,7 @@ def measure(
         console.print(f"wrote {json_out}")
 
 
-def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional[Path]) -> None:
+def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional[Path], allow_other_machine: bool = False) -> None:
     """``nasdeploy measure arch.json --table T``: predicted vs measured on the table's backend."""
     from nasdeploy.errors import NasDeployError
     from nasdeploy.io import atomic_write_json
@@ -127,7 +128,7 @@ def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional
     if table_path is None:
         raise NasDeployError(f"{arch_path} is an architecture: pass --table LUT.json to measure it on that table's backend")
     record = ArchitectureRecord.load(arch_path)
-    result = measure_architecture(load_table(table_path, space=record.space), record)
+    result = measure_architecture(load_table(table_path, space=record.space), record, allow_other_machine)
     table = Table(title=f"latency of {arch_path}", show_header=False)
     table.add_row("runtime / device", f"{result['runtime']} / {result['device']}")
     table.add_row("LUT-predicted (ms)", f"{result['predicted_ms']:.4f}")
