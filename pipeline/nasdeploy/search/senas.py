@@ -31,7 +31,10 @@ as in the paper; the cpu preset clips at 5 because the narrow 32x32 supernet oth
 
 Presets: ``paper`` (§4.3: 100 + 5 epochs per stage, k = 10, T = 50, 1000 paths per operator, SGD lr 0.5,
 momentum 0.9, wd 4e-5, batch 1024; K = 10 snapshots and 5 stages are our choice, the paper gives neither),
-``cpu`` (digits at 32x32 on one core: 18 + 3 + 3 epochs, 2 stages of k = 20, T = 12), ``tiny`` (tests).
+``cpu`` (digits at 32x32 on one core, the MobileNet cpu template of 9 searchable layers: 160 + 10 + 10 epochs,
+2 stages of k = 8, T = 12), ``tiny`` (tests). Uniform single-path training needs many steps before random paths
+beat chance (on the 9-layer template: ~0.15 for 60 epochs, 0.37 after 165); the cpu preset spends its minutes
+there rather than on more shrinking stages.
 
 Run: ``nasdeploy search --strategy senas --space mobilenet --table LUT.json --latency-budget 22ms``
 (``--flops-budget 320M`` as well or instead; ``--set key=value`` for any option above).
@@ -94,9 +97,9 @@ class SenasConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},  # §4.3: 100 + 5 epochs per stage, k = 10, T = 50, 1000 paths per operator, SGD 0.5 / 4e-5, batch 1024
-    # cpu: ~5 min on one core (measured ~8.5 s per supernet epoch; one path evaluation with batch-norm
-    # recalibration on 64 images + 200 validation images ~0.3 s)
-    "cpu": dict(epochs=18, stage_epochs=3, shrink_stages=2, shrink_k=20, merge_threshold=12, snapshots=4, score_samples=2,
+    # cpu: ~6 min on one core with the 9-layer cpu template (~1.5 s per supernet epoch; one path evaluation
+    # with batch-norm recalibration on 64 images + 200 validation images ~0.2 s)
+    "cpu": dict(epochs=160, stage_epochs=10, shrink_stages=2, shrink_k=8, merge_threshold=12, snapshots=4, score_samples=2,
                 population=10, generations=3, batch_size=32, lr=0.05, grad_clip=5.0, bn_batches=2, val_samples=200,
                 final_samples=8),
     "tiny": dict(epochs=1, stage_epochs=1, shrink_stages=1, shrink_k=3, merge_threshold=4, snapshots=2, score_samples=1,
