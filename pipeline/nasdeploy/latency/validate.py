@@ -69,15 +69,23 @@ def check_same_machine(table: LatencyTable, allow_other_machine: bool) -> None:
     log.warning("%s; measured latencies will not match the table", message)
 
 
-def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_dir: Path | str | None = None,
-                   allow_other_machine: bool = False) -> dict[str, Any]:
-    """Sample ``samples`` architectures (seeds ``seed``..), predict and measure each; write JSON and a scatter PNG."""
+def table_backend(table: LatencyTable, allow_other_machine: bool = False):
+    """What measuring networks on ``table``'s own terms takes: (space, template, method, backend, input shape).
+
+    Refuses a table from another machine unless ``allow_other_machine``.
+    """
     check_same_machine(table, allow_other_machine)
     space = get_space(table.space)
     template = space.template_from_dict(table.template)
     method = stored_method(table)
     backend = get_backend(table.runtime, table.device, method)
-    shape = network_input_shape(template, table.batch)
+    return space, template, method, backend, network_input_shape(template, table.batch)
+
+
+def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_dir: Path | str | None = None,
+                   allow_other_machine: bool = False) -> dict[str, Any]:
+    """Sample ``samples`` architectures (seeds ``seed``..), predict and measure each; write JSON and a scatter PNG."""
+    space, template, method, backend, shape = table_backend(table, allow_other_machine)
     archs = [space.sample(template, random.Random(seed + i)) for i in range(samples)]
     records = [{"seed": seed + i, "predicted_ms": predict_latency_ms(table, arch, space, template), "arch": space.arch_to_json(arch)}
                for i, arch in enumerate(archs)]
@@ -175,13 +183,10 @@ def measure_architecture(table: LatencyTable, record, allow_other_machine: bool 
     if record.space != table.space:
         raise NasDeployError(f"the architecture is from the {record.space} space, the table {table.path} from {table.space}; "
                              "pass a table profiled for that space")
-    check_same_machine(table, allow_other_machine)
-    space = get_space(table.space)
-    template = space.template_from_dict(table.template)
-    backend = get_backend(table.runtime, table.device, stored_method(table))
+    space, template, _, backend, shape = table_backend(table, allow_other_machine)
     predicted = predict_latency_ms(table, record.arch, space, template)
-    [measured] = measure_networks(backend, [lambda: space.build(record.arch, template)],
-                                  network_input_shape(template, table.batch), [{}], f"measure {table.runtime} {table.device}")
+    [measured] = measure_networks(backend, [lambda: space.build(record.arch, template)], shape, [{}],
+                                  f"measure {table.runtime} {table.device}")
     median = measured["median_ms"]
     return {
         "table": str(table.path) if table.path else None, "runtime": table.runtime, "device": table.device,

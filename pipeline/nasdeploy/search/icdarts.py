@@ -57,6 +57,7 @@ from nasdeploy.search.icdarts_losses import (
     pretrain_objective,
     search_weight_objective,
 )
+from nasdeploy.search.supernet import batchnorms, cumulative_statistics
 from nasdeploy.search.tournament import GameResult, run_tournament
 
 log = logging.getLogger(__name__)
@@ -397,14 +398,11 @@ class ICDARTSRun:
         first. No randomness and E itself is untouched, so a resumed search logs the same value.
         """
         net = copy.deepcopy(self.E)
-        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None
-        net.train()
-        xt = self.setup.train_set.tensors[0][:limit].to(self.setup.device)
-        for i in range(0, len(xt), 128):
-            net(xt[i : i + 128])
+        with cumulative_statistics([bn for bn in batchnorms([net]) if bn.track_running_stats]):
+            net.train()
+            xt = self.setup.train_set.tensors[0][:limit].to(self.setup.device)
+            for i in range(0, len(xt), 128):
+                net(xt[i : i + 128])
         net.eval()
         x, y = (t[:limit].to(self.setup.device) for t in self.setup.val_set.tensors)
         correct = sum(int((net(x[i : i + 128]).argmax(dim=1) == y[i : i + 128]).sum()) for i in range(0, len(y), 128))

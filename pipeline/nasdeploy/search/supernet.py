@@ -20,6 +20,7 @@ Partial models share nothing, so an optimiser step on one leaves the others bit-
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -193,17 +194,26 @@ def batchnorms(modules: Iterable[nn.Module]) -> list[nn.modules.batchnorm._Batch
 def recalibrate_bn(supernet: Supernet, path: Path, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Reset the path's batch-norm statistics and re-estimate them (cumulative average) on ``batches``."""
     modules = supernet.path_modules(path)
-    norms = [bn for bn in batchnorms(modules) if bn.track_running_stats]
+    with cumulative_statistics([bn for bn in batchnorms(modules) if bn.track_running_stats]):
+        set_path_mode(supernet, modules, True)
+        for x, _ in batches:
+            supernet(x, path)
+    set_path_mode(supernet, modules, False)
+
+
+@contextmanager
+def cumulative_statistics(norms: Sequence[nn.modules.batchnorm._BatchNorm]):
+    """Inside the block, ``norms`` start from reset running statistics and average every batch equally
+    (momentum None); their momenta are restored on leaving it."""
     saved = [bn.momentum for bn in norms]
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None
-    set_path_mode(supernet, modules, True)
-    for x, _ in batches:
-        supernet(x, path)
-    for bn, momentum in zip(norms, saved):
-        bn.momentum = momentum
-    set_path_mode(supernet, modules, False)
+    try:
+        yield
+    finally:
+        for bn, momentum in zip(norms, saved):
+            bn.momentum = momentum
 
 
 def set_path_mode(supernet: Supernet, modules: Sequence[nn.Module], training: bool) -> None:
