@@ -20,7 +20,7 @@ from nasdeploy.search.discretize import (
     stage_op,
 )
 from nasdeploy.search.budget import DeltaSchedule
-from nasdeploy.search.icdarts_config import make_config
+from nasdeploy.search.base import get_strategy
 from nasdeploy.search.icdarts_losses import soft_target_loss
 from nasdeploy.search.tournament import GameResult, games_in_tier, keep_top_half, merge, run_tournament
 
@@ -150,18 +150,18 @@ def test_tournament_algorithm_2_bookkeeping():
 
 
 def test_options_parse_defaults_and_errors():
-    paper = make_config("paper", {})
+    paper = get_strategy("icdarts").settings("paper", {})
     assert (paper.epochs, paper.pretrain_epochs, paper.warmup_epochs) == (30, 2, 1)  # §3.4.2
     assert (paper.w_lr, paper.w_weight_decay, paper.w_momentum) == (0.08, 3e-4, 0.9)
     assert (paper.alpha_lr, paper.alpha_beta1, paper.alpha_beta2, paper.alpha_weight_decay) == (3e-4, 0.5, 0.999, 0.0)
-    cfg = make_config("tiny", {"lambda": "0.5", "tiers": 2, "discretization": "xdarts", "zero_config": "v2", "delta": None})
+    cfg = get_strategy("icdarts").settings("tiny", {"lambda": "0.5", "tiers": 2, "discretization": "xdarts", "zero_config": "v2", "delta": None})
     assert (cfg.distill_lambda, cfg.tiers, cfg.discretization, cfg.zero_config, cfg.delta) == (0.5, 2, "xdarts", "V2", None)
-    with pytest.raises(NasDeployError, match="unknown ICDARTS option 'bogus'"):
-        make_config("cpu", {"bogus": 1})
+    with pytest.raises(NasDeployError, match="icdarts has no setting 'bogus'; valid settings: .*alpha_lr \\(float\\)"):
+        get_strategy("icdarts").settings("cpu", {"bogus": 1})
     with pytest.raises(NasDeployError, match="discretization rule"):
-        make_config("cpu", {"discretization": "pdarts"})
+        get_strategy("icdarts").settings("cpu", {"discretization": "pdarts"})
     with pytest.raises(NasDeployError, match="epochs"):
-        make_config("cpu", {"epochs": "many"})
+        get_strategy("icdarts").settings("cpu", {"epochs": "many"})
 
 
 def test_delta_schedule_fixed_adaptive_and_off():

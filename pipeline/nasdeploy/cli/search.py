@@ -1,4 +1,4 @@
-"""``nasdeploy search``: build a SearchRequest and hand it to the chosen strategy."""
+"""``nasdeploy search`` (common options + ``--set key=value``) and ``nasdeploy strategies [NAME]`` (their settings)."""
 
 from __future__ import annotations
 
@@ -14,93 +14,78 @@ from nasdeploy.errors import NasDeployError
 from nasdeploy.progress import console, setup_logging
 from nasdeploy.units import parse_flops, parse_latency
 
-STRATEGY_HELP = "Strategy-specific settings (ICDARTS and SE-NAS); unset means the strategy's default."
-
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
+    """``--set`` pairs as raw strings; the strategy's settings dataclass types them (``search.settings``)."""
     settings: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise NasDeployError(f"cannot read --set {pair!r}; write it as key=value, e.g. --set lr=0.05")
-        try:
-            settings[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            settings[key.strip()] = raw
+        if not sep or not key.strip():
+            raise NasDeployError(f"cannot read --set {pair!r}; write it as key=value, e.g. --set epochs=3 "
+                                 "(nasdeploy strategies NAME lists the settings)")
+        settings[key.strip()] = raw.strip()
     return settings
 
 
 @app.command()
 def search(
-    space: str = typer.Option("darts", help="Search space: darts | mobilenet."),
-    strategy: Optional[str] = typer.Option(None, help="icdarts | senas (default: icdarts for darts, senas for mobilenet)."),
-    table: Optional[Path] = typer.Option(None, help="Latency table (LUT) JSON from 'nasdeploy profile'."),
+    strategy: Optional[str] = typer.Option(None, help="Search strategy (nasdeploy strategies lists them; default: the space's)."),
+    space: Optional[str] = typer.Option(None, help="Search space: darts | mobilenet (default: the strategy's first)."),
+    table: Optional[Path] = typer.Option(None, help="Latency table (LUT) JSON; default: this machine's table for the space "
+                                                    "and runtime (profiled first if there is none)."),
     latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms."),
     flops_budget: Optional[str] = typer.Option(None, help="FLOPs (multiply-adds) budget, e.g. 320M."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
-    out: Path = typer.Option(Path("runs/search"), help="Output folder (arch.json, log, plots, checkpoint)."),
+    out: Path = typer.Option(Path("runs/search"), help="Output folder (arch.json, search_log.json, drawing, checkpoint)."),
     preset: str = typer.Option("cpu", help="Template and schedule size: tiny | cpu | paper."),
     seed: int = typer.Option(0, help="Random seed."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
     device: str = typer.Option("cpu", help="Torch device the search trains on (cpu, cuda:0)."),
-    epochs: Optional[int] = typer.Option(None, help=STRATEGY_HELP),
-    batch_size: Optional[int] = typer.Option(None, help=STRATEGY_HELP),
-    lr: Optional[float] = typer.Option(None, help="SE-NAS supernet learning rate."),
-    delta: Optional[float] = typer.Option(None, help="ICDARTS: fix the latency penalty coefficient δ (no adaptation)."),
-    op_space: Optional[str] = typer.Option(None, help="ICDARTS: operation space 1 | 2 | 3 | 4 | combined."),
-    discretization: Optional[str] = typer.Option(None, help="ICDARTS: darts | idarts | xdarts."),
-    zero_config: Optional[str] = typer.Option(None, help="ICDARTS: zero-operation configuration V0..V4."),
-    tiers: Optional[int] = typer.Option(None, help="ICDARTS: tournament tiers T (Algorithm 2)."),
-    max_ops_per_edge: Optional[int] = typer.Option(None, help="ICDARTS: operations per edge set in the tournament."),
-    pretrain_epochs: Optional[int] = typer.Option(None, help="ICDARTS: pre-training epochs of the search network."),
-    warmup_epochs: Optional[int] = typer.Option(None, help="ICDARTS: warm-up epochs of each new evaluation network."),
-    update_every: Optional[int] = typer.Option(None, help="ICDARTS: steps S_U between evaluation-network rebuilds."),
-    distill_weight: Optional[float] = typer.Option(None, "--lambda", help="ICDARTS: distillation weight λ."),
-    temperature: Optional[float] = typer.Option(None, help="ICDARTS: distillation temperature."),
-    stage_epochs: Optional[int] = typer.Option(None, help="SE-NAS: retraining epochs after each shrink."),
-    shrink_stages: Optional[int] = typer.Option(None, help="SE-NAS: number of shrinking stages."),
-    shrink_k: Optional[int] = typer.Option(None, help="SE-NAS: operators removed per stage (k)."),
-    merge_threshold: Optional[int] = typer.Option(None, help="SE-NAS: merge threshold T for expanding."),
-    snapshots: Optional[int] = typer.Option(None, help="SE-NAS: weight snapshots K averaged in Eq. 4."),
-    score_samples: Optional[int] = typer.Option(None, help="SE-NAS: paths sampled per operator for SI (Eq. 5)."),
-    population: Optional[int] = typer.Option(None, help="SE-NAS: evolutionary population size."),
-    generations: Optional[int] = typer.Option(None, help="SE-NAS: evolutionary generations."),
-    mutation_prob: Optional[float] = typer.Option(None, help="SE-NAS: per-layer mutation probability."),
-    settings: list[str] = typer.Option([], "--set", help="Any other strategy setting as key=value (repeatable)."),
+    runtime: str = typer.Option("onnxruntime", help="Runtime of the table looked up without --table: onnxruntime | torch | tensorrt."),
+    table_root: Path = typer.Option(Path("latency_tables"), help="Where this machine's tables are looked up and profiled."),
+    trust_table: bool = typer.Option(False, help="Use the table even if its spot check on this machine fails (recorded)."),
+    recalibrate: bool = typer.Option(False, help="Refit the table's overhead model on this machine if its spot check fails."),
+    settings: list[str] = typer.Option([], "--set", help="A strategy setting as key=value (repeatable; nasdeploy strategies NAME)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Search an architecture under a latency and/or FLOPs budget; writes OUT/arch.json."""
-    from nasdeploy.search.base import SearchRequest, default_strategy, get_strategy
+    """Search an architecture under a latency and/or FLOPs budget; writes OUT/arch.json and OUT/search_log.json."""
+    from nasdeploy.search.base import SearchRequest, default_space, default_strategy, get_strategy
 
     setup_logging(verbose)
-    named = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "delta": delta, "op_space": op_space,
-        "discretization": discretization, "zero_config": zero_config, "tiers": tiers,
-        "max_ops_per_edge": max_ops_per_edge, "pretrain_epochs": pretrain_epochs,
-        "warmup_epochs": warmup_epochs, "update_every": update_every, "lambda": distill_weight,
-        "temperature": temperature, "stage_epochs": stage_epochs, "shrink_stages": shrink_stages,
-        "shrink_k": shrink_k, "merge_threshold": merge_threshold, "snapshots": snapshots,
-        "score_samples": score_samples, "population": population, "generations": generations,
-        "mutation_prob": mutation_prob,
-    }
-    options = {key: value for key, value in named.items() if value is not None}
-    options.update(parse_settings(settings))
+    name = strategy or default_strategy(space or "darts")
     request = SearchRequest(
-        space=space,
-        out_dir=out,
-        table_path=table,
+        space=space or default_space(name), out_dir=out, table_path=table,
         latency_budget_ms=parse_latency(latency_budget) if latency_budget else None,
         flops_budget=parse_flops(flops_budget) if flops_budget else None,
-        data=data,
-        preset=preset,
-        seed=seed,
-        resume=resume,
-        device=device,
-        options=options,
+        data=data, preset=preset, seed=seed, resume=resume, device=device, options=parse_settings(settings),
+        runtime=runtime, table_root=table_root, trust_table=trust_table, recalibrate=recalibrate,
     )
-    result = get_strategy(strategy or default_strategy(space)).run(request)
-    print_result(result)
+    print_result(get_strategy(name).run(request))
+
+
+@app.command()
+def strategies(name: Optional[str] = typer.Argument(None, help="A strategy: list its settings and presets.")) -> None:
+    """List the search strategies, or one strategy's settings (type, default, presets, meaning) for --set."""
+    from nasdeploy.search.base import STRATEGIES, get_strategy
+    from nasdeploy.search.settings import describe_settings
+
+    if name is None:
+        listing = Table(title="search strategies (nasdeploy strategies NAME for settings)")
+        for column in ("strategy", "spaces", "FLOPs budget", "what it is"):
+            listing.add_column(column)
+        for key in STRATEGIES:
+            cls = STRATEGIES.get(key)
+            listing.add_row(key, ", ".join(cls.spaces), "yes" if cls.uses_flops_budget else "no", cls.summary)
+        console.print(listing)
+        return
+    chosen = get_strategy(name)
+    settings = Table(title=f"{name} settings: nasdeploy search --strategy {name} --set key=value")
+    for column in ("setting", "type", "default", *chosen.presets, "meaning"):
+        settings.add_column(column)
+    for row in describe_settings(chosen.config_class, chosen.presets):
+        per_preset = [json.dumps(row.presets[p]) if p in row.presets else "" for p in chosen.presets]
+        settings.add_row(row.name, row.type, json.dumps(row.default), *per_preset, row.help)
+    console.print(settings)
 
 
 def print_result(result) -> None:
@@ -108,8 +93,9 @@ def print_result(result) -> None:
     summary = Table(title="search result", show_header=False)
     summary.add_row("architecture", str(result.arch_path))
     summary.add_row("search log", str(result.log_path))
-    for key in ("predicted_latency_ms", "latency_budget_ms", "flops", "flops_budget", "params"):
+    for key in ("predicted_latency_ms", "alpha_only_latency_ms", "fixup_replacements", "latency_budget_ms", "flops",
+                "flops_budget", "params", "search_seconds", "spot_check"):
         if metrics.get(key) is not None:
             value = metrics[key]
-            summary.add_row(key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}")
+            summary.add_row(key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
     console.print(summary)

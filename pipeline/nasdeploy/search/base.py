@@ -1,11 +1,27 @@
-"""The strategy contract: ``nasdeploy search --strategy NAME`` looks NAME up here and calls ``run``."""
+"""The strategy contract: ``nasdeploy search --strategy NAME`` looks NAME up here and calls ``run``.
+
+A strategy is one module that subclasses ``SearchStrategy`` and registers itself::
+
+    @STRATEGIES.register("mystrategy")
+    class MyStrategy(SearchStrategy):
+        name = "mystrategy"
+        spaces = ("darts",)
+        config_class = MyConfig            # a dataclass of settings (``search.settings.setting``)
+        presets = {"paper": {}, "cpu": {...}, "tiny": {...}}
+
+        def search(self, ctx, config) -> SearchOutcome: ...
+
+``run`` builds the shared ``SearchContext`` (table, template, data, budgets, device, seeds, checkpoints),
+calls ``search`` and writes ``arch.json`` / ``search_log.json`` / the drawing through ``ctx.write_result``.
+The module is imported by ``nasdeploy.search`` (one line there).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nasdeploy.registry import Registry
 from nasdeploy.spaces.record import ArchitectureRecord
@@ -13,11 +29,11 @@ from nasdeploy.spaces.record import ArchitectureRecord
 
 @dataclass
 class SearchRequest:
-    """What every strategy receives. ``options`` holds strategy-specific settings (None = default)."""
+    """What the user asked for. ``options`` holds strategy settings (``--set key=value``; None = preset default)."""
 
     space: str
     out_dir: Path
-    table_path: Path | None = None  # LUT; None only when no latency budget/penalty is used
+    table_path: Path | None = None  # LUT; None: this machine's table when a budget needs one (profiled if absent)
     latency_budget_ms: float | None = None
     flops_budget: float | None = None  # multiply-adds
     data: str = "digits"  # "digits" (embedded), "cifar10:PATH", "cifar100:PATH", "imagefolder:PATH"
@@ -26,6 +42,11 @@ class SearchRequest:
     resume: bool = False
     device: str = "cpu"  # torch device the search trains on
     options: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "onnxruntime"  # runtime of the table looked up / profiled when no table_path is given
+    table_root: Path = Path("latency_tables")
+    trust_table: bool = False  # use a table whose spot check fails on this machine (recorded in the log)
+    recalibrate: bool = False  # refit the table's overhead model on this machine when its spot check fails
+    spot_check_tolerance: float = 0.10  # median |error| of the spot check above which a table is refused
 
 
 @dataclass
@@ -37,12 +58,53 @@ class SearchResult:
 
 
 class SearchStrategy(ABC):
-    name: str
-    default_for_spaces: tuple[str, ...] = ()
+    name: ClassVar[str]
+    spaces: ClassVar[tuple[str, ...]] = ("darts",)  # spaces it searches; the first is its default
+    default_for_spaces: ClassVar[tuple[str, ...]] = ()  # spaces whose default strategy it is
+    config_class: ClassVar[type]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "cpu": {}, "tiny": {}}
+    aliases: ClassVar[dict[str, str]] = {}  # setting names accepted for others (e.g. "lambda")
+    uses_flops_budget: ClassVar[bool] = False
+    summary: ClassVar[str] = ""  # one line for ``nasdeploy strategies``
+
+    # -------------------------------------------------------------- hooks with defaults
+    def settings(self, preset: str, options: dict[str, Any] | None) -> Any:
+        """The typed config: defaults < preset < options (``search.settings.make_settings``), then ``validate``."""
+        from nasdeploy.search.settings import make_settings
+
+        config = make_settings(self.name, self.config_class, self.presets, preset, options, self.aliases)
+        self.validate(config)
+        return config
+
+    def validate(self, config: Any) -> None:
+        """Range checks on a config; raise NasDeployError naming the setting and the fix."""
+
+    def template_overrides(self, config: Any, table_template: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Template fields the config fixes (e.g. op space); checked against the table's template when there is one."""
+        return {}
+
+    def wants_table(self, config: Any) -> bool:
+        """True when the config needs a latency table even without a budget (e.g. a fixed latency penalty)."""
+        return False
+
+    def cheapest_latency_ms(self, ctx, config: Any) -> float:
+        """The cheapest network this strategy can output (budget pre-check); default: the space's cheapest."""
+        from nasdeploy.latency.predictor import cheapest_latency_ms
+
+        return cheapest_latency_ms(ctx.table, ctx.space.name, ctx.template)
 
     @abstractmethod
+    def search(self, ctx, config: Any):
+        """Search on the context; return a ``SearchOutcome`` (the context writes the files)."""
+
+    # -------------------------------------------------------------- the one entry point
     def run(self, request: SearchRequest) -> SearchResult:
-        """Search, writing ``arch.json``, a log, plots and checkpoints under ``request.out_dir``."""
+        from nasdeploy.search.context import build_context
+
+        config = self.settings(request.preset, request.options)
+        ctx = build_context(self, request, config)
+        Path(request.out_dir).mkdir(parents=True, exist_ok=True)
+        return ctx.write_result(self.search(ctx, config))
 
 
 STRATEGIES: Registry[type[SearchStrategy]] = Registry("search strategy")
@@ -55,6 +117,12 @@ def default_strategy(space: str) -> str:
         if space in STRATEGIES.get(name).default_for_spaces:
             return name
     return "icdarts"
+
+
+def default_space(strategy: str) -> str:
+    import nasdeploy.search  # noqa: F401
+
+    return STRATEGIES.get(strategy).spaces[0]
 
 
 def get_strategy(name: str) -> SearchStrategy:

@@ -18,7 +18,9 @@
   one. Tournament games keep their own checkpoints under ``tournament/tier<t>_game<r>/``.
 
 Options: the table in ``nasdeploy.search.icdarts_config``.
-Outputs under ``request.out_dir``: ``arch.json``, ``search_log.json``, ``cells.png``, ``checkpoint.pt``.
+Settings: ``nasdeploy strategies icdarts`` (``search.icdarts_config``). Setup (table, templates, data, budget
+pre-check, seeds, checkpoint fingerprint) and outputs (``arch.json``, ``search_log.json``, ``architecture.png``)
+come from the shared ``search.context``; ``checkpoint.pt`` is written here.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,9 +38,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
+from nasdeploy.io import atomic_write_json
 from nasdeploy.progress import progress_bar
-from nasdeploy.search.base import STRATEGIES, SearchRequest, SearchResult, SearchStrategy
+from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.budget import DeltaSchedule, cheapest_genotype, edge_costs, fit_to_budget
 from nasdeploy.search.darts_supernet import SearchNetwork
 from nasdeploy.search.discretize import (
@@ -50,7 +51,8 @@ from nasdeploy.search.discretize import (
     node_edge_ranges,
     search_op_names,
 )
-from nasdeploy.search.icdarts_config import ICDARTSConfig, make_config
+from nasdeploy.search.context import SearchContext, SearchOutcome, mix_seed, seed_everything
+from nasdeploy.search.icdarts_config import ALIASES, PRESETS, ICDARTSConfig, validate
 from nasdeploy.search.icdarts_losses import (
     alpha_objective,
     evaluation_objective,
@@ -62,14 +64,13 @@ from nasdeploy.search.tournament import GameResult, run_tournament
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "icdarts-checkpoint-1"
-
 
 # ------------------------------------------------------------------------------------------ setup
 @dataclass
 class SearchSetup:
-    """Everything a search run needs, resolved once from the request."""
+    """ICDARTS's view of the shared search context: its templates, candidate ops and zero configuration."""
 
+    ctx: SearchContext
     space: Any
     deploy_template: Any
     search_template: Any
@@ -87,122 +88,29 @@ class SearchSetup:
     cheapest_ms: float | None = None
 
 
-def mix_seed(*parts: int) -> int:
-    """A deterministic 31-bit seed from integers (seed, epoch, purpose...)."""
-    x = 0x9E3779B1
-    for p in parts:
-        x = (x * 1_000_003 + int(p) + 0x7F4A7C15) & 0xFFFFFFFFFFFF
-        x ^= x >> 17
-    return x & 0x7FFFFFFF
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def materialise(dataset) -> TensorDataset:
-    """Stack a (small, un-augmented) dataset into tensors once, so every epoch is cheap."""
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
-    return TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.long))
-
-
-def resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NasDeployError(f"device {name!r} asked for but no CUDA device is visible; pass --device cpu")
-    return device
-
-
-def deployment_template(space, request: SearchRequest, table, config: ICDARTSConfig):
-    """The LUT's template (what arch.json is deployed at), or the preset's without a table."""
-    if table is not None:
-        template = space.template_from_dict(table.template)
-        if config.op_space is not None and str(config.op_space) != str(template.op_space):
-            raise NasDeployError(
-                f"op space {config.op_space} differs from the latency table's op space {template.op_space}; "
-                f"profile a table with --op-space {config.op_space} or drop --op-space"
-            )
-        if config.nodes is not None and config.nodes != template.nodes:
-            raise NasDeployError(f"nodes={config.nodes} differs from the latency table's {template.nodes}; drop the option")
-        return template
-    overrides = {}
-    if config.op_space is not None:
-        overrides["op_space"] = str(config.op_space)
-    elif config.tiers:
-        overrides["op_space"] = "combined"
-    if config.nodes is not None:
-        overrides["nodes"] = config.nodes
-    return space.default_template(request.preset, **overrides)
-
-
-def load_search_data(request: SearchRequest, template) -> tuple[TensorDataset, TensorDataset, Any]:
-    from nasdeploy.train.data import load_dataset, split_halves
-
-    dataset, info = load_dataset(request.data, train=True, input_size=template.input_size)
-    train_half, val_half = split_halves(dataset, request.seed)  # §3.4.2
-    return materialise(train_half), materialise(val_half), info
-
-
-def prepare(request: SearchRequest, config: ICDARTSConfig) -> SearchSetup:
-    """Resolve table, templates, op names, data and the budget check (before any training)."""
-    from nasdeploy.spaces.base import get_space
+def candidate_ops(template, config: ICDARTSConfig) -> tuple[list[str], ZeroConfig]:
     from nasdeploy.spaces.ops import OP_SPACES
 
-    if request.space != "darts":
-        raise NasDeployError(f"ICDARTS searches the darts space, not {request.space!r}; use --space darts or --strategy senas")
-    space = get_space("darts")
-    table = None
-    if request.table_path is not None:
-        from nasdeploy.latency.table import load_table
-
-        table = load_table(request.table_path, space="darts")
-    elif request.latency_budget_ms is not None or config.delta:
-        raise NasDeployError("a latency budget or δ needs a latency table; pass --table LUT.json from 'nasdeploy profile'")
-    if request.flops_budget is not None:
-        log.warning("ICDARTS does not use a FLOPs budget; --flops-budget ignored (arch.json still reports FLOPs)")
-    template = deployment_template(space, request, table, config)
     op_space = str(template.op_space)
     if op_space not in OP_SPACES:
         raise NasDeployError(f"unknown op space {op_space!r}; choose one of: {', '.join(OP_SPACES)}")
     zero = get_zero_config(config.zero_config)
-    op_names = search_op_names(list(OP_SPACES[op_space]), zero)
-    train_set, val_set, info = load_search_data(request, template)
-    if table is None:
-        template = replace(template, num_classes=info.num_classes, in_channels=info.channels, input_size=info.input_size)
-    elif (info.num_classes, info.channels) != (template.num_classes, template.in_channels):
-        raise NasDeployError(
-            f"data {request.data!r} has {info.num_classes} classes and {info.channels} channels but the latency table's "
-            f"template has {template.num_classes} and {template.in_channels}; profile a table for this data"
-        )
-    setup = SearchSetup(
-        space=space, deploy_template=template,
+    return search_op_names(list(OP_SPACES[op_space]), zero), zero
+
+
+def icdarts_setup(ctx: SearchContext, config: ICDARTSConfig) -> SearchSetup:
+    """Search network S and evaluation network E templates from the deployment template (§3.4.2)."""
+    template = ctx.template
+    op_names, zero = candidate_ops(template, config)
+    return SearchSetup(
+        ctx=ctx, space=ctx.space, deploy_template=template,
         search_template=replace(template, layers=config.search_layers, C=config.search_channels, auxiliary=False, drop_path=0.0),
         eval_template=replace(template, layers=config.eval_layers or template.layers, C=config.eval_channels or template.C,
                               auxiliary=True, drop_path=0.0),
-        table=table, budget_ms=request.latency_budget_ms, op_names=op_names, zero=zero, config=config,
-        train_set=train_set, val_set=val_set, device=resolve_device(request.device), seed=request.seed, data=request.data,
+        table=ctx.table, budget_ms=ctx.latency_budget_ms, op_names=op_names, zero=zero, config=config,
+        train_set=ctx.data.train, val_set=ctx.data.val, device=ctx.device, seed=ctx.seed, data=ctx.request.data,
+        cheapest_ms=ctx.cheapest_latency_ms,
     )
-    check_budget(setup)
-    return setup
-
-
-def check_budget(setup: SearchSetup) -> None:
-    """Fail before training when no genotype of this rule can meet the budget."""
-    if setup.table is None:
-        return
-    from nasdeploy.latency.predictor import predict_latency_ms
-
-    cfg = setup.config
-    cheapest = cheapest_genotype(setup.table, setup.deploy_template, setup.op_names, cfg.discretization, setup.zero, cfg.k)
-    setup.cheapest_ms = predict_latency_ms(setup.table, cheapest, setup.space, setup.deploy_template)
-    if setup.budget_ms is not None and setup.budget_ms < setup.cheapest_ms:
-        raise NasDeployError(
-            f"latency budget {setup.budget_ms:.3f} ms is below the cheapest {cfg.discretization} network of this template "
-            f"({setup.cheapest_ms:.3f} ms predicted from {setup.table.path}); raise --latency-budget to at least "
-            f"{setup.cheapest_ms:.3f}ms or profile a smaller template"
-        )
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -408,16 +316,14 @@ class ICDARTSRun:
         correct = sum(int((net(x[i : i + 128]).argmax(dim=1) == y[i : i + 128]).sum()) for i in range(0, len(y), 128))
         return correct / max(len(y), 1)
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed."""
+    def checkpoint(self):
+        """This run's checkpoint: the shared helper, bound to the context's settings plus this phase's masks."""
         masks = [None if m is None else m.int().tolist() for m in self.masks]
-        return {"config": self.cfg.to_dict(), "seed": self.setup.seed, "data": self.setup.data,
-                "op_names": self.setup.op_names, "template": self.setup.deploy_template.to_dict(),
-                "budget_ms": self.setup.budget_ms, "masks": masks, "total_epochs": self.total_epochs}
+        return self.setup.ctx.checkpoint(self.checkpoint_path, masks=masks, total_epochs=self.total_epochs)
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint(), "epoch": self.epoch, "step": self.step,
+            "epoch": self.epoch, "step": self.step,
             "S": self.S.state_dict(), "opt_w": self.opt_w.state_dict(), "opt_a": self.opt_a.state_dict(),
             "E": self.E.state_dict() if self.E is not None else None,
             "opt_e": self.opt_e.state_dict() if self.opt_e is not None else None,
@@ -425,12 +331,7 @@ class ICDARTSRun:
             "delta": self.delta.state_dict(), "log": self.log, "seconds": self.seconds,
         }
 
-    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint():
-            raise NasDeployError(
-                f"checkpoint {path} was written by a search with other settings (options, seed, data, table or template); "
-                "re-run with the same settings or drop --resume"
-            )
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         space = self.setup.space
         self.epoch, self.step, self.log, self.seconds = state["epoch"], state["step"], state["log"], state["seconds"]
         self.S.load_state_dict(state["S"])
@@ -452,7 +353,7 @@ class ICDARTSRun:
     def run(self, resume: bool) -> "ICDARTSRun":
         """Epochs from the checkpoint (if resuming) to the end; checkpoint + log after each."""
         if resume:
-            self.load_state_dict(load_checkpoint(self.checkpoint_path, "ICDARTS checkpoint"), self.checkpoint_path)
+            self.load_state_dict(self.checkpoint().load())
             log.info("%s: resuming at epoch %d of %d", self.label, self.epoch, self.total_epochs)
         pretrain = self.cfg.pretrain_epochs
         with progress_bar() as bar:
@@ -479,7 +380,7 @@ class ICDARTSRun:
                     record["delta_next"] = self.delta.after_epoch(record.get("predicted_latency_ms"))
                 self.log.append(record)
                 self.epoch += 1
-                atomic_torch_save(self.state_dict(), self.checkpoint_path)
+                self.checkpoint().save(self.state_dict())
                 atomic_write_json(self.out_dir / "search_log.json", {"label": self.label, "epochs": self.log})
                 summary = f"L_S {record.get('loss_S_train', float('nan')):.3f}"
                 if "predicted_latency_ms" in record:
@@ -530,94 +431,101 @@ def play_tournament(setup: SearchSetup, out_dir: Path, resume: bool) -> tuple[IC
         runs[(tier, game)] = run
         return GameResult(run.edge_set_scores(), run.genotype("retraining"), {"epochs": run.log})
 
-    result = run_tournament(cfg.tiers, pool, 2 * nodes, cfg.max_ops_per_edge, random.Random(mix_seed(setup.seed, 0x70)), play)
+    result = run_tournament(cfg.tiers, pool, 2 * nodes, cfg.max_ops_per_edge, setup.ctx.rng(0x70), play)
     final = runs[(1, 0)]
     history = result.games + [{"final_op_sets": result.op_sets}]
     return final, history
 
 
 # ------------------------------------------------------------------------------------------ results
-def finish(setup: SearchSetup, run: ICDARTSRun, out_dir: Path, extra_log: dict[str, Any]) -> SearchResult:
-    """Discretise (with the budget fallback), write arch.json, cells.png and search_log.json."""
-    from nasdeploy.latency.predictor import predict_latency_ms
-    from nasdeploy.search.cell_plot import plot_cells
-    from nasdeploy.spaces.flops import count_flops, count_params
-    from nasdeploy.spaces.record import ArchitectureRecord
-
+def finish(setup: SearchSetup, run: ICDARTSRun, extra_log: dict[str, Any]) -> SearchOutcome:
+    """Discretise α; with a budget, the greedy fix-up is the last resort and is counted in the metrics."""
     space, template, table = setup.space, setup.deploy_template, setup.table
     genotype = run.genotype("retraining")
-    metrics: dict[str, Any] = {"predicted_latency_ms": None, "latency_budget_ms": setup.budget_ms,
-                               "delta_final": run.delta.delta, "table": str(table.path) if table is not None else None}
-    fallback = []
+    metrics: dict[str, Any] = {"delta_final": run.delta.delta, "discretization": setup.config.discretization,
+                               "zero_config": setup.zero.name, "op_space": str(template.op_space)}
+    fallback: list[dict] = []
     if table is not None:
-        predict = lambda g: predict_latency_ms(table, g, space, template)  # noqa: E731
-        predicted = predict(genotype)
-        if setup.budget_ms is not None and predicted > setup.budget_ms:
-            log.info("discretised genotype predicted %.3f ms > budget %.3f ms: budget-aware discretisation", predicted, setup.budget_ms)
-            weights = dict(zip(("normal", "reduce"), (w.detach() for w in run.S.mixing_weights())))
-            costs = {"normal": edge_costs(table, template, setup.op_names, False),
-                     "reduce": edge_costs(table, template, setup.op_names, True)}
-            cheapest = cheapest_genotype(table, template, setup.op_names, setup.config.discretization, setup.zero, setup.config.k)
-            fit = fit_to_budget(genotype, setup.budget_ms, predict, costs, weights, setup.op_names, setup.zero, cheapest)
-            genotype, predicted, fallback = fit.genotype, fit.predicted_ms, fit.replacements
-            if fit.used_cheapest:
-                fallback.append({"used_cheapest_genotype": True})
-            if predicted > setup.budget_ms:
-                raise NasDeployError(f"could not fit the latency budget {setup.budget_ms:.3f} ms (best {predicted:.3f} ms); raise the budget")
-        metrics["predicted_latency_ms"] = predicted
-        metrics["cheapest_latency_ms"] = setup.cheapest_ms
+        predict = setup.ctx.predict_latency_ms
+        alpha_only = predict(genotype)
+        metrics["alpha_only_latency_ms"] = alpha_only  # the α-discretised genotype, before any fix-up
+        if setup.budget_ms is not None and alpha_only > setup.budget_ms:
+            log.warning("the α-discretised genotype is predicted %.3f ms > budget %.3f ms: greedy fix-up (last resort)",
+                        alpha_only, setup.budget_ms)
+            genotype, fallback = fit_genotype(setup, run, genotype, predict)
         with torch.no_grad():
             metrics["expected_latency_ms"] = float(run.penalty())
-    network = space.build(genotype, template).eval()
-    size = template.input_size
-    input_shape = (1, template.in_channels, *((size, size) if isinstance(size, int) else size))
+    replacements = len([r for r in fallback if "from" in r])
     if fallback:
-        log.info("budget fallback: %d op replacement(s) brought the genotype to %.3f ms <= %.3f ms",
-                 len([r for r in fallback if "from" in r]), metrics["predicted_latency_ms"], setup.budget_ms)
-    metrics.update({"flops": int(count_flops(network, input_shape)), "params": int(count_params(network)),
-                    "discretization": setup.config.discretization, "zero_config": setup.zero.name,
-                    "op_space": str(template.op_space), "search_seconds": run.seconds, "budget_fallback": fallback})
-    record = ArchitectureRecord(space="darts", template=template, arch=genotype, metrics=metrics)
-    arch_path = out_dir / "arch.json"
-    record.save(arch_path)
-    png = plot_cells(genotype, out_dir / "cells.png", title=f"ICDARTS {setup.config.discretization} {setup.zero.name}")
-    log_path = out_dir / "search_log.json"
-    atomic_write_json(log_path, {
-        "strategy": "icdarts", "config": setup.config.to_dict(), "seed": setup.seed, "data": setup.data,
-        "op_names": setup.op_names, "deploy_template": template.to_dict(),
-        "search_template": setup.search_template.to_dict(), "eval_template": setup.eval_template.to_dict(),
-        "delta_rule": run.delta.describe(),
-        "delta_initial": run.delta.history[0] if run.delta.history else run.delta.delta,
-        "delta_history": run.delta.history, "epochs": run.log, **extra_log,
-        "result": {"genotype": space.arch_to_json(genotype), "metrics": metrics},
-    })
-    return SearchResult(record=record, arch_path=arch_path, log_path=log_path, extra_files=[png, run.checkpoint_path])
+        log.warning("budget fallback: %d op replacement(s) brought the genotype under %.3f ms", replacements, setup.budget_ms)
+    metrics.update({"budget_fallback": fallback, "fixup_replacements": replacements})
+    log_extra = {"op_names": setup.op_names, "search_template": setup.search_template.to_dict(),
+                 "eval_template": setup.eval_template.to_dict(), "delta_rule": run.delta.describe(),
+                 "delta_initial": run.delta.history[0] if run.delta.history else run.delta.delta,
+                 "delta_history": run.delta.history, "epochs": run.log, **extra_log}
+    title = f"ICDARTS {setup.config.discretization} {setup.zero.name}"
+    return SearchOutcome(arch=genotype, search_seconds=run.seconds, metrics=metrics, log=log_extra,
+                         extra_files=[run.checkpoint_path], title=title)
 
 
-def run_icdarts(request: SearchRequest) -> SearchResult:
-    """The whole strategy: options → setup (budget check) → search or tournament → outputs."""
-    config = make_config(request.preset, request.options, log)
-    out_dir = Path(request.out_dir)
-    setup = prepare(request, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("ICDARTS: %s rule, %s, op space %s (%d candidates), %s", config.discretization, setup.zero.name,
-             setup.deploy_template.op_space, len(setup.op_names),
-             f"budget {setup.budget_ms:.3f} ms (cheapest {setup.cheapest_ms:.3f} ms)" if setup.budget_ms else "no latency budget")
-    if config.tiers:
-        run, history = play_tournament(setup, out_dir, request.resume)
-        extra = {"tournament": history}
-    else:
-        run = ICDARTSRun(setup, out_dir, config.epochs).run(request.resume)
-        extra = {}
-    return finish(setup, run, out_dir, extra)
+def fit_genotype(setup: SearchSetup, run: ICDARTSRun, genotype, predict):
+    """``fit_to_budget``: replace the costliest chosen ops (ranked by α) until the prediction fits."""
+    table, template, cfg = setup.table, setup.deploy_template, setup.config
+    weights = dict(zip(("normal", "reduce"), (w.detach() for w in run.S.mixing_weights())))
+    costs = {"normal": edge_costs(table, template, setup.op_names, False),
+             "reduce": edge_costs(table, template, setup.op_names, True)}
+    cheapest = cheapest_genotype(table, template, setup.op_names, cfg.discretization, setup.zero, cfg.k)
+    fit = fit_to_budget(genotype, setup.budget_ms, predict, costs, weights, setup.op_names, setup.zero, cheapest)
+    fallback = list(fit.replacements) + ([{"used_cheapest_genotype": True}] if fit.used_cheapest else [])
+    if fit.predicted_ms > setup.budget_ms:
+        raise NasDeployError(f"could not fit the latency budget {setup.budget_ms:.3f} ms (best {fit.predicted_ms:.3f} ms); "
+                             "raise the budget")
+    return fit.genotype, fallback
 
 
 @STRATEGIES.register("icdarts")
 class ICDARTS(SearchStrategy):
-    """ICDARTS search phase (Algorithm 1) with the latency penalty (Eq. 4.1) and the tournament (Algorithm 2)."""
+    """ICDARTS search phase (Algorithm 1) with the latency penalty (Eq. 4.1, Algorithm 3) and the tournament (Algorithm 2)."""
 
     name = "icdarts"
+    spaces = ("darts",)
     default_for_spaces = ("darts",)
+    config_class = ICDARTSConfig
+    presets = PRESETS
+    aliases = ALIASES
+    summary = "cyclic DARTS (search + evaluation network) with the LUT latency penalty; Herron 2023"
 
-    def run(self, request: SearchRequest) -> SearchResult:
-        return run_icdarts(request)
+    def validate(self, config: ICDARTSConfig) -> None:
+        validate(config)
+
+    def template_overrides(self, config: ICDARTSConfig, table_template=None) -> dict[str, Any]:
+        overrides: dict[str, Any] = {}
+        if config.op_space is not None:
+            overrides["op_space"] = str(config.op_space)
+        elif config.tiers and table_template is None:
+            overrides["op_space"] = "combined"  # the tournament draws from the combined pool
+        if config.nodes is not None:
+            overrides["nodes"] = config.nodes
+        return overrides
+
+    def wants_table(self, config: ICDARTSConfig) -> bool:
+        return bool(config.delta)
+
+    def cheapest_latency_ms(self, ctx: SearchContext, config: ICDARTSConfig) -> float:
+        """The cheapest genotype the discretisation rule can output (a budget below it cannot be met)."""
+        op_names, zero = candidate_ops(ctx.template, config)
+        cheapest = cheapest_genotype(ctx.table, ctx.template, op_names, config.discretization, zero, config.k)
+        return ctx.predict_latency_ms(cheapest)
+
+    def search(self, ctx: SearchContext, config: ICDARTSConfig) -> SearchOutcome:
+        setup = icdarts_setup(ctx, config)
+        log.info("ICDARTS: %s rule, %s, op space %s (%d candidates), %s", config.discretization, setup.zero.name,
+                 setup.deploy_template.op_space, len(setup.op_names),
+                 f"budget {setup.budget_ms:.3f} ms (cheapest {setup.cheapest_ms:.3f} ms)" if setup.budget_ms else "no latency budget")
+        if config.tiers:
+            run, history = play_tournament(setup, ctx.out_dir, ctx.resume)
+            extra = {"tournament": history}
+        else:
+            run = ICDARTSRun(setup, ctx.out_dir, config.epochs).run(ctx.resume)
+            extra = {}
+        return finish(setup, run, extra)

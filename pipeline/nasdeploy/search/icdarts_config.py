@@ -1,50 +1,16 @@
-"""ICDARTS settings: one dataclass, per-preset defaults (§3.4.2 for "paper"), and the ``request.options`` parser.
+"""ICDARTS settings: one dataclass with the paper's defaults (§3.4.2), and the tiny / cpu / paper presets.
 
-Options (``request.options`` keys; None or missing = default; the CLI's ``--set key=value`` reaches all):
-
-=====================  =========================================================================================
-key                    meaning (default)
-=====================  =========================================================================================
-delta                  fixed latency penalty coefficient δ of Eq. 4.1; disables adaptation (None: adapt to budget)
-delta_init             first δ when adapting (None: delta_share / P(α_0))
-delta_share            δ_0·P(α_0), the penalty's starting share of the loss when adapting (0.1)
-delta_growth           factor applied to δ after each epoch predicted over budget (2.0)
-op_space               operation space "1".."4" | "combined" (Tables 4.1, 4.2) ("3", or the LUT template's)
-discretization         "darts" | "idarts" | "xdarts" (§4.2) ("darts")
-k                      inputs kept per node by darts / idarts (2)
-zero_config            "V0".."V4" (Table 3.1) ("V1": no zero op, the paper's ICDARTS default)
-tiers                  tournament tiers T of Algorithm 2 (None: no tournament)
-max_ops_per_edge       O_max, ops per edge set in the tournament's first tier (4)
-game_epochs            search epochs of each tournament game (None: max(1, epochs // tiers))
-epochs                 search epochs, pre-training excluded (paper 30, cpu 3, tiny 1)
-pretrain_epochs        pre-training epochs of the search network, Eq. 3.4 (paper 2, cpu 1, tiny 1)
-warmup_epochs          warm-up epochs of every new evaluation network (1)
-update_every           S_U: search steps between evaluation-network rebuilds (None: one epoch of steps)
-steps_per_epoch        cap on steps per epoch (None: a full pass; cpu 8, tiny 3)
-lambda                 distillation weight λ of Eq. 3.9 / 3.10 (1.0)
-temperature            distillation temperature T of Eq. 3.7-3.8 (2.0)
-aux_weight             weight of E's auxiliary-head loss inside L_train^E (0.4, §3.4.2)
-batch_size             search batch size (paper 64, cpu 32, tiny 16)
-w_lr, w_lr_min         SGD learning rate of w_S and w_E, cosine-annealed to w_lr_min (0.08, 0.001)
-w_momentum             SGD momentum (0.9)
-w_weight_decay         SGD weight decay (3e-4)
-w_grad_clip            gradient-norm clip for w_S and w_E (5.0)
-eval_warmup_lr         SGD rate of each new E's warm-up epochs (None: w_lr; E then follows the cosine rate)
-alpha_lr               Adam learning rate of α (paper 3e-4; cpu 6e-3 and tiny 3e-2: far fewer steps on CPU)
-alpha_beta1, alpha_beta2, alpha_weight_decay   Adam settings of α (0.5, 0.999, 0.0)
-search_layers, search_channels   depth and width of the search network S (paper 8/16, cpu 5/4, tiny 3/4)
-eval_layers, eval_channels       depth and width of the evaluation network E (paper 20/36; cpu, tiny: the
-                                 deployment template's)
-nodes                  intermediate nodes per cell (the deployment template's)
-=====================  =========================================================================================
+``nasdeploy strategies icdarts`` lists every setting with its type, default and help line;
+``nasdeploy search --set key=value`` changes one (``search.settings.make_settings`` parses and type-checks).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from nasdeploy.errors import NasDeployError
+from nasdeploy.search.settings import setting
 
 PRESETS: dict[str, dict[str, Any]] = {
     # §3.4.2: 30 epochs + 2 pre-training + 1 warm-up per E; SGD 0.08 / 3e-4 / 0.9; Adam 3e-4, β (0.5, 0.999).
@@ -58,91 +24,51 @@ PRESETS: dict[str, dict[str, Any]] = {
                  steps_per_epoch=3),
 }
 
-# Keys the search CLI names for other strategies: ignored here with a warning instead of an error.
-FOREIGN_KEYS = {"lr", "stage_epochs", "shrink_stages", "shrink_k", "merge_threshold", "snapshots",
-                "score_samples", "population", "generations", "mutation_prob"}
-
 
 @dataclass
 class ICDARTSConfig:
-    epochs: int = 6
-    pretrain_epochs: int = 1
-    warmup_epochs: int = 1
-    update_every: int | None = None
-    steps_per_epoch: int | None = None
-    batch_size: int = 64
-    op_space: str | None = None
-    discretization: str = "darts"
-    k: int = 2
-    zero_config: str = "V1"
-    tiers: int | None = None
-    max_ops_per_edge: int = 4
-    game_epochs: int | None = None
-    distill_lambda: float = 1.0
-    temperature: float = 2.0
-    aux_weight: float = 0.4
-    delta: float | None = None
-    delta_init: float | None = None
-    delta_share: float = 0.1
-    delta_growth: float = 2.0
-    w_lr: float = 0.08
-    w_lr_min: float = 0.001
-    w_momentum: float = 0.9
-    w_weight_decay: float = 3e-4
-    w_grad_clip: float = 5.0
-    eval_warmup_lr: float | None = None
-    alpha_lr: float = 3e-4
-    alpha_beta1: float = 0.5
-    alpha_beta2: float = 0.999
-    alpha_weight_decay: float = 0.0
-    search_layers: int = 5
-    search_channels: int = 8
-    eval_layers: int | None = None
-    eval_channels: int | None = None
-    nodes: int | None = None
+    epochs: int = setting(6, "search epochs, pre-training excluded (paper 30, cpu 3, tiny 1)")
+    pretrain_epochs: int = setting(1, "pre-training epochs of the search network, Eq. 3.4 (paper 2, cpu 1, tiny 1)")
+    warmup_epochs: int = setting(1, "warm-up epochs of every new evaluation network E")
+    update_every: int | None = setting(None, "S_U: search steps between evaluation-network rebuilds (None: one epoch of steps)")
+    steps_per_epoch: int | None = setting(None, "cap on steps per epoch (None: a full pass)")
+    batch_size: int = setting(64, "search batch size (paper 64)")
+    op_space: str | None = setting(None, "operation space 1..4 | combined, Tables 4.1-4.2 (None: the latency table's, else 3)")
+    discretization: str = setting("darts", "darts | idarts | xdarts (§4.2)")
+    k: int = setting(2, "inputs kept per node by the darts / idarts rules")
+    zero_config: str = setting("V1", "zero-operation configuration V0..V4 (Table 3.1; V1: no zero op)")
+    tiers: int | None = setting(None, "tournament tiers T of Algorithm 2 (None: no tournament)")
+    max_ops_per_edge: int = setting(4, "O_max: ops per edge set in the tournament's first tier")
+    game_epochs: int | None = setting(None, "search epochs of each tournament game (None: max(1, epochs // tiers))")
+    distill_lambda: float = setting(1.0, "distillation weight λ of Eq. 3.9 / 3.10 (also accepted as 'lambda')")
+    temperature: float = setting(2.0, "distillation temperature T of Eq. 3.7-3.8")
+    aux_weight: float = setting(0.4, "weight of E's auxiliary-head loss in L_train^E (§3.4.2)")
+    delta: float | None = setting(None, "fixed latency penalty coefficient δ of Eq. 4.1 (None: adapted to the budget)")
+    delta_init: float | None = setting(None, "first δ when adapting (None: delta_share / P(α_0))")
+    delta_share: float = setting(0.1, "δ_0·P(α_0): the penalty's starting share of the loss when adapting")
+    delta_growth: float = setting(2.0, "factor applied to δ after each epoch predicted over budget")
+    w_lr: float = setting(0.08, "SGD learning rate of w_S and w_E, cosine-annealed to w_lr_min")
+    w_lr_min: float = setting(0.001, "final learning rate of the cosine schedule")
+    w_momentum: float = setting(0.9, "SGD momentum of w_S and w_E")
+    w_weight_decay: float = setting(3e-4, "SGD weight decay of w_S and w_E")
+    w_grad_clip: float = setting(5.0, "gradient-norm clip for w_S and w_E")
+    eval_warmup_lr: float | None = setting(None, "SGD rate of each new E's warm-up (None: w_lr)")
+    alpha_lr: float = setting(3e-4, "Adam learning rate of α (paper 3e-4; cpu 6e-3, tiny 3e-2: far fewer steps)")
+    alpha_beta1: float = setting(0.5, "Adam β1 of α")
+    alpha_beta2: float = setting(0.999, "Adam β2 of α")
+    alpha_weight_decay: float = setting(0.0, "Adam weight decay of α")
+    search_layers: int = setting(5, "depth of the search network S (paper 8)")
+    search_channels: int = setting(8, "width C of S (paper 16)")
+    eval_layers: int | None = setting(None, "depth of the evaluation network E (None: the deployment template's; paper 20)")
+    eval_channels: int | None = setting(None, "width of E (None: the deployment template's; paper 36)")
+    nodes: int | None = setting(None, "intermediate nodes per cell (None: the deployment template's)")
+
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-OPTION_ALIASES = {"lambda": "distill_lambda"}
-
-
-def _coerce(name: str, value: Any, current: Any, annotation: str) -> Any:
-    if value is None:
-        return None
-    try:
-        if "float" in annotation:
-            return float(value)
-        if "int" in annotation:
-            if float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        return str(value)
-    except (TypeError, ValueError):
-        raise NasDeployError(f"ICDARTS option {name}={value!r} is not a valid {annotation}; pass e.g. {name}={current}") from None
-
-
-def make_config(preset: str, options: dict[str, Any], log=None) -> ICDARTSConfig:
-    """Defaults < preset < ``options``; unknown keys fail with the list of valid ones."""
-    if preset not in PRESETS:
-        raise NasDeployError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    config = ICDARTSConfig(**PRESETS[preset])
-    types = {f.name: str(f.type) for f in fields(ICDARTSConfig)}
-    for key, value in (options or {}).items():
-        name = OPTION_ALIASES.get(key, key)
-        if name not in types:
-            if key in FOREIGN_KEYS:
-                if log is not None:
-                    log.warning("option %r is not used by ICDARTS; ignored", key)
-                continue
-            valid = ", ".join(sorted(set(types) - set(OPTION_ALIASES.values()) | set(OPTION_ALIASES)))
-            raise NasDeployError(f"unknown ICDARTS option {key!r}; valid options: {valid}")
-        if value is None:
-            continue
-        setattr(config, name, _coerce(key, value, getattr(config, name), types[name]))
-    validate(config)
-    return config
+ALIASES = {"lambda": "distill_lambda"}
 
 
 def validate(config: ICDARTSConfig) -> None:

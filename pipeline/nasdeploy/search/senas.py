@@ -15,10 +15,10 @@ Algorithm 1, as run here:
 
 Spaces: ``mobilenet`` (layer-wise) and ``darts`` (edge-wise: each edge of the normal and reduction cell
 is a layer; the two inputs of every node are sampled as part of the path; see ``search.senas_paths``).
-Data: the training split of ``request.data`` halved (``split_halves``): one half trains supernet weights,
-the other is the validation set of Eq. 4/5 and of the evolutionary fitness.
+Data: the shared context's halves of the training split (``search.context``): one half trains supernet
+weights, the other is the validation set of Eq. 4/5 and of the evolutionary fitness.
 
-Options (``request.options``; missing or None = the preset's value):
+Settings (``nasdeploy strategies senas``; ``--set key=value``; missing = the preset's value):
 ``epochs`` (first-stage epochs), ``stage_epochs`` (epochs after each shrink), ``shrink_stages``,
 ``shrink_k`` (k), ``merge_threshold`` (T), ``snapshots`` (K of Eq. 4), ``score_samples`` (paths per
 operator for SI), ``population``, ``generations``, ``mutation_prob``, ``batch_size``, ``lr`` (initial
@@ -39,9 +39,9 @@ there rather than on more shrinking stages.
 Run: ``nasdeploy search --strategy senas --space mobilenet --table LUT.json --latency-budget 22ms``
 (``--flops-budget 320M`` as well or instead; ``--set key=value`` for any option above).
 
-Outputs under ``request.out_dir``: ``arch.json``, ``senas_log.json``, ``architecture.png``,
-``checkpoint.pt`` (after every epoch, stage and generation; ``request.resume`` continues it and ends with
-the same architecture as an uninterrupted run: all randomness is derived from (seed, stage, epoch)).
+Outputs: ``arch.json``, ``search_log.json`` and ``architecture.png`` through the shared context's writer;
+``checkpoint.pt`` (after every epoch, stage and generation; ``--resume`` continues it and ends with the same
+architecture as an uninterrupted run: all randomness is derived from (seed, stage, epoch)).
 """
 
 from __future__ import annotations
@@ -49,50 +49,48 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path as FsPath
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from nasdeploy.progress import progress_bar
-from nasdeploy.search.base import STRATEGIES, SearchRequest, SearchResult, SearchStrategy
+from nasdeploy.search.base import STRATEGIES, SearchStrategy
+from nasdeploy.search.context import SearchContext, SearchOutcome
 from nasdeploy.search.evolution import EvolutionConfig, EvolutionState, derive_rng, evolutionary_search
 from nasdeploy.search.senas_paths import Budget, Path, PathCosts, check_budget, sample_feasible
 from nasdeploy.search.senas_scores import merge_child_spaces, operator_scores, selection_importance, shrink, space_size
 from nasdeploy.search.senas_spaces import SpaceAdapter, make_adapter, search_template_for
+from nasdeploy.search.settings import setting
 from nasdeploy.search.supernet import SnapshotAverage, Supernet, follow_params, path_accuracy, sgd_step
-from nasdeploy.spaces.record import ArchitectureRecord
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
 class SenasConfig:
-    epochs: int = 100
-    stage_epochs: int = 5
-    shrink_stages: int = 5
-    shrink_k: int = 10
-    merge_threshold: int = 50
-    snapshots: int = 10
-    score_samples: int = 1000
-    population: int = 50
-    generations: int = 20
-    mutation_prob: float = 0.1
-    batch_size: int = 1024
-    lr: float = 0.5
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    bn_batches: int = 20
-    steps_per_epoch: int | None = None
-    val_samples: int | None = None
-    max_tries: int = 100
-    final_samples: int = 20
-    grad_clip: float | None = None
+    epochs: int = setting(100, "first-stage supernet epochs (§4.3)")
+    stage_epochs: int = setting(5, "supernet epochs after each shrink-and-expand stage (§4.3)")
+    shrink_stages: int = setting(5, "number of shrinking stages (our choice; the paper gives none)")
+    shrink_k: int = setting(10, "operators removed per stage, k (§4.3)")
+    merge_threshold: int = setting(50, "merge threshold T of the expanding step (§3.4)")
+    snapshots: int = setting(10, "weight snapshots K averaged in Eq. 4 (our choice)")
+    score_samples: int = setting(1000, "feasible paths per operator for SI, Eq. 5")
+    population: int = setting(50, "evolutionary population size")
+    generations: int = setting(20, "evolutionary generations")
+    mutation_prob: float = setting(0.1, "per-layer mutation probability")
+    batch_size: int = setting(1024, "supernet batch size")
+    lr: float = setting(0.5, "initial SGD learning rate, decayed linearly to 0 over each stage (§4.3)")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(4e-5, "SGD weight decay")
+    bn_batches: int = setting(20, "training batches for batch-norm recalibration of each evaluated path")
+    steps_per_epoch: int | None = setting(None, "cap on mini-batches per epoch (None: a whole epoch)")
+    val_samples: int | None = setting(None, "cap on validation images (None: all)")
+    max_tries: int = setting(100, "rejection-sampling draws before repairing a path to fit the budget")
+    final_samples: int = setting(20, "random paths whose mean accuracy is logged as the final supernet accuracy")
+    grad_clip: float | None = setting(None, "gradient-norm clip (None: off, as in the paper)")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -108,23 +106,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def senas_config(preset: str, options: dict[str, Any]) -> SenasConfig:
-    """The preset's schedule with ``options`` (None values ignored) on top; unknown keys are an error."""
-    if preset not in PRESETS:
-        raise NasDeployError(f"unknown preset {preset!r} for SE-NAS; choose one of: {', '.join(PRESETS)}")
-    known = {f.name for f in dataclasses.fields(SenasConfig)}
-    given = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise NasDeployError(f"SE-NAS has no setting {', '.join(unknown)}; valid settings: {', '.join(sorted(known))}")
-    config = SenasConfig(**{**PRESETS[preset], **given})
+def validate(config: SenasConfig) -> None:
     if min(config.epochs, config.stage_epochs, config.merge_threshold, config.snapshots, config.batch_size,
            config.score_samples) < 1 or config.shrink_k < 0 or config.shrink_stages < 0 or config.population < 2:
         raise NasDeployError(
             "SE-NAS settings out of range: epochs, stage_epochs, merge_threshold, snapshots, batch_size and "
             "score_samples must be >= 1, shrink_k and shrink_stages >= 0, population >= 2"
         )
-    return config
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -152,14 +140,12 @@ def fixed_batches(dataset, batch_size: int, limit: int | None, seed: int, device
     return batches
 
 
-def load_search_data(request: SearchRequest, config: SenasConfig, input_size: int) -> SearchData:
-    from nasdeploy.train.data import load_dataset, split_halves
-
-    dataset, info = load_dataset(request.data, train=True, input_size=input_size, seed=request.seed)
-    train_half, val_half = split_halves(dataset, request.seed)
-    val = fixed_batches(val_half, 256, config.val_samples, request.seed, request.device)
-    bn = fixed_batches(train_half, config.batch_size, config.bn_batches * config.batch_size, request.seed + 1, request.device)
-    return SearchData(train_half, val, bn, info)
+def search_data(ctx: SearchContext, config: SenasConfig) -> SearchData:
+    """The context's halves: supernet weights train on one, Eq. 4/5 and the fitness read the other."""
+    data = ctx.data
+    val = fixed_batches(data.val, 256, config.val_samples, ctx.seed, ctx.device)
+    bn = fixed_batches(data.train, config.batch_size, config.bn_batches * config.batch_size, ctx.seed + 1, ctx.device)
+    return SearchData(data.train, val, bn, data.info)
 
 
 # ---------------------------------------------------------------------------------------- state
@@ -182,45 +168,27 @@ class SearchState:
 class SenasRun:
     """One SE-NAS search: owns the supernet, its optimiser state, the data and the checkpoint."""
 
-    def __init__(self, request: SearchRequest):
-        self.request = request
-        self.config = senas_config(request.preset, request.options)
-        self.out_dir = FsPath(request.out_dir)
-        self.device = torch.device(request.device)
-        self.budget = Budget(request.flops_budget, request.latency_budget_ms)
-        self.table = self.load_table()
-        self.space, self.deploy_template = self.templates()
+    def __init__(self, ctx: SearchContext, config: SenasConfig):
+        self.ctx, self.config = ctx, config
+        self.seed = ctx.seed
+        self.out_dir = ctx.out_dir
+        self.device = ctx.device
+        self.budget = Budget(ctx.flops_budget, ctx.latency_budget_ms)
+        self.table = ctx.table
+        self.space, self.deploy_template = ctx.space, ctx.template
         self.adapter: SpaceAdapter | None = None
         self.buffers: dict[str, torch.Tensor] = {}
         self.started = time.monotonic()
 
     # -------------------------------------------------------------- setup
-    def load_table(self):
-        if self.request.table_path is None:
-            if self.request.latency_budget_ms is not None:
-                raise NasDeployError("a latency budget needs a latency table; pass --table LUT.json (from 'nasdeploy profile')")
-            return None
-        from nasdeploy.latency.table import load_table
-
-        return load_table(self.request.table_path, space=self.request.space)
-
-    def templates(self):
-        from nasdeploy.spaces.base import get_space
-
-        space = get_space(self.request.space)
-        if self.table is not None:
-            return space, space.template_from_dict(self.table.template)
-        return space, space.default_template(self.request.preset)
-
     def setup(self) -> None:
-        self.data = load_search_data(self.request, self.config, self.deploy_template.input_size)
+        self.data = search_data(self.ctx, self.config)
         search_template = search_template_for(self.space, self.deploy_template, self.data.info.num_classes, self.data.info.channels)
-        self.adapter = make_adapter(self.request.space, search_template, self.deploy_template, self.table)
+        self.adapter = make_adapter(self.space.name, search_template, self.deploy_template, self.table)
         self.costs = PathCosts(self.adapter.paths, self.adapter.flops, self.adapter.latency, self.adapter.predict_latency)
-        full = self.adapter.paths.candidates
-        check_budget(self.costs, full, self.budget, self.request.space,
-                     self.adapter.cheapest_latency() if self.budget.latency_ms is not None else None)
-        torch.manual_seed(self.request.seed)
+        # the latency budget was pre-checked by the context (the space's cheapest network); FLOPs here
+        check_budget(self.costs, self.adapter.paths.candidates, Budget(self.budget.flops, None), self.space.name)
+        torch.manual_seed(self.seed)
         self.supernet = self.adapter.build_supernet().to(self.device)
 
     # -------------------------------------------------------------- sampling
@@ -242,8 +210,8 @@ class SenasRun:
         from nasdeploy.train.data import make_loader, set_epoch
 
         stage, epoch = state.stage, state.epochs_done
-        rng = derive_rng(self.request.seed, "train", stage, epoch)
-        loader_seed = int(derive_rng(self.request.seed, "loader", stage, epoch).getrandbits(62))
+        rng = derive_rng(self.seed, "train", stage, epoch)
+        loader_seed = int(derive_rng(self.seed, "loader", stage, epoch).getrandbits(62))
         set_epoch(self.data.train, epoch)
         loader = make_loader(self.data.train, self.config.batch_size, shuffle=True, seed=loader_seed, drop_last=True)
         steps = len(loader) if self.config.steps_per_epoch is None else min(len(loader), self.config.steps_per_epoch)
@@ -280,7 +248,7 @@ class SenasRun:
 
     def score_pool(self, supernet: Supernet, state: SearchState) -> tuple[list[Path], list[float]]:
         """Feasible paths until every alive operator is on ``score_samples`` of them (Eq. 5 sample)."""
-        rng = derive_rng(self.request.seed, "score", state.stage)
+        rng = derive_rng(self.seed, "score", state.stage)
         pool: list[Path] = []
         accuracies: list[float] = []
         cache: dict[Path, float] = {}
@@ -332,37 +300,26 @@ class SenasRun:
                  entry["supernet_accuracy"], [f"{l}:{o}" for l, o in removed], groups)
 
     # -------------------------------------------------------------- checkpoint
-    def checkpoint_path(self) -> FsPath:
-        return self.out_dir / "checkpoint.pt"
-
-    def settings(self) -> dict[str, Any]:
-        r = self.request
-        return {"space": r.space, "preset": r.preset, "seed": r.seed, "data": r.data, "config": asdict(self.config),
-                "flops_budget": r.flops_budget, "latency_budget_ms": r.latency_budget_ms,
-                "table": str(r.table_path) if r.table_path else None}
+    def checkpoint(self):
+        return self.ctx.checkpoint(self.out_dir / "checkpoint.pt")
 
     def save(self, state: SearchState) -> None:
         state.elapsed_s += time.monotonic() - self.started
         self.started = time.monotonic()
-        atomic_torch_save({
-            "version": CHECKPOINT_VERSION, "settings": self.settings(), "state": state,
-            "child_spaces": self.supernet.child_spaces, "materialised": self.supernet.materialised_keys(),
+        self.checkpoint().save({
+            "search": state, "child_spaces": self.supernet.child_spaces, "materialised": self.supernet.materialised_keys(),
             "supernet": self.supernet.state_dict(), "buffers": self.buffers,
-        }, self.checkpoint_path())
+        })
 
     def restore(self) -> SearchState:
-        saved = load_checkpoint(self.checkpoint_path(), "SE-NAS checkpoint")
-        if not isinstance(saved, dict) or saved.get("version") != CHECKPOINT_VERSION:
-            raise NasDeployError(f"{self.checkpoint_path()} is not an SE-NAS checkpoint of this version; drop --resume to start again")
-        if saved["settings"] != self.settings():
-            raise NasDeployError(f"{self.checkpoint_path()} was made with other settings; rerun with the same settings or drop --resume")
+        saved = self.checkpoint().load()
         self.supernet.set_child_spaces(saved["child_spaces"])
         for group, key in saved["materialised"]:
             self.supernet.materialise(group, key)
         self.supernet.load_state_dict(saved["supernet"])
         self.supernet.to(self.device)
         self.buffers = {k: v.to(self.device) for k, v in saved["buffers"].items()}
-        return saved["state"]
+        return saved["search"]
 
     # -------------------------------------------------------------- phases
     def steps_per_epoch(self) -> int:
@@ -392,7 +349,7 @@ class SenasRun:
         self.save(state)
 
     def final_accuracy(self, state: SearchState) -> float:
-        rng = derive_rng(self.request.seed, "final")
+        rng = derive_rng(self.seed, "final")
         paths = [p for p in (self.sample(state.alive, rng) for _ in range(self.config.final_samples)) if p is not None]
         return sum(self.evaluate(self.supernet, p) for p in paths) / max(len(paths), 1)
 
@@ -412,69 +369,37 @@ class SenasRun:
 
             best, fitness, evo = evolutionary_search(
                 operators, lambda p: self.evaluate(self.supernet, p), lambda p: self.costs.feasible(p, self.budget),
-                config, self.request.seed, state.evolution, on_generation,
+                config, self.seed, state.evolution, on_generation,
             )
         state.evolution = evo
         return best, fitness
 
     # -------------------------------------------------------------- outputs
-    def write_outputs(self, state: SearchState, best: Path, fitness: float) -> SearchResult:
-        arch = self.adapter.to_arch(best)
-        model = self.space.build(arch, self.deploy_template)
+    def outcome(self, state: SearchState, best: Path, fitness: float) -> SearchOutcome:
         metrics = {
-            "predicted_latency_ms": self.costs.latency_ms(best),
-            "flops": int(round(self.costs.flops(best))),
-            "params": inference_params(model),
-            "latency_budget_ms": self.budget.latency_ms,
-            "flops_budget": self.budget.flops,
-            "table": str(self.request.table_path) if self.request.table_path else None,
             "supernet_accuracy": fitness,
             "supernet_accuracy_first_stage": state.stages[0]["supernet_accuracy"] if state.stages else None,
             "supernet_accuracy_final": state.final_accuracy,
-            "strategy": "senas",
-            "search_time_s": round(state.elapsed_s, 1),
         }
-        record = ArchitectureRecord(self.request.space, self.deploy_template, arch, metrics)
-        arch_path = self.out_dir / "arch.json"
-        record.save(arch_path)
-        log_path = self.out_dir / "senas_log.json"
-        atomic_write_json(log_path, {
-            "settings": self.settings(), "stages": state.stages, "final_alive": state.alive,
-            "final_child_spaces": self.supernet.child_spaces,
+        log_extra = {
+            "stages": state.stages, "final_alive": state.alive, "final_child_spaces": self.supernet.child_spaces,
             "final_supernet_accuracy": state.final_accuracy,
             "evolution": state.evolution.history if state.evolution else [],
-            "best": {"path": best.to_json(), "fitness": fitness, **metrics},
-        })
-        plot = self.plot(best)
-        return SearchResult(record, arch_path, log_path, [plot, self.checkpoint_path()])
+            "best": {"path": best.to_json(), "fitness": fitness},
+        }
+        return SearchOutcome(arch=self.adapter.to_arch(best), search_seconds=state.elapsed_s, metrics=metrics,
+                             log=log_extra, extra_files=[self.checkpoint().path], title="SE-NAS searched architecture")
 
-    def plot(self, best: Path) -> FsPath:
-        target = self.out_dir / "architecture.png"
-        if self.request.space == "darts":
-            from nasdeploy.search.cell_plot import plot_cells
-
-            return FsPath(plot_cells(self.adapter.to_arch(best), target, title="SE-NAS"))
-        from nasdeploy.search.arch_plot import plot_layerwise
-
-        return plot_layerwise(best.choices, self.adapter.strides, target, title="SE-NAS searched architecture")
-
-    def run(self) -> SearchResult:
+    def run(self) -> SearchOutcome:
         self.setup()
-        state = self.restore() if self.request.resume else SearchState(alive=[list(c) for c in self.adapter.paths.candidates])
+        fresh = SearchState(alive=[list(c) for c in self.adapter.paths.candidates])
+        state = self.restore() if self.ctx.resume else fresh
         if state.phase == "train":
             self.run_training(state)
         best, fitness = self.run_evolution(state)
         state.phase = "done"
         self.save(state)
-        return self.write_outputs(state, best, fitness)
-
-
-def inference_params(model) -> int:
-    """Parameters of the deployed network (a DARTS auxiliary head is training-only)."""
-    from nasdeploy.spaces.flops import count_params
-
-    aux = getattr(model, "auxiliary_head", None)
-    return int(count_params(model)) - (int(count_params(aux)) if aux is not None else 0)
+        return self.outcome(state, best, fitness)
 
 
 def snapshot_steps(steps: int, k: int) -> set[int]:
@@ -501,8 +426,18 @@ class AliveOperators:
 
 @STRATEGIES.register("senas")
 class SENAS(SearchStrategy):
-    name = "senas"
-    default_for_spaces = ("mobilenet",)
+    """Shrinking-and-expanding supernet search (Hu et al. 2021, Algorithm 1) under FLOPs and/or latency budgets."""
 
-    def run(self, request: SearchRequest) -> SearchResult:
-        return SenasRun(request).run()
+    name = "senas"
+    spaces = ("mobilenet", "darts")
+    default_for_spaces = ("mobilenet",)
+    config_class = SenasConfig
+    presets = PRESETS
+    uses_flops_budget = True
+    summary = "shrinking-and-expanding single-path supernet + evolution under FLOPs/latency budgets; Hu et al. 2021"
+
+    def validate(self, config: SenasConfig) -> None:
+        validate(config)
+
+    def search(self, ctx: SearchContext, config: SenasConfig) -> SearchOutcome:
+        return SenasRun(ctx, config).run()

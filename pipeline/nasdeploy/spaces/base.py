@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -83,6 +84,10 @@ class SearchSpace(ABC):
 
     @abstractmethod
     def arch_from_json(self, d: dict[str, Any]) -> Any: ...
+
+    def draw(self, arch: Any, template: Any, path: Path, title: str = "") -> Path:
+        """Draw ``arch`` as a PNG at ``path`` (written atomically); returns the path."""
+        raise NotImplementedError(f"space {self.name!r} has no drawing")
 
 
 SPACES: Registry[type[SearchSpace]] = Registry("search space")

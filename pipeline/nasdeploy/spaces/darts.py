@@ -440,6 +440,11 @@ class DartsSpace(SearchSpace):
     def arch_to_json(self, arch: Genotype) -> dict[str, Any]:
         return arch.to_json()
 
+    def draw(self, arch: Genotype, template: DartsTemplate, path, title: str = ""):
+        from nasdeploy.search.cell_plot import plot_cells
+
+        return plot_cells(arch, path, title=title)
+
     def arch_from_json(self, d: dict[str, Any]) -> Genotype:
         return Genotype.from_json(d)
 

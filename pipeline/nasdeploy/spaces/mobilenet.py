@@ -248,6 +248,11 @@ class MobileNetSpace(SearchSpace):
     def arch_to_json(self, arch: LayerwiseArch) -> dict[str, Any]:
         return {"layers": list(arch.choices)}
 
+    def draw(self, arch: LayerwiseArch, template: MobileNetTemplate, path, title: str = ""):
+        from nasdeploy.search.arch_plot import plot_layerwise
+
+        return plot_layerwise(arch.choices, [layout.stride for layout in layer_layouts(template)], path, title=title)
+
     def arch_from_json(self, d: dict[str, Any]) -> LayerwiseArch:
         try:
             layers = d["layers"]

@@ -1,0 +1,359 @@
+"""The shared search context: what every strategy receives, resolved and checked once.
+
+``build_context(strategy, request, config)`` does, before any training:
+
+1. the latency table: ``--table``, or this machine's table for the space, runtime and template (profiled
+   first when there is none) whenever a budget or the strategy needs one; checked against the space and
+   the strategy's template settings, and spot-checked on this machine (``latency.trust``);
+2. the deployment template: the table's, or the preset's with the data's classes, channels and size;
+3. the data: the training split's two halves (train / val, §3.4.2 of the ICDARTS dissertation),
+   materialised once; ``two_views`` gives two independently augmented views for self-supervised strategies;
+4. the budgets, with the cheapest-feasible pre-check (a budget below the cheapest network fails at once);
+5. the device, seeded RNGs (``seed_everything``, ``rng``) and a checkpoint helper with a settings fingerprint.
+
+``ctx.write_result(outcome, config)`` is the one writer of ``arch.json``, ``search_log.json`` and the
+architecture drawing; every strategy's log carries the same common keys (``COMMON_KEYS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from nasdeploy.errors import NasDeployError
+from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+# keys every strategy's search_log.json and arch.json metrics carry
+COMMON_KEYS = ("strategy", "search_seconds", "latency_budget_ms", "flops_budget", "predicted_latency_ms", "flops",
+               "params", "table", "spot_check", "cheapest_latency_ms")
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 31-bit seed from integers (seed, epoch, purpose...)."""
+    x = 0x9E3779B1
+    for p in parts:
+        x = (x * 1_000_003 + int(p) + 0x7F4A7C15) & 0xFFFFFFFFFFFF
+        x ^= x >> 17
+    return x & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NasDeployError(f"unknown device {name!r}; pass --device cpu or --device cuda:0") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NasDeployError(f"device {name!r} asked for but no CUDA device is visible; pass --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise NasDeployError(f"device {name!r} is not supported for search; pass --device cpu or --device cuda:0")
+    return device
+
+
+def materialise(dataset) -> TensorDataset:
+    """Stack a (small, un-augmented) dataset into tensors once, so every epoch is cheap."""
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------------------ data
+class TwoViews(Dataset):
+    """Two independently augmented views of each image and no label (self-supervised strategies).
+
+    The augmentations of PIRL / Barlow Twins at small scale: random resized crop, horizontal flip, colour
+    jitter and random grayscale, applied to the un-augmented image tensor. Randomness comes from torch's
+    global generator, so ``ctx.seed_everything`` makes an epoch's views reproducible.
+    """
+
+    def __init__(self, images: torch.Tensor, size: int, strength: float = 0.4):
+        from torchvision.transforms import v2
+
+        self.images = images
+        self.transform = v2.Compose([
+            v2.RandomResizedCrop(size, scale=(0.3, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(strength, strength, strength, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[index]
+        return self.transform(image), self.transform(image)
+
+
+@dataclass
+class SearchData:
+    """The training split's two halves, materialised once (train: weights; val: α, scores, fitness)."""
+
+    train: TensorDataset
+    val: TensorDataset
+    info: Any  # train.data.DatasetInfo
+
+    def two_views(self, split: str = "train") -> TwoViews:
+        images = (self.train if split == "train" else self.val).tensors[0]
+        return TwoViews(images, int(images.shape[-1]))
+
+
+def load_search_data(spec: str, input_size: int, seed: int) -> SearchData:
+    from nasdeploy.train.data import load_dataset, split_halves
+
+    dataset, info = load_dataset(spec, train=True, input_size=input_size, seed=seed)
+    train_half, val_half = split_halves(dataset, seed)
+    return SearchData(materialise(train_half), materialise(val_half), info)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+class Checkpoint:
+    """A checkpoint file whose state is only resumed by a search with the same settings (its fingerprint)."""
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any], what: str):
+        self.path, self.fingerprint, self.what = Path(path), fingerprint, what
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, state: dict[str, Any]) -> None:
+        atomic_torch_save({"format": self.what, "fingerprint": self.fingerprint, "state": state}, self.path)
+
+    def load(self) -> dict[str, Any]:
+        saved = load_checkpoint(self.path, f"{self.what} checkpoint")
+        if not isinstance(saved, dict) or saved.get("format") != self.what:
+            raise NasDeployError(f"{self.path} is not a {self.what} checkpoint of this version; drop --resume to start again")
+        if saved.get("fingerprint") != self.fingerprint:
+            raise NasDeployError(f"checkpoint {self.path} was written by a search with other settings (options, seed, data, "
+                                 "table or template); re-run with the same settings or drop --resume")
+        return saved["state"]
+
+
+# ------------------------------------------------------------------------------------------ outcome
+@dataclass
+class SearchOutcome:
+    """What a strategy hands back: the architecture, its own metrics and log, and the time it searched."""
+
+    arch: Any
+    search_seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)  # strategy-specific, next to the common keys
+    log: dict[str, Any] = field(default_factory=dict)  # strategy-specific search_log.json content
+    extra_files: list[Path] = field(default_factory=list)
+    title: str = ""
+
+
+# ------------------------------------------------------------------------------------------ context
+@dataclass
+class SearchContext:
+    strategy: str
+    request: Any  # SearchRequest
+    space: Any
+    template: Any  # the deployment template: arch.json is built, predicted and exported at it
+    table: Any  # LatencyTable | None
+    data: SearchData
+    device: torch.device
+    settings: dict[str, Any]  # the strategy's config as a dict (fingerprint, log)
+    cheapest_latency_ms: float | None = None
+    spot_check: dict[str, Any] | None = None
+
+    # -------------------------------------------------------------- plain facts
+    @property
+    def seed(self) -> int:
+        return self.request.seed
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.request.out_dir)
+
+    @property
+    def latency_budget_ms(self) -> float | None:
+        return self.request.latency_budget_ms
+
+    @property
+    def flops_budget(self) -> float | None:
+        return self.request.flops_budget
+
+    @property
+    def resume(self) -> bool:
+        return self.request.resume
+
+    # -------------------------------------------------------------- randomness
+    def seed_everything(self, *parts: int) -> None:
+        """Seed random / numpy / torch from (seed, *parts), so each epoch or phase is reproducible after a resume."""
+        seed_everything(mix_seed(self.seed, *parts))
+
+    def rng(self, *parts: int) -> random.Random:
+        return random.Random(mix_seed(self.seed, *parts))
+
+    # -------------------------------------------------------------- latency
+    def predict_latency_ms(self, arch: Any) -> float | None:
+        if self.table is None:
+            return None
+        from nasdeploy.latency.predictor import predict_latency_ms
+
+        return predict_latency_ms(self.table, arch, self.space, self.template)
+
+    # -------------------------------------------------------------- checkpoints
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a checkpoint of this search to be resumed."""
+        return {"strategy": self.strategy, "settings": self.settings, "seed": self.seed, "data": self.request.data,
+                "space": self.space.name, "template": self.template.to_dict(),
+                "latency_budget_ms": self.latency_budget_ms, "flops_budget": self.flops_budget,
+                "table": table_digest(self.table)}
+
+    def checkpoint(self, path: Path | None = None, **extra: Any) -> Checkpoint:
+        return Checkpoint(path or self.out_dir / "checkpoint.pt", {**self.fingerprint(), **extra}, self.strategy)
+
+    # -------------------------------------------------------------- outputs
+    def common_metrics(self, arch: Any, search_seconds: float) -> dict[str, Any]:
+        from nasdeploy.spaces.flops import count_flops
+        from nasdeploy.train.trainer import inference_params
+
+        network = self.space.build(arch, self.template).eval()
+        size = self.template.input_size
+        shape = (1, self.template.in_channels, *((size, size) if isinstance(size, int) else size))
+        params = inference_params(network)  # without the training-only auxiliary head
+        return {
+            "strategy": self.strategy, "search_seconds": round(float(search_seconds), 2),
+            "latency_budget_ms": self.latency_budget_ms, "flops_budget": self.flops_budget,
+            "predicted_latency_ms": self.predict_latency_ms(arch), "flops": int(count_flops(network, shape)),
+            "params": params, "table": str(self.table.path) if self.table is not None else None,
+            "spot_check": (self.spot_check or {}).get("summary"), "cheapest_latency_ms": self.cheapest_latency_ms,
+        }
+
+    def write_result(self, outcome: SearchOutcome):
+        """Write arch.json, search_log.json and architecture.png; the common keys come from here only."""
+        from nasdeploy.search.base import SearchResult
+        from nasdeploy.spaces.record import ArchitectureRecord
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        common = self.common_metrics(outcome.arch, outcome.search_seconds)
+        metrics = {**outcome.metrics, **common}
+        record = ArchitectureRecord(space=self.space.name, template=self.template, arch=outcome.arch, metrics=metrics)
+        arch_path = self.out_dir / "arch.json"
+        record.save(arch_path)
+        log_path = self.out_dir / "search_log.json"
+        atomic_write_json(log_path, {
+            **common, "settings": self.settings, "preset": self.request.preset, "seed": self.seed,
+            "data": self.request.data, "space": self.space.name, "template": self.template.to_dict(),
+            "spot_check_detail": self.spot_check, **outcome.log,
+            "result": {"arch": self.space.arch_to_json(outcome.arch), "metrics": metrics},
+        })
+        drawing = self.space.draw(outcome.arch, self.template, self.out_dir / "architecture.png",
+                                  outcome.title or f"{self.strategy} ({self.space.name})")
+        return SearchResult(record=record, arch_path=arch_path, log_path=log_path,
+                            extra_files=[Path(drawing), *outcome.extra_files])
+
+
+def table_digest(table) -> str | None:
+    """A short hash of a table's entries and overhead model: a checkpoint is bound to the numbers it searched with."""
+    if table is None:
+        return None
+    payload = json.dumps({"entries": table.entries, "overhead": table.overhead}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ building it
+def build_context(strategy, request, config) -> SearchContext:
+    """Resolve table, template, data, device and budgets for ``strategy`` (a SearchStrategy) before any training."""
+    from dataclasses import asdict, replace
+
+    from nasdeploy.spaces.base import get_space
+
+    if request.space not in strategy.spaces:
+        raise NasDeployError(f"{strategy.name} searches the {' / '.join(strategy.spaces)} space(s), not {request.space!r}; "
+                             f"pass --space {strategy.spaces[0]} or another --strategy")
+    space = get_space(request.space)
+    device = resolve_device(request.device)
+    table = load_given_table(request, space.name)
+    overrides = strategy.template_overrides(config, table.template if table is not None else None)
+    if table is not None:
+        template = space.template_from_dict(table.template)
+        check_overrides(template, overrides)
+    else:
+        template = space.default_template(request.preset, **overrides)
+    data = load_search_data(request.data, template.input_size, request.seed)
+    info = data.info
+    if table is None:
+        template = replace(template, num_classes=info.num_classes, in_channels=info.channels, input_size=info.input_size)
+        if request.latency_budget_ms is not None or strategy.wants_table(config):
+            table = discover_table(request, space.name, template)
+    elif (info.num_classes, info.channels) != (template.num_classes, template.in_channels):
+        raise NasDeployError(
+            f"data {request.data!r} has {info.num_classes} classes and {info.channels} channels but the latency table's "
+            f"template has {template.num_classes} and {template.in_channels}; profile a table for this data"
+        )
+    if request.flops_budget is not None and not strategy.uses_flops_budget:
+        raise NasDeployError(f"{strategy.name} does not take a FLOPs budget; drop --flops-budget or use a strategy that does "
+                             "(nasdeploy strategies)")
+    ctx = SearchContext(strategy=strategy.name, request=request, space=space, template=template, table=table, data=data,
+                        device=device, settings=asdict(config))
+    if table is not None:
+        ctx.spot_check = check_table(table, request)
+        ctx.cheapest_latency_ms = strategy.cheapest_latency_ms(ctx, config)
+        check_latency_budget(ctx)
+    return ctx
+
+
+def load_given_table(request, space_name: str):
+    if request.table_path is None:
+        return None
+    from nasdeploy.latency.table import load_table
+
+    return load_table(request.table_path, space=space_name)
+
+
+def discover_table(request, space_name: str, template):
+    """This machine's table for the space, runtime and template; profiled first when there is none."""
+    from nasdeploy.latency.table import load_table
+    from nasdeploy.latency.trust import table_for_search
+
+    path = table_for_search(space_name, template, request.runtime, request.device, root=Path(request.table_root))
+    log.info("latency table: %s (this machine's %s table for %s)", path, request.runtime, space_name)
+    return load_table(path, space=space_name, template=template)
+
+
+def check_table(table, request) -> dict[str, Any]:
+    """Spot-check a table on this machine before it drives the search (``latency.trust``)."""
+    from nasdeploy.latency.trust import TablePolicy, spot_check
+
+    policy = TablePolicy(tolerance=request.spot_check_tolerance, recalibrate=request.recalibrate, trust=request.trust_table)
+    result = spot_check(table, policy)
+    log.info("%s", result["summary"])
+    return result
+
+
+def check_overrides(template, overrides: dict[str, Any]) -> None:
+    """A strategy setting that fixes a template field must agree with the latency table's template."""
+    for key, value in overrides.items():
+        have = getattr(template, key)
+        if str(have) != str(value):
+            flag = f"--{key.replace('_', '-')} {value}" if key == "op_space" else f"{key}={value}"
+            raise NasDeployError(f"{key}={value} differs from the latency table's {key}={have}; profile a table with "
+                                 f"{flag} or drop the setting")
+
+
+def check_latency_budget(ctx: SearchContext) -> None:
+    """Fail before training when no architecture of this strategy can meet the budget."""
+    budget, cheapest = ctx.latency_budget_ms, ctx.cheapest_latency_ms
+    if budget is not None and cheapest is not None and budget < cheapest:
+        raise NasDeployError(
+            f"latency budget {budget:.4g} ms is below the cheapest {ctx.space.name} network {ctx.strategy} can output "
+            f"({cheapest:.4f} ms predicted from {ctx.table.path}); raise --latency-budget to at least "
+            f"{cheapest:.4f}ms or profile a smaller template"
+        )
