@@ -154,3 +154,57 @@ def test_train_command_runs(tmp_path):
                                       "--out", str(tmp_path / "out"), "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and (tmp_path / "out" / "model.pt").is_file()
+
+
+# ---------------------------------------------------------------- recipes belong to strategies
+def test_senas_recipe_is_section_4_and_cpu_scales_the_rate():
+    from nasdeploy.train.recipes import recipe_config
+
+    paper = recipe_config("senas", "paper")
+    assert (paper.recipe, paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.schedule) == (
+        "senas", 240, 1024, 0.5, 4e-5, "linear")
+    assert (paper.cutout, paper.drop_path, paper.auxiliary_weight) == (0, 0.0, 0.0)
+    cpu = recipe_config("senas", "cpu")
+    assert cpu.batch_size == 64 and cpu.lr == pytest.approx(0.5 * 64 / 1024)  # linear scaling with the batch
+    with pytest.raises(NasDeployError, match="unknown retraining recipe 'adamw'"):
+        recipe_config("adamw", "paper")
+
+
+def test_linear_schedule_decays_per_iteration_by_hand():
+    model = torch.nn.Linear(2, 2)
+    config = preset_config("paper", "senas", epochs=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    scheduler = trainer.make_scheduler(optimizer, config, batches_per_epoch=5)  # T = 10 iterations
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.5 * (1 - e / 10) for e in range(10)])
+
+
+def test_searched_strategy_picks_the_recipe():
+    from nasdeploy.spaces.record import ArchitectureRecord
+    from nasdeploy.train.recipes import searched_recipe
+
+    darts, mobile = darts_record(), mobilenet_record()
+    assert searched_recipe(mobile) == "icdarts"  # no strategy recorded: the §3.4.2 recipe
+    senas_mobile = ArchitectureRecord(mobile.space, mobile.template, mobile.arch, {"strategy": "senas"})
+    senas_darts = ArchitectureRecord(darts.space, darts.template, darts.arch, {"strategy": "senas"})
+    icdarts = ArchitectureRecord(darts.space, darts.template, darts.arch, {"strategy": "icdarts"})
+    assert [searched_recipe(r) for r in (senas_mobile, senas_darts, icdarts)] == ["senas", "icdarts", "icdarts"]
+
+
+def test_senas_recipe_trains_and_metrics_record_it(tmp_path):
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    mobile = mobilenet_record()
+    record = ArchitectureRecord(mobile.space, mobile.template, mobile.arch, {"strategy": "senas"})
+    from nasdeploy.train.recipes import searched_recipe
+
+    config = preset_config("paper", searched_recipe(record), **SMALL)
+    metrics = train_architecture(record, "digits", config, tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["config"]["recipe"] == "senas" and saved["config"]["schedule"] == "linear"
+    # per-iteration decay: epoch 2 starts after 2 of T = 4 iterations
+    assert [e["lr"] for e in metrics["epochs"]] == pytest.approx([0.5, 0.5 * (1 - 2 / 4)])

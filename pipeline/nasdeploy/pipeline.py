@@ -273,15 +273,17 @@ def run_train_epochs(record, preset: str) -> int | None:
 
 
 def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
-    """Retrain the searched architecture from scratch (§3.4.2 recipe, the preset's epochs)."""
+    """Retrain the searched architecture from scratch (its strategy's recipe, the preset's epochs)."""
     from nasdeploy.spaces.record import ArchitectureRecord
+    from nasdeploy.train.recipes import searched_recipe
     from nasdeploy.train.trainer import preset_config, train_architecture
 
     out = stage_dir(run_dir, "train")
     record = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json")
     record_json = record.to_json()
     epochs = config.train_epochs if config.train_epochs is not None else run_train_epochs(record, config.preset)
-    train_config = preset_config(config.preset, epochs=epochs, seed=config.seed, device=config.device)
+    recipe = searched_recipe(record)  # the searching strategy's own recipe
+    train_config = preset_config(config.preset, recipe, epochs=epochs, seed=config.seed, device=config.device)
     if train_finished(out, record_json, train_config):
         return StageResult("skipped", 0.0, {"model": str(out / "model.pt"), "metrics": str(out / "metrics.json")})
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""``nasdeploy train``: retrain a searched architecture from scratch (dissertation §3.4.2 recipe)."""
+"""``nasdeploy train``: retrain a searched architecture from scratch with its strategy's recipe (``train.recipes``)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from nasdeploy.progress import console, setup_logging
 def train(
     arch: Path = typer.Option(..., help="Architecture file (arch.json) written by 'nasdeploy search'."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
-    preset: str = typer.Option("paper", help="Schedule: paper (600 epochs) | cpu (3) | tiny (1 short epoch); --epochs overrides."),
+    recipe: Optional[str] = typer.Option(None, help="Retraining recipe: icdarts | senas (default: the searching strategy's)."),
+    preset: str = typer.Option("paper", help="Schedule: paper (the recipe's, e.g. 600 epochs) | cpu (3) | tiny (1 short epoch)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 128)."),
-    lr: Optional[float] = typer.Option(None, help="Initial SGD learning rate, cosine-annealed to 0 (default 0.025)."),
+    lr: Optional[float] = typer.Option(None, help="Initial SGD learning rate (default: the recipe's, e.g. 0.025)."),
     cutout: Optional[int] = typer.Option(None, help="Cutout length (default 16; 0 disables)."),
     drop_path: Optional[float] = typer.Option(None, help="Final drop-path probability, increased linearly (default 0.3)."),
     auxiliary_weight: Optional[float] = typer.Option(None, help="Auxiliary tower loss weight for cell networks (default 0.4)."),
@@ -30,13 +31,14 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: all cores)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Retrain an architecture with SGD + cosine, cutout, drop-path, auxiliary tower and grad clipping."""
+    """Retrain an architecture with its recipe (SGD, schedule, cutout, drop-path, auxiliary tower, grad clipping)."""
     from nasdeploy.spaces.record import ArchitectureRecord
+    from nasdeploy.train.recipes import searched_recipe
     from nasdeploy.train.trainer import preset_config, train_architecture
 
     setup_logging(verbose)
     record = ArchitectureRecord.load(arch)
-    config = preset_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, cutout=cutout, drop_path=drop_path,
+    config = preset_config(preset, recipe or searched_recipe(record), epochs=epochs, batch_size=batch_size, lr=lr, cutout=cutout, drop_path=drop_path,
                            auxiliary_weight=auxiliary_weight, seed=seed, device=device, threads=threads)
     metrics = train_architecture(record, data, config, out, resume=resume)
     console.print(metrics_table(metrics, out))

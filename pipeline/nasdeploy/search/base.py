@@ -87,6 +87,10 @@ class SearchStrategy(ABC):
         """True when the config needs a latency table even without a budget (e.g. a fixed latency penalty)."""
         return False
 
+    def retrain_recipe(self, space: str) -> str:
+        """The ``train.recipes`` recipe its architectures are retrained with (``nasdeploy train`` / ``run``)."""
+        return "icdarts"
+
     def cheapest_latency_ms(self, ctx, config: Any) -> float:
         """The cheapest network this strategy can output (budget pre-check); default: the space's cheapest."""
         from nasdeploy.latency.predictor import cheapest_latency_ms

@@ -439,5 +439,10 @@ class SENAS(SearchStrategy):
     def validate(self, config: SenasConfig) -> None:
         validate(config)
 
+    def retrain_recipe(self, space: str) -> str:
+        # §4: MobileNet-like nets retrain with the supernet's settings; DARTS cells "follow [36]" (P-DARTS),
+        # which evaluates with the DARTS recipe
+        return "senas" if space == "mobilenet" else "icdarts"
+
     def search(self, ctx: SearchContext, config: SenasConfig) -> SearchOutcome:
         return SenasRun(ctx, config).run()

@@ -1,8 +1,9 @@
-"""Retrain a searched architecture from scratch with the ICDARTS/CDARTS recipe (dissertation §3.4.2).
+"""Retrain a searched architecture from scratch with its strategy's recipe (``train.recipes``).
 
-Recipe (defaults of :class:`TrainConfig`, "paper" schedule): SGD (lr 0.025, momentum 0.9, weight decay
-5e-4), cosine annealing to 0, batch 128, cutout 16, drop-path 0.3 increased linearly from 0 over the
-epochs (as in DARTS), auxiliary tower weight 0.4 (cell networks), gradient-norm clipping 5, 600 epochs.
+Defaults of :class:`TrainConfig` are the ICDARTS/CDARTS recipe (dissertation §3.4.2): SGD (lr 0.025, momentum
+0.9, weight decay 5e-4), cosine annealing to 0, batch 128, cutout 16, drop-path 0.3 increased linearly from 0
+over the epochs (as in DARTS), auxiliary tower weight 0.4 (cell networks), gradient-norm clipping 5, 600
+epochs. ``schedule="linear"`` decays the rate per iteration as lr·(1 − e/T) (SE-NAS §4).
 
 Resumable: a checkpoint is written atomically after every epoch; every epoch reseeds the global RNG,
 the augmentation and the shuffle from ``(seed, epoch)``, so ``resume`` reproduces an uninterrupted run
@@ -37,14 +38,15 @@ MODEL = "model.pt"
 METRICS = "metrics.json"
 METRICS_SCHEMA_VERSION = 1
 
-# epochs per schedule preset; the rest of the recipe is the same for all presets
-PRESET_EPOCHS = {"tiny": 1, "cpu": 3, "paper": 600}
+SCHEDULES = ("cosine", "linear")
 
 
 @dataclass
 class TrainConfig:
-    """The §3.4.2 retraining recipe; ``epochs`` defaults to the paper's 600 (see :func:`preset_config`)."""
+    """A retraining recipe's settings; the defaults are §3.4.2's (see ``train.recipes`` for each recipe)."""
 
+    recipe: str = "icdarts"
+    schedule: str = "cosine"  # "cosine" (per epoch, to lr_min) | "linear" (per iteration, lr·(1 − e/T))
     epochs: int = 600
     batch_size: int = 128
     lr: float = 0.025
@@ -64,16 +66,21 @@ class TrainConfig:
         return asdict(self)
 
 
-def preset_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
-    """TrainConfig for a schedule preset ("tiny", "cpu", "paper"); ``None`` overrides are ignored."""
-    if preset not in PRESET_EPOCHS:
-        raise NasDeployError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESET_EPOCHS)}")
-    config = TrainConfig(epochs=PRESET_EPOCHS[preset])
-    if preset == "tiny":  # a smoke test: one short epoch
-        config.batch_size, config.max_batches = 32, 8
-    elif preset == "cpu":  # few epochs on 2 cores: smaller batches give more SGD steps
-        config.batch_size = 64
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+def preset_config(preset: str = "paper", recipe: str = "icdarts", **overrides: Any) -> TrainConfig:
+    """TrainConfig of ``recipe`` for a schedule preset ("tiny", "cpu", "paper"); ``None`` overrides are ignored."""
+    from nasdeploy.train.recipes import recipe_config
+
+    return recipe_config(recipe, preset, **overrides)
+
+
+def make_scheduler(optimizer, config: TrainConfig, batches_per_epoch: int):
+    """Cosine annealing stepped per epoch (§3.4.2), or lr·(1 − e/T) stepped per iteration (SE-NAS §4)."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=config.lr_min)
+    if config.schedule == "linear":
+        total = max(config.epochs * batches_per_epoch, 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(0.0, 1.0 - e / total))
+    raise NasDeployError(f"unknown schedule {config.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -160,7 +167,8 @@ def evaluate(model: nn.Module, loader, device: str) -> dict[str, float]:
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
-def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=None) -> dict[str, float]:
+def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=None, scheduler=None) -> dict[str, float]:
+    """One pass; ``scheduler`` (per-iteration schedules only) steps after every batch."""
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
     for step, (x, y) in enumerate(loader):
@@ -173,6 +181,8 @@ def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=No
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
@@ -182,7 +192,8 @@ def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=No
 
 
 # settings that change the trained weights: a checkpoint or result made with other values is not reused
-RESUME_KEYS = ("epochs", "batch_size", "lr", "seed", "cutout", "drop_path", "auxiliary_weight", "weight_decay")
+RESUME_KEYS = ("recipe", "schedule", "epochs", "batch_size", "lr", "seed", "cutout", "drop_path", "auxiliary_weight",
+               "weight_decay")
 
 
 def check_resumable(state: dict, config: TrainConfig, record_json: dict, path: Path) -> None:
@@ -238,8 +249,10 @@ def _train_architecture(record: ArchitectureRecord, data_spec: str, config: Trai
     torch.manual_seed(config.seed)
     model = trained.build().to(config.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=config.lr_min)
     train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+    batches = len(train_loader) if config.max_batches is None else min(len(train_loader), config.max_batches)
+    scheduler = make_scheduler(optimizer, config, batches)
+    per_batch = scheduler if config.schedule == "linear" else None
     test_loader = make_loader(test_set, max(config.batch_size, 256), shuffle=False, seed=0)
 
     history: list[dict[str, Any]] = []
@@ -256,7 +269,6 @@ def _train_architecture(record: ArchitectureRecord, data_spec: str, config: Trai
     elif resume:
         log.info("no checkpoint in %s; starting from epoch 0", out_dir)
 
-    batches = len(train_loader) if config.max_batches is None else min(len(train_loader), config.max_batches)
     with progress_bar() as bar:
         epochs_task = bar.add_task("retrain", total=config.epochs, completed=start_epoch, info="")
         for epoch in range(start_epoch, config.epochs):
@@ -270,9 +282,10 @@ def _train_architecture(record: ArchitectureRecord, data_spec: str, config: Trai
             set_drop_path(model, drop_path_at(epoch, config.epochs, config.drop_path))
             lr = scheduler.get_last_lr()[0]
             batch_task = bar.add_task(f"epoch {epoch + 1}", total=batches, info="")
-            train_stats = train_epoch(model, train_loader, optimizer, config, bar, batch_task)
+            train_stats = train_epoch(model, train_loader, optimizer, config, bar, batch_task, per_batch)
             bar.remove_task(batch_task)
-            scheduler.step()
+            if per_batch is None:
+                scheduler.step()
             test_stats = evaluate(model, test_loader, config.device)
             seconds = time.perf_counter() - began
             train_time += seconds
