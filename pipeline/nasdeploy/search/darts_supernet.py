@@ -1,11 +1,20 @@
-"""The continuous search network S of ICDARTS: DARTS cells whose edges are mixed ops (Eq. 3.1).
+"""The continuous DARTS search network: one module for every DARTS-space strategy (ICDARTS, PC-DARTS, ...).
 
 Every edge (i, j) holds all candidate ops of the search op list (or the subset its mask allows, for the
-tournament of Algorithm 2) and outputs their weighted sum; node j sums its incoming edges
+tournament of Algorithm 2) and outputs their weighted sum (ICDARTS Eq. 3.1); node j sums its incoming edges
 (x_j = Σ_i ō^(i,j)(x_i)); the cell concatenates its intermediate nodes. The weights come from
 ``discretize.mixing_weights``: a softmax per edge for the DARTS rule (Eq. 3.1), one softmax over all
-incoming (edge, op) pairs of a node for I-DARTS / XDARTS (§4.2). Stem, cell preprocessing and classifier
-are the same building blocks as the discrete network (``spaces.darts``); shapes come from ``cell_layouts``.
+incoming (edge, op) pairs of a node for I-DARTS / XDARTS (§4.2). The cell forward, the edge order, stem,
+cell preprocessing and classifier are those of the discrete network (``spaces.darts``: ``cell_forward``,
+``node_edge_ranges``, ``cell_layouts``).
+
+Two PC-DARTS (Xu et al. 2020) options, both off by default (then S is exactly ICDARTS' network):
+
+* ``partial_channels = K`` (§3.1): a mixed op runs its ops on the first C/K channels only; the other
+  channels bypass the edge (max-pooled on a stride-2 edge), the two parts are concatenated and channel-shuffled
+  with K groups, so the next edge sees other channels.
+* ``edge_normalisation`` (§3.2): each edge has a weight β; node j weights its incoming edges by a softmax of β
+  over them, x_j = Σ_i softmax(β_j)_i · ō^(i,j)(x_i). β is an architecture parameter next to α.
 """
 
 from __future__ import annotations
@@ -13,58 +22,93 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nasdeploy.search.discretize import masked_alpha, mixing_weights, node_edge_ranges, num_edges
+from nasdeploy.errors import NasDeployError
+from nasdeploy.search.discretize import masked_alpha, mixing_weights, node_softmax
+from nasdeploy.spaces.blocks import channel_shuffle, half_size_max_pool
+from nasdeploy.spaces.darts import (
+    CellPreprocess,
+    Classifier,
+    all_node_inputs,
+    cell_forward,
+    cell_layouts,
+    edge_index,
+    edge_stride,
+    make_stem,
+    node_edge_ranges,
+    num_edges,
+)
+from nasdeploy.spaces.ops import build_op
 
 
 class MixedOp(nn.Module):
-    """Eq. 3.1: ō(x) = Σ_o w_o · o(x) over the ops present on this edge."""
+    """Eq. 3.1: ō(x) = Σ_o w_o · o(x) over the ops present on this edge, on 1/K of the channels (PC-DARTS)."""
 
-    def __init__(self, op_names: list[str], present: list[bool], c: int, stride: int):
+    def __init__(self, op_names: list[str], present: list[bool], c: int, stride: int, partial_channels: int = 1):
         super().__init__()
-        from nasdeploy.spaces.ops import build_op
-
+        if partial_channels < 1 or c % partial_channels:
+            raise NasDeployError(
+                f"partial channels K = {partial_channels} does not divide the {c} channels of a cell; "
+                "choose a K that divides the template's C (e.g. 2 or 4)"
+            )
+        self.stride = stride
+        self.partial_channels = partial_channels
+        c_ops = c // partial_channels
         self.index = [o for o, keep in enumerate(present) if keep]
-        self.ops = nn.ModuleList(build_op(op_names[o], c, c, stride) for o in self.index)
+        self.ops = nn.ModuleList(build_op(op_names[o], c_ops, c_ops, stride) for o in self.index)
+
+    def mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return sum(weights[o] * op(x) for o, op in zip(self.index, self.ops))  # Eq. 3.1
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(weights[o] * op(x) for o, op in zip(self.index, self.ops))  # Eq. 3.1
+        k = self.partial_channels
+        if k == 1:
+            return self.mix(x, weights)
+        c_ops = x.shape[1] // k
+        through, bypass = x[:, :c_ops], x[:, c_ops:]  # PC-DARTS: only C/K channels enter the ops
+        if self.stride == 2:
+            bypass = half_size_max_pool(bypass)
+        return channel_shuffle(torch.cat([self.mix(through, weights), bypass], dim=1), k)
 
 
 class SearchCell(nn.Module):
     """A continuous cell: preprocess both inputs, mixed edges into each node, concatenate the nodes."""
 
-    def __init__(self, layout, nodes: int, op_names: list[str], mask: torch.Tensor):
+    def __init__(self, layout, nodes: int, op_names: list[str], mask: torch.Tensor, partial_channels: int = 1):
         super().__init__()
-        from nasdeploy.spaces.darts import CellPreprocess
-
         self.reduction = bool(layout.reduction)
         self.nodes = nodes
         self.preprocess = CellPreprocess(layout)
         self.edges = nn.ModuleList()
         for edges in node_edge_ranges(nodes):
             for i, row in enumerate(edges):
-                stride = 2 if self.reduction and i < 2 else 1
-                self.edges.append(MixedOp(op_names, mask[row].tolist(), layout.c, stride))
+                self.edges.append(MixedOp(op_names, mask[row].tolist(), layout.c, edge_stride(layout, i), partial_channels))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        states = list(self.preprocess(s0, s1))
-        for edges in node_edge_ranges(self.nodes):
-            states.append(sum(self.edges[e](states[i], weights[e]) for i, e in enumerate(edges)))  # x_j = Σ_i ō(x_i)
-        return torch.cat(states[2:], dim=1)
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: [E, ops] mixing weights; ``edge_weights``: [E] edge-normalisation weights or None."""
+
+        def edge_output(j: int, slot: int, i: int, x: torch.Tensor) -> torch.Tensor:
+            e = edge_index(j, i)
+            h = self.edges[e](x, weights[e])  # ō^(i,j)(x_i)
+            return h if edge_weights is None else edge_weights[e] * h  # softmax(β_j)_i · ō^(i,j)(x_i)
+
+        return cell_forward(s0, s1, self.preprocess, all_node_inputs(self.nodes), edge_output)
 
 
 class SearchNetwork(nn.Module):
     """S: stem, continuous normal/reduction cells laid out by ``cell_layouts(template)``, classifier.
 
     ``alpha_normal`` / ``alpha_reduce`` are ``[num_edges, len(op_names)]`` parameters (α), initialised
-    as 1e-3·N(0, 1) as in DARTS; ``weight_parameters()`` are w_S (everything else).
+    as 1e-3·N(0, 1) as in DARTS; with ``edge_normalisation``, ``beta_normal`` / ``beta_reduce`` are
+    ``[num_edges]`` parameters (β, same initialisation as PC-DARTS). ``weight_parameters()`` are w_S
+    (everything else).
     """
 
-    def __init__(self, template, op_names: list[str], rule: str = "darts", masks=(None, None)):
+    def __init__(self, template, op_names: list[str], rule: str = "darts", masks=(None, None), *,
+                 partial_channels: int = 1, edge_normalisation: bool = False):
         super().__init__()
-        from nasdeploy.spaces.darts import Classifier, cell_layouts, make_stem
-
         self.op_names, self.rule, self.nodes = list(op_names), rule, template.nodes
+        self.partial_channels, self.edge_normalisation = partial_channels, edge_normalisation
         edges = num_edges(self.nodes)
         full = torch.ones(edges, len(op_names), dtype=torch.bool)
         mask_n = full if masks[0] is None else masks[0].bool()
@@ -74,14 +118,19 @@ class SearchNetwork(nn.Module):
         self.stem = make_stem(template)
         layouts = cell_layouts(template)
         self.cells = nn.ModuleList(
-            SearchCell(layout, self.nodes, self.op_names, mask_r if layout.reduction else mask_n) for layout in layouts
+            SearchCell(layout, self.nodes, self.op_names, mask_r if layout.reduction else mask_n, partial_channels)
+            for layout in layouts
         )
         self.classifier = Classifier(layouts[-1].c_out, template.num_classes)
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(edges, len(op_names)))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(edges, len(op_names)))
+        if edge_normalisation:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(edges))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(edges))
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_normal, self.alpha_reduce]
+        betas = [self.beta_normal, self.beta_reduce] if self.edge_normalisation else []
+        return [self.alpha_normal, self.alpha_reduce] + betas
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
@@ -97,9 +146,19 @@ class SearchNetwork(nn.Module):
             mixing_weights(self.alpha_reduce, self.nodes, self.rule, self.mask_reduce),
         )
 
+    def edge_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """PC-DARTS edge normalisation: softmax of β over each node's incoming edges ([E] each), or Nones."""
+        if not self.edge_normalisation:
+            return None, None
+        return node_softmax(self.beta_normal, self.nodes), node_softmax(self.beta_reduce, self.nodes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights_normal, weights_reduce = self.mixing_weights()
+        edges_normal, edges_reduce = self.edge_weights()
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, weights_reduce if cell.reduction else weights_normal)
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, weights_reduce, edges_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, weights_normal, edges_normal)
         return self.classifier(s1)

@@ -23,7 +23,7 @@ import torch
 
 from nasdeploy.errors import NasDeployError
 from nasdeploy.registry import Registry
-from nasdeploy.spaces.darts import num_edges  # noqa: F401  (re-exported: rows of α)
+from nasdeploy.spaces.darts import node_edge_ranges, num_edges  # noqa: F401  (re-exported for icdarts, budget)
 
 ZERO_OPS = ("none", "random")
 MASKED_ALPHA = -1.0e4  # exp(-1e4) == 0 in float32: a masked op gets exactly zero weight and zero gradient
@@ -75,15 +75,6 @@ def stage_op(op: str, zero: ZeroConfig, stage: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- edges
-def node_edge_ranges(nodes: int) -> list[range]:
-    """Rows of ``alpha`` belonging to each intermediate node j (inputs 0..j+1)."""
-    ranges, start = [], 0
-    for j in range(nodes):
-        ranges.append(range(start, start + j + 2))
-        start += j + 2
-    return ranges
-
-
 def masked_alpha(alpha: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return alpha if mask is None else torch.where(mask, alpha, torch.full_like(alpha, MASKED_ALPHA))
 
@@ -93,9 +84,18 @@ def mixing_weights(alpha: torch.Tensor, nodes: int, rule: str, mask: torch.Tenso
     alpha = masked_alpha(alpha, mask)
     if rule == "darts":
         return torch.softmax(alpha, dim=-1)  # Eq. 3.1
+    return node_softmax(alpha, nodes)  # one softmax over all incoming (edge, op) pairs of node j
+
+
+def node_softmax(values: torch.Tensor, nodes: int) -> torch.Tensor:
+    """One softmax over all entries of each node's rows (rows in edge order; ``[E]`` or ``[E, ops]``).
+
+    I-DARTS / XDARTS mixing weights over a node's (edge, op) pairs, and PC-DARTS edge normalisation
+    (softmax of β over a node's incoming edges).
+    """
     rows = []
-    for edges in node_edge_ranges(nodes):  # one softmax over all incoming (edge, op) pairs of node j
-        block = alpha[edges.start : edges.stop]
+    for edges in node_edge_ranges(nodes):
+        block = values[edges.start : edges.stop]
         rows.append(torch.softmax(block.reshape(-1), dim=0).reshape(block.shape))
     return torch.cat(rows, dim=0)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from nasdeploy.errors import NasDeployError
+from nasdeploy.spaces.darts import candidate_inputs, edge_index, locate_edge, num_edges
 
 
 @dataclass(frozen=True)
@@ -88,30 +89,21 @@ class LayerwisePaths(PathSpace):
         return Path(tuple(min(ops, key=lambda op, i=i: (cost.per_layer[i][op], list(ops).index(op))) for i, ops in enumerate(alive)))
 
 
-def edges_before(node: int) -> int:
-    """Edges of nodes ``0..node-1`` (node ``j`` has ``j + 2`` inputs)."""
-    return sum(j + 2 for j in range(node))
-
-
 class EdgewisePaths(PathSpace):
     """DARTS: ``2 * num_edges`` layers (normal cell edges, then reduction cell edges) plus input selection."""
 
     def __init__(self, op_names: Sequence[str], nodes: int):
         self.nodes = nodes
-        self.num_edges = edges_before(nodes)
+        self.num_edges = num_edges(nodes)
         self.candidates = [list(op_names) for _ in range(2 * self.num_edges)]
 
     def edge(self, cell_type: int, node: int, input_index: int) -> int:
-        return cell_type * self.num_edges + edges_before(node) + input_index
+        return cell_type * self.num_edges + edge_index(node, input_index)
 
     def locate(self, layer: int) -> tuple[int, int, int]:
         """``(cell_type, node, input_index)`` of a layer."""
         cell_type, e = divmod(layer, self.num_edges)
-        node = 0
-        while e >= node + 2:
-            e -= node + 2
-            node += 1
-        return cell_type, node, e
+        return (cell_type, *locate_edge(e))
 
     def node_inputs(self, path: Path, cell_type: int, node: int) -> tuple[int, int]:
         at = 2 * (cell_type * self.nodes + node)
@@ -122,7 +114,7 @@ class EdgewisePaths(PathSpace):
         inputs: list[int] = []
         for cell_type in range(2):
             for node in range(self.nodes):
-                inputs += sorted(rng.sample(range(node + 2), 2))
+                inputs += sorted(rng.sample(candidate_inputs(node), 2))
         if forced is not None:
             layer, op = forced
             choices[layer] = op
@@ -148,7 +140,7 @@ class EdgewisePaths(PathSpace):
         inputs: list[int] = []
         for cell_type in range(2):
             for node in range(self.nodes):
-                ranked = sorted(range(node + 2), key=lambda i: cost.per_layer[self.edge(cell_type, node, i)][choices[self.edge(cell_type, node, i)]])
+                ranked = sorted(candidate_inputs(node), key=lambda i: cost.per_layer[self.edge(cell_type, node, i)][choices[self.edge(cell_type, node, i)]])
                 inputs += sorted(ranked[:2])
         return Path(tuple(choices), tuple(inputs))
 
@@ -158,7 +150,7 @@ class EdgewisePaths(PathSpace):
         for at in range(0, len(inputs), 2):
             if rng.random() < prob:
                 node = (at // 2) % self.nodes
-                inputs[at : at + 2] = sorted(rng.sample(range(node + 2), 2))
+                inputs[at : at + 2] = sorted(rng.sample(candidate_inputs(node), 2))
         return Path(mutated.choices, tuple(inputs))
 
     def crossover(self, a, b, rng):

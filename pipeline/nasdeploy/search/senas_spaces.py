@@ -12,6 +12,8 @@ channels). FLOPs per (layer, choice) come from ``count_flops`` of each candidate
 the fixed part is ``count_flops(whole reference network) - its layers``. Latency per (layer, choice)
 is the predictor's own additive model (``predict_from_instances([inst]) - predict_from_instances([])``),
 so path latencies agree with ``predict_latency_ms``.
+
+A space gains SE-NAS support by registering its adapter factory in ``ADAPTERS``; ``make_adapter`` looks it up.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nasdeploy.errors import NasDeployError
+from nasdeploy.registry import Registry
 from nasdeploy.search.senas_paths import EdgewisePaths, LayerCosts, LayerwisePaths, Path, PathSpace
 from nasdeploy.search.supernet import Supernet, LayerwiseSupernet
+from nasdeploy.spaces.darts import all_node_inputs, cell_forward
 
 
 @dataclass
@@ -71,14 +76,17 @@ def costs_from(per_layer: list[dict[str, float]], paths: PathSpace, ref: Path, t
     return LayerCosts(total - partial.of(paths, ref), per_layer)
 
 
-def make_adapter(space_name: str, search_template, deploy_template, table=None) -> SpaceAdapter:
-    if space_name == "mobilenet":
-        return mobilenet_adapter(search_template, deploy_template, table)
-    if space_name == "darts":
-        return darts_adapter(search_template, deploy_template, table)
-    from nasdeploy.errors import NasDeployError
+AdapterFactory = Callable[..., SpaceAdapter]  # (search_template, deploy_template, table=None) -> SpaceAdapter
+ADAPTERS: Registry[AdapterFactory] = Registry("SE-NAS space adapter")
 
-    raise NasDeployError(f"SE-NAS supports the mobilenet and darts spaces, not {space_name!r}; pass --space mobilenet or darts")
+
+def make_adapter(space_name: str, search_template, deploy_template, table=None) -> SpaceAdapter:
+    """The registered adapter of ``space_name``; a space gains SE-NAS support by ``@ADAPTERS.register(name)``."""
+    if space_name not in ADAPTERS:
+        names = ADAPTERS.names()
+        raise NasDeployError(f"SE-NAS supports the {' and '.join(names)} spaces, not {space_name!r}; "
+                             f"pass --space {' or '.join(names)}")
+    return ADAPTERS.get(space_name)(search_template, deploy_template, table)
 
 
 # ---------------------------------------------------------------------------------- MobileNet
@@ -89,6 +97,7 @@ def reference_layerwise(layouts) -> list[str]:
     return [next(c for c in layout.choices if c != "identity") for layout in layouts]
 
 
+@ADAPTERS.register("mobilenet")
 def mobilenet_adapter(search_template, deploy_template, table=None) -> SpaceAdapter:
     from nasdeploy.spaces.base import get_space
     from nasdeploy.spaces.mobilenet import LayerwiseArch, fixed_instances, layer_instance, layer_layouts
@@ -158,8 +167,8 @@ class DartsSupernet(Supernet):
         self.preprocess = nn.ModuleList([CellPreprocess(l) for l in layouts])
         for cell, layout in enumerate(layouts):
             cell_type = int(layout.reduction)
-            for node in range(self.nodes):
-                for i in range(node + 2):
+            for node, inputs in enumerate(all_node_inputs(self.nodes)):
+                for i in inputs:
                     layer = paths.edge(cell_type, node, i)
                     for op in paths.candidates[layer]:
                         self.add_candidate(cell, layer, op, space.build_op(edge_instance(layout, i, op)))
@@ -169,14 +178,14 @@ class DartsSupernet(Supernet):
         return [self.stem, self.preprocess, self.classifier]
 
     def cell(self, index: int, s0: torch.Tensor, s1: torch.Tensor, path: Path) -> torch.Tensor:
+        """Cell ``index`` on ``path``: node j = Σ o(x_i) over the path's two inputs of node j, nodes concatenated."""
         cell_type = int(self.layouts[index].reduction)
-        states = list(self.preprocess[index](s0, s1))
-        for node in range(self.nodes):
-            h = 0
-            for i in self.paths.node_inputs(path, cell_type, node):
-                h = h + self.op(index, self.paths.edge(cell_type, node, i), path)(states[i])  # node j = Σ o(x_i) over its two inputs
-            states.append(h)
-        return torch.cat(states[2:], dim=1)  # cell output: concatenated intermediate nodes
+        node_inputs = [self.paths.node_inputs(path, cell_type, node) for node in range(self.nodes)]
+
+        def edge_output(node: int, slot: int, i: int, x: torch.Tensor) -> torch.Tensor:
+            return self.op(index, self.paths.edge(cell_type, node, i), path)(x)
+
+        return cell_forward(s0, s1, self.preprocess[index], node_inputs, edge_output)
 
     def forward(self, x: torch.Tensor, path: Path) -> torch.Tensor:
         s0 = s1 = self.stem(x)
@@ -185,6 +194,7 @@ class DartsSupernet(Supernet):
         return self.classifier(s1)
 
 
+@ADAPTERS.register("darts")
 def darts_adapter(search_template, deploy_template, table=None) -> SpaceAdapter:
     from nasdeploy.spaces.base import get_space
     from nasdeploy.spaces.darts import cell_layouts, edge_instance

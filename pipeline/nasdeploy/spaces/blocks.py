@@ -19,6 +19,20 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups (ShuffleNet; PC-DARTS after each partial-channel mixed op).
+
+    Channel ``g * (C // groups) + c`` moves to ``c * groups + g``; ``channel_shuffle(y, C // groups)`` undoes it.
+    """
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def half_size_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max pool, stride 2, ``ceil(H / 2)`` like every stride-2 block (PC-DARTS' bypass of a reduction edge)."""
+    return F.max_pool2d(x, 2, 2, ceil_mode=True)
+
+
 class Identity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -5,7 +5,12 @@ and a classifier. A cell takes the outputs of the two previous cells (inputs 0, 
 intermediate nodes, each the sum of ops on its incoming edges, and concatenates them.
 
 Edge order (search α rows, Algorithm 3): node ``j`` (0-based) has edges from inputs ``0..j+1``, enumerated node
-by node, so ``edge_index(j, i) = Σ_{m<j}(m + 2) + i`` and 4 nodes have 14 edges.
+by node, so ``edge_index(j, i) = Σ_{m<j}(m + 2) + i`` and 4 nodes have 14 edges. This module is the one place that
+knows it (``edge_index``, ``num_edges``, ``node_edge_ranges``, ``locate_edge``, ``candidate_inputs``).
+
+``cell_forward`` is the one cell forward of every DARTS-space network: the discrete ``DartsCell`` here, the
+continuous ``search.darts_supernet.SearchCell`` and the SE-NAS single-path ``search.senas_spaces.DartsSupernet``
+differ only in what an edge computes.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -110,7 +115,7 @@ def validate_cell(kind: str, cell: list[Node], concat: list[int]) -> None:
         for op, i in node:
             if op not in OPS:
                 raise NasDeployError(f"genotype {kind} node {j} uses unknown op {op!r}; choose one of: {', '.join(OPS.names())}")
-            if not 0 <= i <= j + 1:
+            if i not in candidate_inputs(j):
                 raise NasDeployError(f"genotype {kind} node {j} has input {i}; node {j} can only take inputs 0..{j + 1}")
     if not concat:
         raise NasDeployError(f"genotype {kind}_concat is empty; list the nodes to concatenate (2..{len(cell) + 1})")
@@ -119,14 +124,41 @@ def validate_cell(kind: str, cell: list[Node], concat: list[int]) -> None:
             raise NasDeployError(f"genotype {kind}_concat has {i}; concatenated nodes must be in 2..{len(cell) + 1}")
 
 
+# ---- edge order (the one place that knows it) -------------------------------------------------------------
+
 def edge_index(node: int, input_index: int) -> int:
-    """Row of edge ``input_index -> node`` in the node-by-node edge order."""
-    assert 0 <= input_index <= node + 1
-    return sum(m + 2 for m in range(node)) + input_index
+    """Row of edge ``input_index -> node`` in the node-by-node edge order: Σ_{m<node}(m + 2) + input_index."""
+    assert input_index in candidate_inputs(node)
+    return node * (node + 3) // 2 + input_index
 
 
 def num_edges(nodes: int) -> int:
-    return sum(j + 2 for j in range(nodes))
+    """Edges of a cell with ``nodes`` intermediate nodes (node j has j + 2 inputs): 14 for 4 nodes."""
+    return edge_index(nodes, 0)
+
+
+def candidate_inputs(node: int) -> range:
+    """The inputs node ``node`` may read: the two cell inputs and every earlier node, 0..node+1."""
+    return range(node + 2)
+
+
+def all_node_inputs(nodes: int) -> list[range]:
+    """Inputs of every node of a continuous cell, in edge order: node j reads all of 0..j+1."""
+    return [candidate_inputs(j) for j in range(nodes)]
+
+
+def node_edge_ranges(nodes: int) -> list[range]:
+    """Rows of each intermediate node j's incoming edges (inputs 0..j+1), e.g. ``alpha[r.start:r.stop]``."""
+    return [range(edge_index(j, 0), edge_index(j + 1, 0)) for j in range(nodes)]
+
+
+def locate_edge(edge: int) -> tuple[int, int]:
+    """``(node, input_index)`` of row ``edge``: the inverse of ``edge_index``."""
+    assert edge >= 0
+    node = 0
+    while edge >= edge_index(node + 1, 0):
+        node += 1
+    return node, edge - edge_index(node, 0)
 
 
 # ---- layout --------------------------------------------------------------------------------------------
@@ -307,6 +339,31 @@ def build_fixed(inst: OpInstance) -> nn.Module:
     raise NasDeployError(f"unknown DARTS fixed part {inst.op!r}; choose one of: {', '.join(FIXED_PARTS)}")
 
 
+# ---- the cell forward (one for every kind of cell) ------------------------------------------------------
+
+EdgeOutput = Callable[[int, int, int, torch.Tensor], torch.Tensor]
+
+
+def cell_forward(s0: torch.Tensor, s1: torch.Tensor, preprocess: nn.Module, node_inputs: Sequence[Sequence[int]],
+                 edge_output: EdgeOutput, concat: Sequence[int] | None = None) -> torch.Tensor:
+    """One DARTS cell: preprocess both inputs, x_j = Σ_{i ∈ inputs(j)} o^(i,j)(x_i), concatenate (DARTS Eq. 1).
+
+    ``node_inputs[j]`` lists the inputs node j reads (repeats allowed: a discrete cell may take two ops from
+    one input); ``edge_output(j, slot, i, x_i)`` is what the edge in position ``slot`` of node j contributes:
+    the genotype's op (``DartsCell``), a weighted mixed op (``SearchCell``, Eq. 3.1, optionally scaled by an
+    edge-normalisation weight) or a path's op (SE-NAS ``DartsSupernet``). ``concat``: states to concatenate
+    (default: every intermediate node).
+    """
+    states = list(preprocess(s0, s1))
+    for j, inputs in enumerate(node_inputs):
+        x_j = 0
+        for slot, i in enumerate(inputs):
+            x_j = x_j + edge_output(j, slot, i, states[i])  # x_j = Σ_i o^(i,j)(x_i)
+        states.append(x_j)
+    concat = range(2, len(states)) if concat is None else concat
+    return torch.cat([states[k] for k in concat], dim=1)
+
+
 # ---- discrete network ----------------------------------------------------------------------------------
 
 class DartsCell(nn.Module):
@@ -324,16 +381,15 @@ class DartsCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float | None = None) -> torch.Tensor:
         drop_prob = self.drop_path if drop_prob is None else drop_prob
-        states = list(self.preprocess(s0, s1))
-        for ops, inputs in zip(self.ops, self.inputs):
-            total = 0
-            for op, i in zip(ops, inputs):
-                h = op(states[i])
-                if self.training and drop_prob > 0 and not isinstance(op, Identity):
-                    h = drop_path(h, drop_prob)
-                total = total + h  # x_j = Σ_i o_(i,j)(x_i)
-            states.append(total)
-        return torch.cat([states[k] for k in self.concat], dim=1)
+
+        def edge_output(j: int, slot: int, i: int, x: torch.Tensor) -> torch.Tensor:
+            op = self.ops[j][slot]
+            h = op(x)
+            if self.training and drop_prob > 0 and not isinstance(op, Identity):
+                h = drop_path(h, drop_prob)
+            return h
+
+        return cell_forward(s0, s1, self.preprocess, self.inputs, edge_output, self.concat)
 
 
 def genotype_layouts(genotype: Genotype, template: DartsTemplate) -> list[CellLayout]:
@@ -402,7 +458,7 @@ class DartsSpace(SearchSpace):
         ops = op_space_names(template.op_space)
 
         def cell() -> list[Node]:
-            return [[(rng.choice(ops), i) for i in sorted(rng.sample(range(j + 2), 2))] for j in range(template.nodes)]
+            return [[(rng.choice(ops), i) for i in sorted(rng.sample(inputs, 2))] for inputs in all_node_inputs(template.nodes)]
 
         concat = list(range(2, template.nodes + 2))
         return Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=list(concat))
@@ -416,9 +472,8 @@ class DartsSpace(SearchSpace):
         instances = [stem_instance(template)]
         for layout in layouts:
             instances += preprocess_instances(layout)
-            for j in range(template.nodes):
-                for i in range(j + 2):
-                    instances += [edge_instance(layout, i, op) for op in ops]
+            for inputs in all_node_inputs(template.nodes):
+                instances += [edge_instance(layout, i, op) for i in inputs for op in ops]
         instances.append(classifier_instance(template, layouts))
         return _distinct(instances)
 
