@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nasdeploy.search.discretize import DISCRETIZATIONS, ZERO_OPS, node_edge_ranges, selectable_ops, stage_op
+from nasdeploy.search.discretize import DISCRETIZATIONS, ZERO_OPS, selectable_ops, stage_op
+from nasdeploy.spaces.darts import node_edge_ranges, num_edges
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def edge_costs(table, template, op_names: list[str], reduction: bool) -> torch.T
     from nasdeploy.latency.predictor import darts_edge_costs
     from nasdeploy.spaces.darts import cell_layouts
 
-    costs = torch.zeros(sum(j + 2 for j in range(template.nodes)), len(op_names), dtype=torch.float64)
+    costs = torch.zeros(num_edges(template.nodes), len(op_names), dtype=torch.float64)
     for layout in cell_layouts(template):
         if bool(layout.reduction) == reduction:
             costs += darts_edge_costs(layout, op_names, template.nodes, table, torch.float64)

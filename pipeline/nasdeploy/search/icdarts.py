@@ -48,9 +48,9 @@ from nasdeploy.search.discretize import (
     ZeroConfig,
     discretize,
     get_zero_config,
-    node_edge_ranges,
     search_op_names,
 )
+from nasdeploy.spaces.darts import node_edge_ranges, num_edges
 from nasdeploy.search.context import SearchContext, SearchOutcome, mix_seed, seed_everything
 from nasdeploy.search.icdarts_config import ALIASES, PRESETS, ICDARTSConfig, validate
 from nasdeploy.search.icdarts_losses import (
@@ -404,7 +404,7 @@ def masks_for(op_sets: list[list[str]], op_names: list[str], nodes: int) -> tupl
     """Boolean [E, O] masks of both cells from per-node op sets (normal nodes first); zero ops always on."""
     masks = []
     for cell in range(2):
-        mask = torch.zeros(sum(j + 2 for j in range(nodes)), len(op_names), dtype=torch.bool)
+        mask = torch.zeros(num_edges(nodes), len(op_names), dtype=torch.bool)
         for j, edges in enumerate(node_edge_ranges(nodes)):
             allowed = set(op_sets[cell * nodes + j]) | set(ZERO_OPS)
             for o, op in enumerate(op_names):
