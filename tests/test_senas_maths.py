@@ -267,3 +267,32 @@ def test_edgewise_paths_are_genotypes_with_two_inputs_per_node():
             for node in range(4):
                 a, b = paths.node_inputs(path, cell_type, node)
                 assert 0 <= a < b < node + 2
+
+
+def test_darts_partial_models_are_keyed_by_the_active_sub_architecture():
+    """§3.4 on the DARTS space: paths that differ only on edges no node uses run the same partial model."""
+    import random
+
+    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.spaces.base import get_space
+
+    template = get_space("darts").default_template("tiny")
+    adapter = make_adapter("darts", search_template_for(get_space("darts"), template, 10, 3), template)
+    net, paths = adapter.build_supernet(), adapter.paths
+    net.set_child_spaces([list(range(paths.num_edges))])  # the whole normal cell is one child space
+    path = paths.sample(paths.candidates, random.Random(0))
+    active = paths.active(path)
+    unused = next(layer for layer in range(paths.num_edges) if active[layer] is None)
+    other_op = next(op for op in paths.candidates[unused] if op != path.choices[unused])
+    twin = Path(tuple(other_op if layer == unused else c for layer, c in enumerate(path.choices)), path.inputs)
+    assert net.partial_key(0, path) == net.partial_key(0, twin)
+    net.prepare(path, "cpu")
+    assert net.prepare(twin, "cpu") == []  # nothing new: the twin runs the same copy
+    assert net.op(0, next(l for l in range(paths.num_edges) if active[l]), twin) is \
+        net.op(0, next(l for l in range(paths.num_edges) if active[l]), path)
+    assert "-" in net.partial_key(0, path)  # inactive edges are not part of the key
+    # a path that changes a used edge is another partial model
+    used = next(layer for layer in range(paths.num_edges) if active[layer] is not None)
+    changed_op = next(op for op in paths.candidates[used] if op != path.choices[used])
+    changed = Path(tuple(changed_op if layer == used else c for layer, c in enumerate(path.choices)), path.inputs)
+    assert net.partial_key(0, changed) != net.partial_key(0, path)

@@ -29,6 +29,9 @@ from torch import nn
 from nasdeploy.search.senas_paths import Path, PathSpace
 
 
+INACTIVE = "-"  # a layer of a child space that the path does not run (a DARTS edge that is not a node input)
+
+
 def _safe(name: str) -> str:
     return name.replace(".", "_")
 
@@ -50,7 +53,10 @@ class Supernet(nn.Module):
         self.candidates[f"shared|{unit}|{layer}|{_safe(choice)}"] = module
 
     def partial_key(self, group: int, path: Path) -> str:
-        return "+".join(_safe(path.choices[layer]) for layer in self.child_spaces[group])
+        """The partial model of child space ``group`` that ``path`` runs: its *active* sub-architecture only, so
+        two paths that differ on edges they do not use (DARTS inputs not selected) share one copy (§3.4)."""
+        active = self.paths.active(path)
+        return "+".join(INACTIVE if active[layer] is None else _safe(active[layer]) for layer in self.child_spaces[group])
 
     def set_child_spaces(self, groups: Sequence[Sequence[int]]) -> None:
         """Adopt the merged child spaces (earlier ones must be kept, in order, as ``merge_child_spaces`` does)."""
@@ -66,12 +72,13 @@ class Supernet(nn.Module):
 
     def materialise(self, group: int, key: str) -> bool:
         """Create the partial model ``key`` of child space ``group`` if absent; True when created."""
-        layers = self.child_spaces[group]
-        first = self.copy_name(group, key, self.units_of_layer[layers[0]][0], layers[0])
+        used = [(layer, choice) for layer, choice in zip(self.child_spaces[group], key.split("+")) if choice != INACTIVE]
+        if not used:
+            return False
+        first = self.copy_name(group, key, self.units_of_layer[used[0][0]][0], used[0][0])
         if first in self.candidates:
             return False
-        choices = key.split("+")
-        for layer, choice in zip(layers, choices):
+        for layer, choice in used:
             for unit in self.units_of_layer[layer]:
                 source = self.candidates[f"shared|{unit}|{layer}|{choice}"]
                 self.candidates[self.copy_name(group, key, unit, layer)] = copy.deepcopy(source)
@@ -95,7 +102,8 @@ class Supernet(nn.Module):
             if name.startswith("L"):
                 label, key, _, _ = name.split("|")
                 layers = label_layers(label)
-                if any(choice not in {_safe(op) for op in alive[layer]} for layer, choice in zip(layers, key.split("+"))):
+                if any(choice != INACTIVE and choice not in {_safe(op) for op in alive[layer]}
+                       for layer, choice in zip(layers, key.split("+"))):
                     del self.candidates[name]
 
     def op(self, unit: int, layer: int, path: Path) -> nn.Module:
@@ -111,9 +119,11 @@ class Supernet(nn.Module):
     def path_copy_names(self, path: Path) -> set[str]:
         """Names of the partial-model copies ``path`` runs."""
         names = set()
+        active = self.paths.active(path)
         for group, layers in enumerate(self.child_spaces):
             key = self.partial_key(group, path)
-            names |= {self.copy_name(group, key, unit, layer) for layer in layers for unit in self.units_of_layer[layer]}
+            names |= {self.copy_name(group, key, unit, layer) for layer in layers if active[layer] is not None
+                      for unit in self.units_of_layer[layer]}
         return names
 
     def prepare(self, path: Path, device: torch.device | str) -> list[str]:
@@ -122,8 +132,9 @@ class Supernet(nn.Module):
         for group in range(len(self.child_spaces)):
             key = self.partial_key(group, path)
             if self.materialise(group, key):
-                layers = self.child_spaces[group]
-                for layer in layers:
+                for layer, choice in zip(self.child_spaces[group], key.split("+")):
+                    if choice == INACTIVE:
+                        continue
                     for unit in self.units_of_layer[layer]:
                         name = self.copy_name(group, key, unit, layer)
                         self.candidates[name].to(device)
