@@ -296,3 +296,23 @@ def test_darts_partial_models_are_keyed_by_the_active_sub_architecture():
     changed_op = next(op for op in paths.candidates[used] if op != path.choices[used])
     changed = Path(tuple(changed_op if layer == used else c for layer, c in enumerate(path.choices)), path.inputs)
     assert net.partial_key(0, changed) != net.partial_key(0, path)
+
+
+def test_eq7_reading_x_over_mean_versus_centred_mean_normalisation():
+    """Eq. 7 read as x / mean ranks as SI / SC; the centred reading (x - mean) / (max - min) removes the best
+    operator of the whole pool on this hand-made example: layer 0 SI 0.3 / 0.5 (SC 0.01), layer 1 SI 0.88 / 0.9
+    (SC 0.0001), k = 2."""
+    from nasdeploy.search.senas_scores import operator_scores, shrink
+
+    si = {(0, "a"): 0.3, (0, "b"): 0.5, (1, "a"): 0.88, (1, "b"): 0.9}
+    alive = [["a", "b"], ["a", "b"]]
+    ours = operator_scores(si, alive)
+    assert ours.sc[(0, "a")] == pytest.approx(0.01) and ours.sc[(1, "a")] == pytest.approx(0.0001)
+    assert sorted(ours.s, key=ours.s.get) == sorted(si, key=lambda o: si[o] / ours.sc[o])  # the SI / SC order
+    # centred by hand: SI mean 0.645, range 0.6; SC mean 0.00505, range 0.0099
+    centred = {o: ((v - 0.645) / 0.6) / ((ours.sc[o] - 0.00505) / 0.0099) for o, v in si.items()}
+    assert centred == pytest.approx({(0, "a"): -1.15, (0, "b"): -0.48333, (1, "a"): -0.78333, (1, "b"): -0.85}, abs=1e-4)
+    _, removed_ours = shrink(alive, ours.s, 2)
+    _, removed_centred = shrink(alive, centred, 2)
+    assert removed_ours == [(0, "a"), (1, "a")]
+    assert removed_centred == [(0, "a"), (1, "b")]  # drops SI 0.9, the best operator: not the paper's intent

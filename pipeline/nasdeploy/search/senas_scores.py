@@ -15,6 +15,12 @@ layer, or one DARTS edge). ``alive[layer]`` lists the choices of a layer still i
   have at least two alive choices (only those can be removed). ``SC_o = 0`` (all operators of the layer
   equally good, no confidence) gives ``S_o = +inf``: such a layer is never pruned first. If every
   layer of the pool has ``SC = 0``, ``S = normalize(SI)`` (ranking by importance alone).
+  Why ``x / mean`` and not the textbook mean normalisation ``(x − mean) / (max − min)``: centred values are
+  negative for half the operators, so their ratio flips sign and explodes near ``SC ≈ mean(SC)``: an
+  above-average operator of a low-confidence layer gets a negative score (positive / negative) and is removed
+  early — on the hand-made pool of ``tests/test_senas_maths.py`` the centred reading removes the best operator
+  of the space. With ``x / mean`` the constants cancel and the ranking is that of ``SI / SC``, a well-defined
+  order that removes low-importance operators of high-confidence layers first, as the paper intends.
 * **Shrinking**: remove the ``k`` operators of the pool with the lowest ``S`` (ties: lower layer, then
   choice order), never the last alive operator of a layer, and skipping any operator a ``keep``
   predicate protects (the strategy protects operators whose removal would make the budget infeasible).
