@@ -194,3 +194,15 @@ def test_algorithm_3_on_a_hand_computed_cell():
     p.backward()
     # moving weight to the dearer op of edge 4 (4 ms vs 0 ms) raises P: its α gradient is positive
     assert float(alpha.grad[4, 0]) > 0 > float(alpha.grad[4, 1])
+
+
+def test_genotype_changes_counts_replaced_pairs():
+    from nasdeploy.search.icdarts import genotype_changes
+    from nasdeploy.spaces.darts import Genotype
+
+    before = Genotype(normal=[[("sep_conv_3x3", 0), ("skip_connect", 1)], [("dil_conv_3x3", 2), ("sep_conv_5x5", 0)]],
+                      normal_concat=[2, 3], reduce=[[("max_pool_3x3", 0), ("skip_connect", 1)], [("skip_connect", 2), ("max_pool_3x3", 1)]],
+                      reduce_concat=[2, 3])
+    after = Genotype(normal=[[("avg_pool_3x3", 0), ("skip_connect", 1)], [("skip_connect", 2), ("skip_connect", 0)]],
+                     normal_concat=[2, 3], reduce=before.reduce, reduce_concat=[2, 3])
+    assert genotype_changes(before, after) == 3 and genotype_changes(before, before) == 0

@@ -183,6 +183,10 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert summary["predicted_latency_ms"] > 0 and summary["measured_median_ms"] > 0
     assert summary["onnxruntime_median_ms"] > 0 and summary["torch_median_ms"] > 0
     assert summary["parity_max_abs_diff"] <= 1e-4 and 0 <= summary["test_accuracy"] <= 1
+    # the α-only genotype and the fix-up are reported apart; the fix-up only ever lowers the prediction
+    assert summary["strategy"] == "icdarts" and summary["alpha_only_latency_ms"] > 0
+    assert summary["fixup_replacements"] >= 0
+    assert (summary["fixup_replacements"] == 0) == (summary["alpha_only_latency_ms"] <= summary["budget_ms"])
     saved = json.loads((out / "run.json").read_text())
     assert saved["summary"] == summary
 

@@ -365,13 +365,20 @@ def load_run_state(run_dir: Path, config: RunConfig) -> dict[str, Any]:
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The figures the terminal summary shows, read back from the export report."""
+    from nasdeploy.spaces.record import ArchitectureRecord
+
     report = read_json(stage_dir(run_dir, "export") / "report.json", "export report")
+    searched = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json").metrics
     by_runtime = {report["runtime"]: report["measured_median_ms"]}
     by_runtime.update({c["runtime"]: c["median_ms"] for c in report.get("comparisons", [])})
     return {
         "test_accuracy": report.get("test_accuracy"),
         "budget_ms": report.get("budget_ms"),
         "predicted_latency_ms": report.get("predicted_latency_ms"),
+        # how the search met the budget: the α-only genotype's prediction and the fix-up's replacements, apart
+        "alpha_only_latency_ms": searched.get("alpha_only_latency_ms"),
+        "fixup_replacements": searched.get("fixup_replacements"),
+        "strategy": searched.get("strategy"),
         "measured_median_ms": report.get("measured_median_ms"),
         "measured_p90_ms": report.get("measured_p90_ms"),
         "relative_prediction_error": report.get("relative_prediction_error"),

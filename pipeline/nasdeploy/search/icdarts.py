@@ -455,7 +455,7 @@ def finish(setup: SearchSetup, run: ICDARTSRun, extra_log: dict[str, Any]) -> Se
             genotype, fallback = fit_genotype(setup, run, genotype, predict)
         with torch.no_grad():
             metrics["expected_latency_ms"] = float(run.penalty())
-    replacements = len([r for r in fallback if "from" in r])
+    replacements = genotype_changes(run.genotype("retraining"), genotype)
     if fallback:
         log.warning("budget fallback: %d op replacement(s) brought the genotype under %.3f ms", replacements, setup.budget_ms)
     metrics.update({"budget_fallback": fallback, "fixup_replacements": replacements})
@@ -466,6 +466,12 @@ def finish(setup: SearchSetup, run: ICDARTSRun, extra_log: dict[str, Any]) -> Se
     title = f"ICDARTS {setup.config.discretization} {setup.zero.name}"
     return SearchOutcome(arch=genotype, search_seconds=run.seconds, metrics=metrics, log=log_extra,
                          extra_files=[run.checkpoint_path], title=title)
+
+
+def genotype_changes(before, after) -> int:
+    """How many (op, input) pairs of ``before`` the fix-up changed (whichever way it got there)."""
+    cells = zip(before.normal + before.reduce, after.normal + after.reduce)
+    return sum(len(set(map(tuple, old)) - set(map(tuple, new))) for old, new in cells)
 
 
 def fit_genotype(setup: SearchSetup, run: ICDARTSRun, genotype, predict):
