@@ -185,9 +185,11 @@ def test_algorithm_3_on_a_hand_computed_cell():
     alpha = torch.zeros(5, 2)
     alpha[0, 0] = math.log(3.0)  # softmax (0.75, 0.25) on edge 0; 0.5/0.5 elsewhere
     alpha.requires_grad_(True)
-    # edge latencies: 2.5, 1, 1, 2, 2. node 0: l^c_0 = 2.5 + 1 = 3.5
-    # node 1: inputs 0, 1 and node 0 (k = 2 adds l^c_0): 1 + 2 + (2 + 3.5) = 8.5
-    l0, l1 = 3.5, 8.5
+    # edge latencies: 2.5, 1, 1, 2, 2. darts rule: edges weighted by a softmax over their strongest op's weight
+    # node 0: strengths 0.75, 0.5 -> l^c_0 = (2.5 e^0.75 + 1 e^0.5) / (e^0.75 + e^0.5)
+    # node 1: inputs 0, 1 and node 0 (k = 2 adds l^c_0), strengths all 0.5: (1 + 2 + (2 + l^c_0)) / 3
+    l0 = (2.5 * math.exp(0.75) + 1.0 * math.exp(0.5)) / (math.exp(0.75) + math.exp(0.5))
+    l1 = (1.0 + 2.0 + (2.0 + l0)) / 3
     by_hand = (l0 * math.exp(l0) + l1 * math.exp(l1)) / (math.exp(l0) + math.exp(l1))  # Σ l^c softmax(l^c)
     p = cell_expected_latency(alpha, costs, nodes=2)
     assert float(p.detach()) == pytest.approx(by_hand, rel=1e-6)

@@ -5,10 +5,14 @@ Options (``request.options`` keys; None or missing = default; the CLI's ``--set 
 =====================  =========================================================================================
 key                    meaning (default)
 =====================  =========================================================================================
-delta                  fixed latency penalty coefficient δ of Eq. 4.1; disables adaptation (None: adapt to budget)
-delta_init             first δ when adapting (None: delta_share / P(α_0))
-delta_share            δ_0·P(α_0), the penalty's starting share of the loss when adapting (0.1)
-delta_growth           factor applied to δ after each epoch predicted over budget (2.0)
+delta                  fixed latency penalty coefficient δ of Eq. 4.1 (δ·P(α), P unnormalised); replaces the
+                       controller (None: λ by dual ascent when there is a budget)
+latency_control        "lagrangian" | "off" (``search.latency_control``): λ·P(α)/P(α_0) in α's loss, λ updated
+                       after every α step from the discretised genotype's predicted latency ("lagrangian")
+lambda_eta             dual step size η of the λ update (1.0)
+lambda_margin          λ aims at budget·(1 − margin) (0.03)
+lambda_shrink          step on slack relative to η, ≤ 1 (0.25)
+lambda_init            λ before the first α step (0.0)
 op_space               operation space "1".."4" | "combined" (Tables 4.1, 4.2) ("3", or the LUT template's)
 discretization         "darts" | "idarts" | "xdarts" (§4.2) ("darts")
 k                      inputs kept per node by darts / idarts (2)
@@ -82,9 +86,11 @@ class ICDARTSConfig:
     temperature: float = 2.0
     aux_weight: float = 0.4
     delta: float | None = None
-    delta_init: float | None = None
-    delta_share: float = 0.1
-    delta_growth: float = 2.0
+    latency_control: str = "lagrangian"
+    lambda_eta: float = 1.0
+    lambda_margin: float = 0.03
+    lambda_shrink: float = 0.25
+    lambda_init: float = 0.0
     w_lr: float = 0.08
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
@@ -163,5 +169,7 @@ def validate(config: ICDARTSConfig) -> None:
             raise NasDeployError(f"ICDARTS option {name} must be positive, got {value}")
     if config.delta is not None and config.delta < 0:
         raise NasDeployError(f"ICDARTS option delta must be >= 0, got {config.delta}")
-    if config.delta_growth < 1:
-        raise NasDeployError(f"ICDARTS option delta_growth must be >= 1, got {config.delta_growth}")
+    from nasdeploy.search.latency_control import ControllerConfig
+
+    ControllerConfig(mode=config.latency_control, eta=config.lambda_eta, margin=config.lambda_margin,
+                     shrink=config.lambda_shrink, lambda_init=config.lambda_init)  # raises on bad values
