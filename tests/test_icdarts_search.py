@@ -159,6 +159,26 @@ def test_penalty_is_algorithm_3_of_the_predictor(table_path, tmp_path):
     assert setup.deploy_template.to_dict() == template.to_dict()
 
 
+def test_penalty_from_stem_repeat_weights(table_path, tmp_path):
+    """Option latency_weights: P(α) is Algorithm 3 on Table 4.6-style weights (unitless), with the search's rule."""
+    from nasdeploy.latency.predictor import expected_latency_darts
+    from nasdeploy.latency.stem_repeat import load_stem_repeat_weights
+    from nasdeploy.spaces.ops import OP_SPACES
+
+    weights_path = tmp_path / "weights.json"
+    ops = {op: {"weight": (i + 1) / 28} for i, op in enumerate(OP_SPACES["3"])}
+    weights_path.write_text(json.dumps({"method": "stem-repeat", "ops": ops}))
+    req = request(tmp_path, table_path, delta=0.05, discretization="xdarts", latency_weights=str(weights_path))
+    setup = prepare(req, make_config("tiny", req.options))
+    run = ICDARTSRun(setup, tmp_path, epochs=1)
+    with torch.no_grad():
+        run.S.alpha_normal.normal_()
+    expected = expected_latency_darts(run.S.alpha_normal, run.S.alpha_reduce, setup.op_names, setup.deploy_template,
+                                      None, rule="xdarts", source=load_stem_repeat_weights(weights_path))
+    assert float(run.penalty().detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert float(run.latency_control.penalty(run.penalty()).detach()) == pytest.approx(0.05 * float(expected.detach()), rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ errors
 def test_budget_below_cheapest_fails_before_training(table_path, tmp_path):
     cheapest = cheapest_ms(table_path)

@@ -231,6 +231,11 @@ class ICDARTSRun:
                                      weight_decay=cfg.w_weight_decay)
         self.opt_a = torch.optim.Adam(self.S.arch_parameters(), lr=cfg.alpha_lr,
                                       betas=(cfg.alpha_beta1, cfg.alpha_beta2), weight_decay=cfg.alpha_weight_decay)
+        self.latency_source = None  # Algorithm 3's costs: the table (ms), or Table 4.6-style stem-repeat weights
+        if cfg.latency_weights is not None:
+            from nasdeploy.latency.stem_repeat import load_stem_repeat_weights
+
+            self.latency_source = load_stem_repeat_weights(cfg.latency_weights)
         p0 = 1.0
         if setup.table is not None:
             with torch.no_grad():
@@ -243,12 +248,13 @@ class ICDARTSRun:
 
     # ---------------------------------------------------------------- pieces of Algorithm 1
     def penalty(self) -> torch.Tensor:
-        """P(α): Algorithm 3 on the deployment template (ms), α normalised as the discretisation rule does."""
+        """P(α): Algorithm 3 on the deployment template, α normalised as the discretisation rule does; in ms from
+        the table, or unitless from the stem-repeat weights of option ``latency_weights`` (Table 4.6)."""
         from nasdeploy.latency.predictor import expected_latency_darts
 
         alpha_n, alpha_r = self.S.masked_alphas()
         return expected_latency_darts(alpha_n, alpha_r, self.setup.op_names, self.setup.deploy_template, self.setup.table,
-                                      rule=self.cfg.discretization)
+                                      rule=self.cfg.discretization, source=self.latency_source)
 
     def genotype(self, stage: str = "retraining"):
         return discretize(self.S.alpha_normal, self.S.alpha_reduce, self.setup.op_names, self.setup.search_template.nodes,

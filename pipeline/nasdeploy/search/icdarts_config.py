@@ -13,6 +13,8 @@ lambda_eta             dual step size η of the λ update (1.0)
 lambda_margin          λ aims at budget·(1 − margin) (0.03)
 lambda_shrink          step on slack relative to η, ≤ 1 (0.25)
 lambda_init            λ before the first α step (0.0)
+latency_weights        stem-repeat weights JSON (``profile --method stem-repeat``, Table 4.6) as Algorithm 3's
+                       costs: P(α) unitless, so a fixed δ means Table 4.7's δ (None: the table's ms)
 op_space               operation space "1".."4" | "combined" (Tables 4.1, 4.2) ("3", or the LUT template's)
 discretization         "darts" | "idarts" | "xdarts" (§4.2) ("darts")
 k                      inputs kept per node by darts / idarts (2)
@@ -91,6 +93,7 @@ class ICDARTSConfig:
     lambda_margin: float = 0.03
     lambda_shrink: float = 0.25
     lambda_init: float = 0.0
+    latency_weights: str | None = None
     w_lr: float = 0.08
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
