@@ -112,7 +112,8 @@ def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts") -> t
       unchanged by adding a constant to one edge's α row; a single softmax over the node's pairs is not, and
       its gradient would spend α's steps on row shifts that change neither the network nor the genotype.
 
-    The weights of each node sum to 1. Masked α (-1e4, ``search.discretize.masked_alpha``) get weight 0.
+    The weights of each node sum to 1. Masked α (-1e4, ``search.discretize.masked_alpha``) get weight 0. A zero
+    op mixed in the search (V0, V2-V4) counts in an edge's strength even where the rule may not select it.
     """
     if rule != "darts":
         from nasdeploy.search.discretize import mixing_weights
