@@ -171,6 +171,26 @@ def test_penalty_is_algorithm_3_of_the_predictor(table_path, tmp_path):
     assert setup.deploy_template.to_dict() == template.to_dict()
 
 
+def test_penalty_from_stem_repeat_weights(table_path, tmp_path):
+    """Option latency_weights: P(α) is Algorithm 3 on Table 4.6-style weights (unitless), with the search's rule."""
+    from nasdeploy.latency.predictor import expected_latency_darts
+    from nasdeploy.latency.stem_repeat import load_stem_repeat_weights
+    from nasdeploy.spaces.ops import OP_SPACES
+
+    weights_path = tmp_path / "weights.json"
+    ops = {op: {"weight": (i + 1) / 28} for i, op in enumerate(OP_SPACES["3"])}
+    weights_path.write_text(json.dumps({"method": "stem-repeat", "ops": ops}))
+    req = request(tmp_path, table_path, delta=0.05, discretization="xdarts", latency_weights=str(weights_path))
+    setup = prepare(req)
+    run = ICDARTSRun(setup, tmp_path, epochs=1)
+    with torch.no_grad():
+        run.S.alpha_normal.normal_()
+    expected = expected_latency_darts(run.S.alpha_normal, run.S.alpha_reduce, setup.op_names, setup.deploy_template,
+                                      None, rule="xdarts", source=load_stem_repeat_weights(weights_path))
+    assert float(run.penalty().detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert float(run.latency_control.penalty(run.penalty()).detach()) == pytest.approx(0.05 * float(expected.detach()), rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ errors
 def test_budget_below_cheapest_fails_before_training(table_path, tmp_path):
     cheapest = cheapest_ms(table_path)
@@ -218,15 +238,26 @@ def test_search_outputs_and_tight_budget(table_path, tmp_path, free_metrics):
                 "expected_latency_ms", "predicted_latency_ms", "delta", "alpha_normal", "alpha_reduce"):
         assert key in search_epochs[0], key
     assert len(search_epochs[0]["alpha_normal"]) == num_edges(record.template.nodes) and abs(sum(search_epochs[0]["alpha_normal"][0]) - 1) < 1e-3
-    # δ adapts: doubled after an epoch whose genotype was predicted over budget, kept otherwise
+    # λ adapts after every α step: up while the discretised genotype is over the target, down (not below 0) under it
+    control = log["latency_control"]
+    target = budget * (1 - control["config"]["margin"])
+    steps = [s for epoch in search_epochs for s in epoch["latency_steps"]]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) == [s["step"] for s in control["history"]]
+    previous = search_epochs[0]["delta"]
+    for s in steps:
+        if s["discretised_ms"] > target:
+            assert s["lambda"] > previous
+        else:
+            assert s["lambda"] == pytest.approx(max(0.0, previous)) or 0.0 <= s["lambda"] < previous
+        previous = s["lambda"]
     for epoch in search_epochs:
-        grown = epoch["predicted_latency_ms"] > budget
-        assert epoch["delta_next"] == pytest.approx(epoch["delta"] * (2.0 if grown else 1.0))
-    assert "multiplied by 2" in log["delta_rule"] and "fit_to_budget" in log["delta_rule"]
+        assert epoch["delta_next"] == epoch["latency_steps"][-1]["lambda"]
+    assert "lagrangian" in log["delta_rule"] and "dual ascent" in log["delta_rule"]
     assert 0.0 <= search_epochs[0]["acc_E_val"] <= 1.0
     assert log["result"]["metrics"]["predicted_latency_ms"] <= budget
     pretrain = log["epochs"][0]  # α is fixed while pre-training, so its P is P(α_0)
-    assert search_epochs[0]["delta"] * pretrain["expected_latency_ms"] == pytest.approx(0.1, rel=1e-4)  # δ_0·P(α_0)
+    assert control["p0"] == pytest.approx(pretrain["expected_latency_ms"], rel=1e-6)  # λ·P(α)/P(α_0)
+    assert search_epochs[0]["delta"] == 0.0  # λ_0
     assert (tmp_path / "tight" / "architecture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "tight" / "checkpoint.pt").exists()
 
@@ -340,7 +371,8 @@ def test_cli_search_writes_the_genotype(table_path, tmp_path):
     nodes = len(record.arch.normal)
     assert [len(n) for n in record.arch.normal] == [len(n) for n in record.arch.reduce] == [j + 2 for j in range(nodes)]
     log = json.loads((out / "search_log.json").read_text())
-    assert log["delta_rule"] == "delta fixed at 0.01 by --delta (no adaptation)"
+    assert log["delta_rule"] == ("delta fixed at 0.01 (no adaptation): delta * P(alpha) added to alpha's loss, "
+                                 "P = Algorithm 3 unnormalised (Eq. 4.1, Table 4.7)")
     assert all(epoch["delta"] == 0.01 for epoch in log["epochs"])
     bad = CliRunner().invoke(app, args[:-len(fast)] + ["--set", "bogus=1"])
     assert bad.exit_code != 0 and "icdarts has no setting 'bogus'" in str(bad.exception)

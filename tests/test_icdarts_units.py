@@ -19,7 +19,6 @@ from nasdeploy.search.discretize import (
     search_op_names,
     stage_op,
 )
-from nasdeploy.search.budget import DeltaSchedule
 from nasdeploy.search.base import get_strategy
 from nasdeploy.search.icdarts_losses import soft_target_loss
 from nasdeploy.search.tournament import GameResult, games_in_tier, keep_top_half, merge, run_tournament
@@ -164,19 +163,6 @@ def test_options_parse_defaults_and_errors():
         get_strategy("icdarts").settings("cpu", {"epochs": "many"})
 
 
-def test_delta_schedule_fixed_adaptive_and_off():
-    fixed = DeltaSchedule.create(0.05, budget_ms=10.0, delta_init=None, growth=2.0)
-    assert fixed.after_epoch(50.0) == 0.05  # the paper's fixed-coefficient runs
-    adaptive = DeltaSchedule.create(None, budget_ms=10.0, delta_init=None, growth=2.0, penalty_start=50.0)
-    assert adaptive.delta == pytest.approx(0.002)  # δ_0·P(α_0) = 0.1
-    assert adaptive.after_epoch(12.0) == pytest.approx(0.004)  # over budget: grow
-    assert adaptive.after_epoch(9.0) == pytest.approx(0.004)  # within budget: keep
-    assert adaptive.history == pytest.approx([0.002, 0.004])
-    assert DeltaSchedule.create(None, 10.0, delta_init=0.3, growth=3.0).delta == 0.3
-    off = DeltaSchedule.create(None, budget_ms=None, delta_init=None, growth=2.0)
-    assert off.delta == 0.0 and off.after_epoch(99.0) == 0.0
-
-
 def test_algorithm_3_on_a_hand_computed_cell():
     """Algorithm 3's inner loops on a 2-node cell with two ops, worked out by hand."""
     from nasdeploy.latency.predictor import cell_expected_latency
@@ -185,9 +171,11 @@ def test_algorithm_3_on_a_hand_computed_cell():
     alpha = torch.zeros(5, 2)
     alpha[0, 0] = math.log(3.0)  # softmax (0.75, 0.25) on edge 0; 0.5/0.5 elsewhere
     alpha.requires_grad_(True)
-    # edge latencies: 2.5, 1, 1, 2, 2. node 0: l^c_0 = 2.5 + 1 = 3.5
-    # node 1: inputs 0, 1 and node 0 (k = 2 adds l^c_0): 1 + 2 + (2 + 3.5) = 8.5
-    l0, l1 = 3.5, 8.5
+    # edge latencies: 2.5, 1, 1, 2, 2. darts rule: edges weighted by a softmax over their strongest op's weight
+    # node 0: strengths 0.75, 0.5 -> l^c_0 = (2.5 e^0.75 + 1 e^0.5) / (e^0.75 + e^0.5)
+    # node 1: inputs 0, 1 and node 0 (k = 2 adds l^c_0), strengths all 0.5: (1 + 2 + (2 + l^c_0)) / 3
+    l0 = (2.5 * math.exp(0.75) + 1.0 * math.exp(0.5)) / (math.exp(0.75) + math.exp(0.5))
+    l1 = (1.0 + 2.0 + (2.0 + l0)) / 3
     by_hand = (l0 * math.exp(l0) + l1 * math.exp(l1)) / (math.exp(l0) + math.exp(l1))  # Σ l^c softmax(l^c)
     p = cell_expected_latency(alpha, costs, nodes=2)
     assert float(p.detach()) == pytest.approx(by_hand, rel=1e-6)

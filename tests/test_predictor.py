@@ -10,6 +10,7 @@ import torch
 
 from nasdeploy.latency.overhead import apply_overhead, fit_overhead
 from nasdeploy.latency.predictor import (
+    OpWeights,
     cell_expected_latency,
     cheapest_latency_ms,
     expected_latency_darts,
@@ -35,7 +36,7 @@ def hand_table(space_name, template, cost, overhead=None) -> LatencyTable:
     return table
 
 
-# --- Algorithm 3 on a hand-computed cell: 2 nodes, 2 ops --------------------------------------------
+# --- Algorithm 3 on hand-computed cells ------------------------------------------------------------
 
 
 def softmax(values):
@@ -43,16 +44,136 @@ def softmax(values):
     return [e / sum(exps) for e in exps]
 
 
-def test_algorithm3_hand_computed_cell():
-    # edges: node 0 <- inputs 0, 1 (edges 0, 1); node 1 <- inputs 0, 1, node 0 (edges 2, 3, 4)
-    alpha = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.5, 0.5], [-1.0, 1.0]])
-    costs = torch.tensor([[1.0, 3.0], [2.0, 4.0], [1.0, 1.0], [0.5, 2.5], [1.0, 2.0]])
-    edge = [sum(p * c for p, c in zip(softmax(a.tolist()), row.tolist())) for a, row in zip(alpha, costs)]
-    node0 = edge[0] + edge[1]
-    node1 = edge[2] + edge[3] + (edge[4] + node0)  # input 2 is node 0: its latency is added
-    expected = sum(l * w for l, w in zip([node0, node1], softmax([node0, node1])))
-    got = cell_expected_latency(alpha, costs, nodes=2)
+# 2 nodes, 2 ops. Edges: node 0 <- inputs 0, 1 (edges 0, 1); node 1 <- inputs 0, 1, node 0 (edges 2, 3, 4)
+ALPHA_2 = [[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.5, 0.5], [-1.0, 1.0]]
+COSTS_2 = [[1.0, 3.0], [2.0, 4.0], [1.0, 1.0], [0.5, 2.5], [1.0, 2.0]]
+
+
+def max_expected(node_latencies):
+    return sum(l * w for l, w in zip(node_latencies, softmax(node_latencies)))  # Σ_j l^c_j softmax(l^c)_j
+
+
+def test_algorithm3_hand_computed_cell_idarts():
+    """One softmax over each node's (edge, op) pairs; input 2 (node 0) adds node 0's latency to both its ops."""
+    w0 = softmax([0.0, 0.0, 1.0, 0.0])  # node 0: (e0,o0) (e0,o1) (e1,o0) (e1,o1)
+    node0 = w0[0] * 1.0 + w0[1] * 3.0 + w0[2] * 2.0 + w0[3] * 4.0
+    w1 = softmax([0.0, 2.0, 0.5, 0.5, -1.0, 1.0])  # node 1: edges 2, 3, 4
+    node1 = w1[0] * 1.0 + w1[1] * 1.0 + w1[2] * 0.5 + w1[3] * 2.5 + w1[4] * (1.0 + node0) + w1[5] * (2.0 + node0)
+    expected = max_expected([node0, node1])
+    for rule in ("idarts", "xdarts"):
+        got = cell_expected_latency(torch.tensor(ALPHA_2), torch.tensor(COSTS_2), nodes=2, rule=rule)
+        assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_algorithm3_hand_computed_cell_darts():
+    """Per-edge softmax (Eq. 3.1) times a softmax over the node's edge strengths (strongest op, §3.1.1)."""
+    p = [softmax(row) for row in ALPHA_2]
+    s = [max(row) for row in p]
+    edge = [p[k][0] * COSTS_2[k][0] + p[k][1] * COSTS_2[k][1] for k in range(5)]
+    e0 = softmax([s[0], s[1]])
+    node0 = e0[0] * edge[0] + e0[1] * edge[1]
+    e1 = softmax([s[2], s[3], s[4]])
+    node1 = e1[0] * edge[2] + e1[1] * edge[3] + e1[2] * (edge[4] + node0)  # p_4 sums to 1: node 0 added once
+    expected = max_expected([node0, node1])
+    got = cell_expected_latency(torch.tensor(ALPHA_2), torch.tensor(COSTS_2), nodes=2, rule="darts")
     assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert cell_expected_latency(torch.tensor(ALPHA_2), torch.tensor(COSTS_2), nodes=2).item() == pytest.approx(expected, rel=1e-6)
+
+
+def reference_cell(alpha, costs, nodes, rule):
+    """Algorithm 3 for one cell in plain Python floats, with the rule's normalisation."""
+    node_latency, row = [], 0
+    for j in range(nodes):
+        rows = list(range(row, row + j + 2))
+        row += j + 2
+        if rule == "darts":
+            p = [softmax(alpha[r]) for r in rows]
+            strength = softmax([max(pk) for pk in p])
+            weights = [[strength[k] * pk[o] for o in range(len(pk))] for k, pk in enumerate(p)]
+        else:
+            flat = softmax([a for r in rows for a in alpha[r]])
+            n = len(alpha[0])
+            weights = [flat[k * n : (k + 1) * n] for k in range(len(rows))]
+        total = 0.0
+        for k, r in enumerate(rows):
+            for o in range(len(alpha[r])):
+                total += weights[k][o] * (costs[r][o] + (node_latency[k - 2] if k >= 2 else 0.0))
+        node_latency.append(total)
+    return max_expected(node_latency)
+
+
+@pytest.mark.parametrize("rule", ["darts", "idarts"])
+def test_algorithm3_hand_computed_three_node_cell(rule):
+    # 3 nodes, 3 ops: 2 + 3 + 4 = 9 edges
+    alpha = [[0.3, -0.2, 0.0], [1.0, 0.1, -0.5], [0.0, 0.7, 0.2], [-0.4, 0.0, 0.9], [0.2, 0.2, -1.0],
+             [0.5, -0.3, 0.1], [0.0, 0.0, 1.2], [-0.8, 0.4, 0.3], [0.6, 0.1, -0.1]]
+    costs = [[1.0, 2.0, 0.1], [1.5, 3.0, 0.2], [0.8, 2.5, 0.1], [1.2, 2.2, 0.3], [0.9, 1.9, 0.1],
+             [1.1, 2.4, 0.2], [1.3, 2.1, 0.1], [0.7, 2.6, 0.2], [1.4, 2.3, 0.3]]
+    got = cell_expected_latency(torch.tensor(alpha, dtype=torch.float64), torch.tensor(costs, dtype=torch.float64), 3, rule)
+    assert got.item() == pytest.approx(reference_cell(alpha, costs, 3, rule), rel=1e-9)
+
+
+def deep_to_shallow(rule):
+    """Equal op costs everywhere; α of node 1 before and after moving mass from input 2 (node 0) to input 0."""
+    costs = torch.ones(5, 2, dtype=torch.float64)
+    before = torch.zeros(5, 2, dtype=torch.float64)
+    if rule == "darts":  # DARTS ranks edges by their strongest op: a peaked edge is a chosen edge
+        before[4] = torch.tensor([2.0, 0.0])
+        after = before.clone()
+        after[4] = torch.tensor([0.0, 0.0])
+        after[2] = torch.tensor([2.0, 0.0])
+    else:
+        before[4] = 1.0
+        after = before.clone()
+        after[4] = 0.0
+        after[2] = 1.0
+    return costs, before, after
+
+
+@pytest.mark.parametrize("rule", ["darts", "idarts", "xdarts"])
+def test_algorithm3_gradient_reaches_edge_choice(rule):
+    costs, before, after = deep_to_shallow(rule)
+    p_before = cell_expected_latency(before, costs, 2, rule)
+    p_after = cell_expected_latency(after, costs, 2, rule)
+    assert p_after.item() < p_before.item() - 1e-3  # the shallow input does not add node 0's latency
+    alpha = before.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(cell_expected_latency(alpha, costs, 2, rule), alpha)
+    assert grad[4].abs().sum() > 1e-3  # the deep edge's α gets a latency gradient although its ops cost the same
+    assert grad[2].abs().sum() > 1e-3
+    if rule != "darts":
+        assert (grad[4] > 0).all() and (grad[2] < 0).all()
+    else:  # more strength on the deep edge's strongest op raises P
+        assert grad[4, 0] > 0 and grad[4, 1] < 0
+
+
+@pytest.mark.parametrize("rule", ["darts", "idarts"])
+def test_algorithm3_gradient_finite_differences_three_nodes(rule):
+    torch.manual_seed(1)
+    alpha = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    costs = torch.rand(9, 3, dtype=torch.float64) * 3
+    (grad,) = torch.autograd.grad(cell_expected_latency(alpha, costs, 3, rule), alpha)
+    eps = 1e-6
+    for e in range(9):
+        for o in range(3):
+            up, down = alpha.detach().clone(), alpha.detach().clone()
+            up[e, o] += eps
+            down[e, o] -= eps
+            numeric = (cell_expected_latency(up, costs, 3, rule) - cell_expected_latency(down, costs, 3, rule)) / (2 * eps)
+            assert grad[e, o].item() == pytest.approx(numeric.item(), rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("rule", ["darts", "idarts"])
+def test_algorithm3_masked_ops_are_absent(rule):
+    """α pushed to -1e4 (tournament masks) gives the same P as the cell without those ops, and no gradient."""
+    torch.manual_seed(2)
+    alpha = torch.randn(9, 3)
+    costs = torch.rand(9, 3) * 3
+    masked = alpha.clone().requires_grad_(True)
+    full = torch.where(torch.arange(3) == 2, torch.full_like(alpha, -1.0e4), masked)
+    p = cell_expected_latency(full, costs, 3, rule)
+    assert p.item() == pytest.approx(cell_expected_latency(alpha[:, :2], costs[:, :2], 3, rule).item(), rel=1e-5)
+    p.backward()
+    assert (masked.grad[:, 2] == 0).all() and masked.grad[:, :2].abs().sum() > 0
 
 
 def test_algorithm3_gradient_matches_finite_differences_and_sign():
@@ -92,6 +213,67 @@ def test_expected_latency_darts_on_template():
     p.backward()
     assert zeros.grad is not None and zeros.grad.abs().sum() > 0
     assert len(cell_layouts(template)) == template.layers
+
+
+def test_algorithm3_from_stem_repeat_weights(tmp_path):
+    """P from Table 4.6-style weights: unitless, no fixed parts, C_i = number of cells of each type."""
+    import json
+
+    from nasdeploy.errors import NasDeployError
+    from nasdeploy.latency.stem_repeat import load_stem_repeat_weights
+
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"method": "stem-repeat", "ops": {
+        "max_pool_3x3": {"weight": 0.1, "delta_ms": 1.0}, "sep_conv_3x3": {"weight": 0.6, "delta_ms": 6.0},
+        "skip_connect": {"weight": 0.3, "delta_ms": 3.0}}}))
+    weights = load_stem_repeat_weights(path)
+    assert isinstance(weights, OpWeights) and weights.cost("sep_conv_3x3", None) == 0.6
+    template = get_space("darts").default_template("tiny", nodes=2, layers=3)  # cells: normal, reduce, reduce
+    op_names = ["max_pool_3x3", "sep_conv_3x3", "skip_connect"]
+    alpha_n = [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.5, 0.0]]
+    alpha_r = [[0.0, 0.0, 0.0]] * 5
+    # idarts: one softmax over each node's 6 or 9 (edge, op) pairs
+    w = softmax([0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    n0 = w[0] * 0.1 + w[1] * 0.6 + w[2] * 0.3 + w[3] * 0.1 + w[4] * 0.6 + w[5] * 0.3
+    w = softmax([1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.5, 0.0])
+    n1 = (w[0] * 0.1 + w[1] * 0.6 + w[2] * 0.3 + w[3] * 0.1 + w[4] * 0.6 + w[5] * 0.3
+          + w[6] * (0.1 + n0) + w[7] * (0.6 + n0) + w[8] * (0.3 + n0))
+    normal = max_expected([n0, n1])
+    r0 = (0.1 + 0.6 + 0.3) / 3  # uniform α: each node's weights are uniform over its pairs
+    r1 = (0.1 + 0.6 + 0.3) / 3 + r0 / 3
+    reduce = max_expected([r0, r1])
+    p = expected_latency_darts(torch.tensor(alpha_n), torch.tensor(alpha_r), op_names, template, None,
+                               rule="idarts", source=weights)
+    assert p.item() == pytest.approx(normal + 2 * reduce, rel=1e-6)
+    # Eq. 4.1 with Table 4.7's δ = 0.05: the penalty is 0.05 · P, P a sum of normalised weights
+    assert 0.05 * p.item() == pytest.approx(0.05 * (normal + 2 * reduce), rel=1e-6)
+    with pytest.raises(NasDeployError, match="no weight for op 'dil_conv_3x3'"):
+        expected_latency_darts(torch.zeros(5, 1), torch.zeros(5, 1), ["dil_conv_3x3"], template, None, source=weights)
+    (tmp_path / "lut.json").write_text(json.dumps({"space": "darts", "entries": {}}))
+    with pytest.raises(NasDeployError, match="not a stem-repeat weights file"):
+        load_stem_repeat_weights(tmp_path / "lut.json")
+
+
+def test_expected_latency_darts_rule_on_template():
+    """On a whole template P(α) = Σ over cells (at their own shapes) + fixed parts, for each rule's normalisation."""
+    darts = get_space("darts")
+    template = darts.default_template("tiny")
+    from nasdeploy.spaces.darts import cell_layouts, edge_instance, num_edges
+
+    op_names = ["max_pool_3x3", "sep_conv_3x3", "dil_conv_3x3"]
+    table = hand_table("darts", template, lambda inst: 0.1 + inst.c_in * inst.h * inst.w / 1e4 * (1 + len(inst.op) % 3))
+    fixed = sum(table.lookup_ms(i) for i in fixed_instances(darts, template))
+    torch.manual_seed(3)
+    alpha_n, alpha_r = torch.randn(num_edges(template.nodes), 3), torch.randn(num_edges(template.nodes), 3)
+    for rule in ("darts", "idarts"):
+        expected = fixed
+        for layout in cell_layouts(template):
+            alpha = (alpha_r if layout.reduction else alpha_n).tolist()
+            costs = [[table.lookup_ms(edge_instance(layout, k, op)) for op in op_names]
+                     for j in range(template.nodes) for k in range(j + 2)]
+            expected += reference_cell(alpha, costs, template.nodes, rule)
+        got = expected_latency_darts(alpha_n, alpha_r, op_names, template, table, rule=rule)
+        assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
 # --- sums and overhead -----------------------------------------------------------------------------

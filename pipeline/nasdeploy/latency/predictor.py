@@ -1,7 +1,8 @@
 """Latency predictions from a table: exact sums for one architecture, differentiable expectations for search.
 
 * ``predict_latency_ms``: sum of the arch's entries, passed through the table's overhead model.
-* ``expected_latency_darts``: Algorithm 3 of Herron (2023, §4.3), the ICDARTS latency penalty P(α) of Eq. 4.1.
+* ``expected_latency_darts``: Algorithm 3 of Herron (2023, §4.3), the ICDARTS latency penalty P(α) of Eq. 4.1,
+  from a table (ms) or from Table 4.6-style op weights (``OpWeights``, unitless).
 * ``expected_latency_layerwise``: the expected latency of a layer-wise (MobileNet-like) supernet.
 * ``cheapest_latency_ms``: the predicted latency of the cheapest architecture, for budget checks.
 """
@@ -14,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from nasdeploy.errors import NasDeployError
 from nasdeploy.latency.overhead import apply_overhead
 from nasdeploy.latency.table import LatencyTable
 from nasdeploy.spaces.base import OpInstance, SearchSpace, get_space
@@ -60,80 +62,151 @@ def predict_latency_ms(table: LatencyTable, arch: Any, space: SearchSpace | None
 # DARTS: Algorithm 3
 
 
+class OpWeights:
+    """Table 4.6: one unitless latency weight per operation (``profile --method stem-repeat``), the same on every edge.
+
+    As a ``source`` of ``expected_latency_darts`` it makes P(α) the paper's weighted sum of normalised weights,
+    so a fixed δ of Eq. 4.1 means what it means in Table 4.7 (δ ∈ {0.01, 0.05, 0.1}).
+    """
+
+    unit = "normalised weight"
+
+    def __init__(self, weights: dict[str, float], path: str | None = None):
+        self.weights = {op: float(w) for op, w in weights.items()}
+        self.path = path
+
+    def cost(self, op: str, inst: OpInstance) -> float:
+        if op in self.weights:
+            return self.weights[op]
+        if op in ZERO_COST_OPS:
+            return 0.0
+        raise NasDeployError(f"stem-repeat weights {self.path or ''} have no weight for op {op!r} (they have: "
+                             f"{', '.join(self.weights)}); profile them for this op space with --method stem-repeat")
+
+
+class TableCosts:
+    """A latency table as a ``source``: op o on an edge costs its table entry at that edge's shape (ms)."""
+
+    unit = "ms"
+
+    def __init__(self, table: LatencyTable):
+        self.table = table
+
+    def cost(self, op: str, inst: OpInstance) -> float:
+        return 0.0 if op in ZERO_COST_OPS else op_latency_ms(self.table, inst)
+
+
 def edge_offset(node: int) -> int:
     """Index of node ``node``'s first incoming edge: nodes before it have 2, 3, ... inputs."""
     return node * (node + 3) // 2
 
 
-def cell_expected_latency(alpha: torch.Tensor, edge_costs: torch.Tensor, nodes: int) -> torch.Tensor:
-    """The maximum expected latency of one cell (inner loops of Algorithm 3).
+def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts") -> torch.Tensor:
+    """w_{k,o}: α normalised over each node's incoming (edge k, op o) pairs as ``rule`` normalises them.
 
-    ``alpha`` and ``edge_costs`` are [num_edges, num_ops]: architecture weights and each op's table
-    latency (ms) on that edge. Node j has inputs k = 0..j+1 (the two cell inputs, then nodes 0..j-1).
+    * ``idarts`` / ``xdarts``: one softmax over all of node j's pairs, as their search network mixes and their
+      rule discretises (``search.discretize.mixing_weights``, §4.2, Figure 4.8b/c).
+    * ``darts``: the network mixes with a softmax per edge (Eq. 3.1) and the rule keeps the edges whose
+      strongest op weighs most (§3.1.1). So w_{k,o} = softmax_o(α_k)_o · softmax_k(s)_k with edge strength
+      s_k = max_o softmax_o(α_k)_o, the rule's own ranking score. Like the network and the rule, it is
+      unchanged by adding a constant to one edge's α row; a single softmax over the node's pairs is not, and
+      its gradient would spend α's steps on row shifts that change neither the network nor the genotype.
+
+    The weights of each node sum to 1. Masked α (-1e4, ``search.discretize.masked_alpha``) get weight 0. A zero
+    op mixed in the search (V0, V2-V4) counts in an edge's strength even where the rule may not select it.
     """
-    edge_latency = (torch.softmax(alpha, dim=-1) * edge_costs).sum(dim=-1)  # l^n_k = Σ_o softmax(α_k)_o L_o
+    if rule != "darts":
+        from nasdeploy.search.discretize import mixing_weights
+
+        return mixing_weights(alpha, nodes, rule)  # one softmax over node j's (edge, op) pairs
+    per_edge = torch.softmax(alpha, dim=-1)  # Eq. 3.1
+    rows = []
+    for j in range(nodes):
+        block = per_edge[edge_offset(j) : edge_offset(j) + j + 2]
+        strength = block.max(dim=-1).values  # §3.1.1: an edge ranks by its strongest op
+        rows.append(block * torch.softmax(strength, dim=0).unsqueeze(-1))
+    return torch.cat(rows, dim=0)
+
+
+def cell_expected_latency(alpha: torch.Tensor, edge_costs: torch.Tensor, nodes: int, rule: str = "darts") -> torch.Tensor:
+    """The maximum expected latency of one cell (the inner loops of Algorithm 3).
+
+    ``alpha`` and ``edge_costs`` are [num_edges, num_ops]: architecture weights and each op's cost on that
+    edge. Node j has inputs k = 0..j+1 (the two cell inputs, then nodes 0..j-1); its latency is
+    l^c_j = Σ_{k,o} w_{k,o} (L_T(o, k) + [k ≥ 2] l^c_{k-2}) with w from ``node_pair_weights``, so the choice
+    of edges (shallow k < 2 against deep k ≥ 2) gets a gradient, not only the choice of ops.
+    The cell's value is Σ_j l^c_j softmax(l^c)_j.
+    """
+    weights = node_pair_weights(alpha, nodes, rule)
     node_latency: list[torch.Tensor] = []
     for j in range(nodes):
-        incoming = []
-        for k in range(j + 2):
-            l_n = edge_latency[edge_offset(j) + k]
-            if k >= 2:
-                l_n = l_n + node_latency[k - 2]  # l^n_k += l^c_{k-2}: the input node's own latency
-            incoming.append(l_n)
-        node_latency.append(torch.stack(incoming).sum())  # l^c_j = Σ_k l^n_k
+        rows = slice(edge_offset(j), edge_offset(j) + j + 2)
+        zero = edge_costs.new_zeros(())
+        input_latency = torch.stack([zero, zero, *node_latency])  # l^c_{k-2} for k >= 2, nothing for the cell inputs
+        l_n = edge_costs[rows] + input_latency.unsqueeze(-1)  # l^n_k = L_T (+ l^c_{k-2} if k >= 2)
+        node_latency.append((weights[rows] * l_n).sum())  # l^c_j = Σ(l^n α_j)
     l_c = torch.stack(node_latency)
     return (l_c * torch.softmax(l_c, dim=0)).sum()  # Σ_j l^c_j softmax(l^c)_j
 
 
-def darts_edge_costs(layout, op_names: Sequence[str], nodes: int, table: LatencyTable,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[num_edges, num_ops] table latencies of each candidate op on each edge of cell ``layout``."""
+def darts_edge_costs(layout, op_names: Sequence[str], nodes: int, table: LatencyTable | None,
+                     dtype: torch.dtype = torch.float32, source: Any = None) -> torch.Tensor:
+    """[num_edges, num_ops] cost of each candidate op on each edge of cell ``layout``: table ms, or ``source.cost``."""
     from nasdeploy.spaces.darts import edge_instance
 
+    source = source if source is not None else TableCosts(table)
     rows = []
     for j in range(nodes):
         for k in range(j + 2):
-            rows.append([0.0 if op in ZERO_COST_OPS else op_latency_ms(table, edge_instance(layout, k, op)) for op in op_names])
+            rows.append([source.cost(op, edge_instance(layout, k, op)) for op in op_names])
     return torch.tensor(rows, dtype=dtype)
 
 
 def expected_latency_darts(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, op_names: Sequence[str],
-                           template: Any, table: LatencyTable, include_fixed: bool = True) -> torch.Tensor:
-    """Algorithm 3 (Herron 2023): the search network's expected latency P(α) in ms, differentiable in α.
+                           template: Any, table: LatencyTable | None, include_fixed: bool = True, rule: str = "darts",
+                           source: Any = None) -> torch.Tensor:
+    """Algorithm 3 (Herron 2023, §4.3): the search network's expected latency P(α), differentiable in α.
 
     Each cell of ``cell_layouts(template)`` (normal cells use ``alpha_normal``, reduction cells
-    ``alpha_reduce``) contributes its maximum expected latency at its own shapes, so the cell counts
-    C_i of the algorithm are the repeated layouts. With ``include_fixed`` the constant latency of the
-    fixed parts (stem, preprocessing, classifier) is added, so that P is in the same ms as a budget;
-    the overhead model is not applied (Algorithm 3 is not a sum of the network's ops).
+    ``alpha_reduce``) contributes its maximum expected latency at its own shapes, so the cell counts C_i of
+    the algorithm are the repeated layouts. α is normalised per node as ``rule`` normalises it
+    (``node_pair_weights``). Costs come from ``source`` when given (e.g. ``OpWeights``, the stem-repeat
+    weights of Table 4.6: P is then unitless, as in the paper, and no fixed parts are added), else from
+    ``table`` in ms; then ``include_fixed`` adds the constant latency of the fixed parts (stem,
+    preprocessing, classifier) so that P is in ms. The overhead model is never applied (Algorithm 3 is not
+    a sum of the network's ops).
     """
-    costs, fixed = darts_costs(table, template, tuple(op_names), alpha_normal.dtype, alpha_normal.device)
+    costs, fixed = darts_costs(table, template, tuple(op_names), alpha_normal.dtype, alpha_normal.device, source)
     total = alpha_normal.new_zeros(())
     for reduction, edge_costs in costs:
         alpha = alpha_reduce if reduction else alpha_normal
-        total = total + cell_expected_latency(alpha, edge_costs, template.nodes)  # P += C_i · (Σ l^c softmax(l^c))
-    if include_fixed:
+        total = total + cell_expected_latency(alpha, edge_costs, template.nodes, rule)  # P += C_i · (Σ l^c softmax(l^c))
+    if include_fixed and source is None:
         total = total + fixed
     return total
 
 
-def darts_costs(table: LatencyTable, template: Any, op_names: tuple[str, ...], dtype: torch.dtype, device: torch.device):
-    """Per cell ``(reduction, [num_edges, num_ops] costs)`` and the fixed parts' ms, cached on the table
-    (a search evaluates Algorithm 3 every step)."""
+def darts_costs(table: LatencyTable | None, template: Any, op_names: tuple[str, ...], dtype: torch.dtype,
+                device: torch.device, source: Any = None):
+    """Per cell ``(reduction, [num_edges, num_ops] costs)`` and the fixed parts' ms (0 for a ``source``),
+    cached on the table or the source (a search evaluates Algorithm 3 every step)."""
     from nasdeploy.latency.table import latency_template
     from nasdeploy.spaces.darts import cell_layouts
 
-    key = ("darts", op_names, repr(sorted(latency_template(template).items())), str(dtype), str(device), len(table.entries))
-    cache = table.__dict__.setdefault("_expected_latency_cache", {})
+    owner = source if source is not None else table
+    size = len(table.entries) if source is None else len(getattr(source, "weights", ()))
+    key = ("darts", op_names, repr(sorted(latency_template(template).items())), str(dtype), str(device), size)
+    cache = owner.__dict__.setdefault("_expected_latency_cache", {})
     if key not in cache:
         by_shape: dict[tuple, torch.Tensor] = {}
         costs = []
         for layout in cell_layouts(template):
             shape = (layout.reduction, layout.reduction_prev, layout.c_pp, layout.c_p, layout.c, layout.h, layout.w)
             if shape not in by_shape:
-                by_shape[shape] = darts_edge_costs(layout, op_names, template.nodes, table, dtype).to(device)
+                by_shape[shape] = darts_edge_costs(layout, op_names, template.nodes, table, dtype, source).to(device)
             costs.append((layout.reduction, by_shape[shape]))
-        cache[key] = (costs, fixed_parts_ms(table, get_space(table.space), template))
+        fixed = fixed_parts_ms(table, get_space("darts"), template) if source is None else 0.0
+        cache[key] = (costs, fixed)
     return cache[key]
 
 

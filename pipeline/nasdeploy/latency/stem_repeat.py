@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from nasdeploy.hardware import Backend, MeasureMethod, fingerprint, fingerprint_id
-from nasdeploy.io import atomic_write_json
-from nasdeploy.latency.predictor import ZERO_COST_OPS
+from nasdeploy.errors import NasDeployError
+from nasdeploy.io import atomic_write_json, read_json
+from nasdeploy.latency.predictor import ZERO_COST_OPS, OpWeights
 from nasdeploy.latency.profiler import network_input_shape
 from nasdeploy.latency.table import default_table_path
 from nasdeploy.progress import progress_bar
@@ -120,8 +121,6 @@ def stem_repeat_weights(space_name: str, template: Any, backend: Backend, path: 
     from nasdeploy.spaces.ops import OP_SPACES, build_op
 
     if space_name != "darts":
-        from nasdeploy.errors import NasDeployError
-
         raise NasDeployError(f"--method stem-repeat is defined for the darts space (ICDARTS §4.3), not {space_name!r}; use --method isolated")
     space = get_space(space_name)
     op_names = [op for op in (op_names or OP_SPACES[str(template.op_space)]) if op not in ZERO_COST_OPS]
@@ -151,3 +150,16 @@ def stem_repeat_weights(space_name: str, template: Any, backend: Backend, path: 
         result["path"] = str(path)
         log.info("stem-repeat weights for %s written to %s", fingerprint_id(result["fingerprint"]), path)
     return result
+
+
+def load_stem_repeat_weights(path: Path | str) -> OpWeights:
+    """The ``weight`` of every op in a file written by ``stem_repeat_weights``, as an Algorithm 3 source."""
+    data = read_json(path, "stem-repeat weights")
+    if not isinstance(data, dict) or data.get("method") != "stem-repeat" or not isinstance(data.get("ops"), dict):
+        raise NasDeployError(f"{path} is not a stem-repeat weights file (no method 'stem-repeat' and 'ops'); "
+                             "write one with 'nasdeploy profile --method stem-repeat'")
+    try:
+        weights = {op: float(row["weight"]) for op, row in data["ops"].items()}
+    except (KeyError, TypeError, ValueError):
+        raise NasDeployError(f"stem-repeat weights {path}: every op needs a numeric 'weight'; regenerate the file") from None
+    return OpWeights(weights, path=str(path))

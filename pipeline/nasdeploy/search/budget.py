@@ -1,16 +1,12 @@
-"""Latency budget for ICDARTS: per-edge LUT costs, the cheapest genotype a rule can produce, the δ schedule,
-and the budget-aware discretisation fallback.
+"""Latency budget for ICDARTS: per-edge LUT costs, the cheapest genotype a rule can produce, and the
+budget-aware discretisation fallback (the last resort: the latency controller, ``search.latency_control``,
+is what steers α under the budget).
 
 * ``edge_costs``: the LUT latency (ms) of op o on edge e summed over every cell of one type in the deployment
   template; zero ops (``none``/``random``) cost 0.
 * ``cheapest_genotype``: the rule applied to ``-cost`` instead of α, i.e. the cheapest cell structure the
   discretisation rule can output (DARTS: 2 inputs/node; XDARTS: j + 2 pairs/node). A budget below its
   predicted latency cannot be met and the search stops before training.
-* ``DeltaSchedule``: δ fixed (option ``delta``) or adapted: starting at ``delta_init`` (default
-  ``delta_share`` / P(α_0), so the penalty starts as ``delta_share`` = 0.1 of the loss whatever the LUT's
-  scale; Algorithm 3's P sums every incoming edge and node depth, so it is not on the budget's scale),
-  multiplied by ``delta_growth`` after every search epoch whose *discretised* genotype is predicted
-  (``predict_latency_ms``) over the budget.
 * ``fit_to_budget``: while the genotype is predicted over budget, the chosen op with the largest LUT cost
   that has a cheaper alternative on its edge is replaced by the cheaper alternative with the largest α
   weight; if no single replacement is left, the rule's cheapest genotype is returned (it fits: checked
@@ -20,7 +16,7 @@ and the budget-aware discretisation fallback.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -59,54 +55,6 @@ def cheapest_genotype(table, template, op_names, rule, zero, k=2, masks=(None, N
         choices = DISCRETIZATIONS.get(rule)(-cost, selectable, nodes, k)
         cells.append([[(stage_op(op_names[o], zero, "retraining"), i) for o, i in node] for node in choices])
     return _genotype(cells[0], cells[1], nodes)
-
-
-@dataclass
-class DeltaSchedule:
-    """δ of Eq. 4.1: fixed, or grown while the discretised genotype is over budget (see module docstring)."""
-
-    delta: float
-    fixed: bool
-    growth: float = 2.0
-    budget_ms: float | None = None
-    history: list[float] = field(default_factory=list)
-
-    @classmethod
-    def create(cls, delta, budget_ms, delta_init, growth, penalty_start=None, delta_share=0.1) -> "DeltaSchedule":
-        """Fixed ``delta``; no budget: δ = 0; else δ_0 = ``delta_init`` or ``delta_share`` / P(α_0)."""
-        if delta is not None:
-            return cls(float(delta), True, growth, budget_ms)
-        if budget_ms is None:
-            return cls(0.0, True, growth, None)  # accuracy-only ICDARTS
-        if delta_init is not None:
-            start = float(delta_init)
-        else:  # δ_0·P(α_0) = delta_share, like the paper's δ = 0.05-0.1 on normalised latency weights
-            start = delta_share / max(float(penalty_start), 1e-9)
-        return cls(start, False, growth, budget_ms)
-
-    def describe(self) -> str:
-        """One line for the search log: how δ was set and how it adapts."""
-        if self.fixed and self.budget_ms is None and self.delta == 0.0:
-            return "delta = 0: no latency budget and no --delta, accuracy-only search"
-        if self.fixed:
-            return f"delta fixed at {self.delta:g} by --delta (no adaptation)"
-        return (f"delta adaptive: delta_0 = delta_share / P(alpha_0) (or delta_init), multiplied by {self.growth:g} after "
-                f"each search epoch whose discretised genotype is predicted over the {self.budget_ms:g} ms budget; "
-                "the final genotype is then forced under the budget by fit_to_budget if still over")
-
-    def after_epoch(self, predicted_ms: float | None) -> float:
-        """Grow δ when the epoch's discretised genotype is predicted over budget; returns the new δ."""
-        self.history.append(self.delta)
-        if not self.fixed and predicted_ms is not None and predicted_ms > self.budget_ms:
-            old, self.delta = self.delta, self.delta * self.growth
-            log.info("predicted %.3f ms > budget %.3f ms: δ %.4g -> %.4g", predicted_ms, self.budget_ms, old, self.delta)
-        return self.delta
-
-    def state_dict(self) -> dict:
-        return {"delta": self.delta, "history": list(self.history)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.delta, self.history = float(state["delta"]), list(state["history"])
 
 
 @dataclass

@@ -8,9 +8,11 @@
   and why δ·P(α) also sits in α's objective.
 * Train/val are the two halves of the training set (§3.4.2, ``train.data.split_halves``).
 * Latency: P(α) is Algorithm 3 (``latency.predictor.expected_latency_darts``) on the *deployment* template,
-  i.e. the LUT's template. With ``--latency-budget`` δ adapts (``search.budget.DeltaSchedule``) and the
-  final genotype is forced under the budget (``search.budget.fit_to_budget``). A budget below the cheapest
-  genotype the discretisation rule can produce fails before training.
+  i.e. the LUT's template, α normalised as the discretisation rule does. With ``--latency-budget`` a
+  Lagrange multiplier λ on the discretised genotype's predicted latency is updated after every α step
+  (``search.latency_control``; ``--delta`` fixes Eq. 4.1's δ instead), and a genotype still over the budget
+  at the end is forced under it (``search.budget.fit_to_budget``). A budget below the cheapest genotype the
+  discretisation rule can produce fails before training.
 * Discretisation rules, zero configurations V0-V4 and op spaces: ``search.discretize``; Algorithm 2's
   tournament: ``search.tournament`` (option ``tiers``).
 * Resume: a checkpoint is written at every epoch boundary; every epoch re-seeds torch / numpy / random and
@@ -41,7 +43,7 @@ from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_write_json
 from nasdeploy.progress import progress_bar
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
-from nasdeploy.search.budget import DeltaSchedule, cheapest_genotype, edge_costs, fit_to_budget
+from nasdeploy.search.budget import cheapest_genotype, edge_costs, fit_to_budget
 from nasdeploy.search.darts_supernet import SearchNetwork
 from nasdeploy.search.discretize import (
     ZERO_OPS,
@@ -59,6 +61,7 @@ from nasdeploy.search.icdarts_losses import (
     pretrain_objective,
     search_weight_objective,
 )
+from nasdeploy.search.latency_control import ControllerConfig, LatencyController
 from nasdeploy.search.supernet import batchnorms, cumulative_statistics
 from nasdeploy.search.tournament import GameResult, run_tournament
 
@@ -136,22 +139,30 @@ class ICDARTSRun:
                                      weight_decay=cfg.w_weight_decay)
         self.opt_a = torch.optim.Adam(self.S.arch_parameters(), lr=cfg.alpha_lr,
                                       betas=(cfg.alpha_beta1, cfg.alpha_beta2), weight_decay=cfg.alpha_weight_decay)
-        penalty_start = None
-        if setup.table is not None and setup.budget_ms is not None:
+        self.latency_source = None  # Algorithm 3's costs: the table (ms), or Table 4.6-style stem-repeat weights
+        if cfg.latency_weights is not None:
+            from nasdeploy.latency.stem_repeat import load_stem_repeat_weights
+
+            self.latency_source = load_stem_repeat_weights(cfg.latency_weights)
+        p0 = 1.0
+        if setup.table is not None:
             with torch.no_grad():
-                penalty_start = float(self.penalty())
-        self.delta = DeltaSchedule.create(cfg.delta, setup.budget_ms, cfg.delta_init, cfg.delta_growth,
-                                          penalty_start, cfg.delta_share)
+                p0 = float(self.penalty())  # P(α_0): the Lagrangian surrogate's normaliser
+        control = ControllerConfig(mode=cfg.latency_control, eta=cfg.lambda_eta, margin=cfg.lambda_margin,
+                                   shrink=cfg.lambda_shrink, lambda_init=cfg.lambda_init)
+        self.latency_control = LatencyController(setup.budget_ms if setup.table is not None else None, cfg.delta, p0, control)
         self.E = self.opt_e = self.genotype_E = None
         self.epoch, self.step, self.log, self.seconds = 0, 0, [], 0.0
 
     # ---------------------------------------------------------------- pieces of Algorithm 1
     def penalty(self) -> torch.Tensor:
-        """P(α): Algorithm 3 on the deployment template (ms)."""
+        """P(α): Algorithm 3 on the deployment template, α normalised as the discretisation rule does; in ms from
+        the table, or unitless from the stem-repeat weights of option ``latency_weights`` (Table 4.6)."""
         from nasdeploy.latency.predictor import expected_latency_darts
 
         alpha_n, alpha_r = self.S.masked_alphas()
-        return expected_latency_darts(alpha_n, alpha_r, self.setup.op_names, self.setup.deploy_template, self.setup.table)
+        return expected_latency_darts(alpha_n, alpha_r, self.setup.op_names, self.setup.deploy_template, self.setup.table,
+                                      rule=self.cfg.discretization, source=self.latency_source)
 
     def genotype(self, stage: str = "retraining"):
         return discretize(self.S.alpha_normal, self.S.alpha_reduce, self.setup.op_names, self.setup.search_template.nodes,
@@ -208,22 +219,31 @@ class ICDARTSRun:
 
     def search_step(self, xt, yt, xv, yv) -> dict[str, float]:
         """One iteration of Algorithm 1 after (possible) regeneration of E."""
-        cfg, delta = self.cfg, self.delta.delta
-        penalty = self.penalty if self.setup.table is not None else None
+        cfg, control = self.cfg, self.latency_control
         self.S.train()
         self.E.train()
-        # α ← Eq. 3.9 + δ·P(α), on val
+        # α ← Eq. 3.9 + the controller's latency term (λ·P(α)/P(α_0), or Eq. 4.1's δ·P(α)), on val
         self.opt_a.zero_grad(set_to_none=True)
-        obj_a = alpha_objective(self.S, self.E, xv, yv, cfg.distill_lambda, cfg.temperature, delta, penalty)
-        obj_a.loss.backward()
+        obj_a = alpha_objective(self.S, self.E, xv, yv, cfg.distill_lambda, cfg.temperature, 0.0, None)
+        loss_a, p_value = obj_a.loss, 0.0
+        if self.setup.table is not None and control.mode != "off":
+            expected = self.penalty()
+            loss_a = loss_a + control.penalty(expected)
+            obj_a.parts["expected_latency_ms"] = p_value = float(expected.detach())
+        loss_a.backward()
         self.opt_a.step()
+        if self.setup.table is not None:  # dual update on the genotype α discretises to now
+            from nasdeploy.latency.predictor import predict_latency_ms
+
+            control.observe(predict_latency_ms(self.setup.table, self.genotype("retraining"), self.setup.space,
+                                               self.setup.deploy_template))
         # w_S ← Eq. 3.10 / 4.1, on train (E's logits are constants here)
         self.opt_w.zero_grad(set_to_none=True)
         self.opt_e.zero_grad(set_to_none=True)
         obj_e = evaluation_objective(self.E, xt, yt, cfg.aux_weight)
-        p_value = obj_a.parts.get("expected_latency_ms", 0.0)
+        p_scale = control.p0 if control.mode == "lagrangian" else 1.0  # the term α saw: λ·P/P(α_0) or δ·P
         obj_w = search_weight_objective(self.S, xt, yt, obj_e.logits.detach(), cfg.distill_lambda, cfg.temperature,
-                                        delta, p_value)
+                                        control.coefficient, p_value / p_scale)
         obj_w.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.S.weight_parameters(), cfg.w_grad_clip)
         self.opt_w.step()
@@ -272,7 +292,7 @@ class ICDARTSRun:
                 values.setdefault(key, []).append(value)
             info = f"L_S {parts['loss_S_train']:.3f} L_E {parts['loss_E_train']:.3f}"
             if "expected_latency_ms" in parts:
-                info += f" E[lat] {parts['expected_latency_ms']:.2f} ms δ {self.delta.delta:.3g}"
+                info += f" E[lat] {parts['expected_latency_ms']:.2f} ms coef {self.latency_control.coefficient:.3g}"
             bar.update(task, advance=1, info=info)
         return running_means(values)
 
@@ -283,7 +303,7 @@ class ICDARTSRun:
         space = self.setup.space
         genotype = self.genotype("retraining")
         weights_n, weights_r = self.S.mixing_weights()
-        record = {"epoch": epoch, "phase": phase, "lr": lr, "delta": self.delta.delta, **means,
+        record = {"epoch": epoch, "phase": phase, "lr": lr, "delta": self.latency_control.coefficient, **means,
                   "genotype": space.arch_to_json(genotype),
                   "genotype_E": space.arch_to_json(self.genotype_E) if self.genotype_E is not None else None}
         if self.setup.table is not None:
@@ -328,7 +348,7 @@ class ICDARTSRun:
             "E": self.E.state_dict() if self.E is not None else None,
             "opt_e": self.opt_e.state_dict() if self.opt_e is not None else None,
             "genotype_E": self.setup.space.arch_to_json(self.genotype_E) if self.genotype_E is not None else None,
-            "delta": self.delta.state_dict(), "log": self.log, "seconds": self.seconds,
+            "latency_control": self.latency_control.state_dict(), "log": self.log, "seconds": self.seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -337,7 +357,7 @@ class ICDARTSRun:
         self.S.load_state_dict(state["S"])
         self.opt_w.load_state_dict(state["opt_w"])
         self.opt_a.load_state_dict(state["opt_a"])
-        self.delta.load_state_dict(state["delta"])
+        self.latency_control.load_state_dict(state["latency_control"])
         if state["genotype_E"] is not None:
             self.genotype_E = space.arch_from_json(state["genotype_E"])
             self.E = space.build(self.genotype_E, self.setup.eval_template).to(self.setup.device)
@@ -359,7 +379,7 @@ class ICDARTSRun:
         with progress_bar() as bar:
             epochs_task = bar.add_task(f"{self.label} epochs", total=self.total_epochs, completed=self.epoch, info="")
             while self.epoch < self.total_epochs:
-                epoch, started = self.epoch, time.perf_counter()
+                epoch, started, coefficient = self.epoch, time.perf_counter(), self.latency_control.coefficient
                 seed_everything(mix_seed(self.setup.seed, epoch))
                 lr = self.lr_at(epoch)
                 for group in self.opt_w.param_groups:
@@ -376,15 +396,16 @@ class ICDARTSRun:
                 seconds = time.perf_counter() - started
                 self.seconds += seconds
                 record = self.epoch_record(epoch, phase, lr, means, seconds)
-                if phase == "search":
-                    record["delta_next"] = self.delta.after_epoch(record.get("predicted_latency_ms"))
+                if phase == "search":  # the record has P(α) and the discretised prediction; λ before and after:
+                    record["delta"], record["delta_next"] = coefficient, self.latency_control.coefficient
+                    record["latency_steps"] = self.latency_control.history[-steps:] if self.latency_control.history else []
                 self.log.append(record)
                 self.epoch += 1
                 self.checkpoint().save(self.state_dict())
                 atomic_write_json(self.out_dir / "search_log.json", {"label": self.label, "epochs": self.log})
                 summary = f"L_S {record.get('loss_S_train', float('nan')):.3f}"
                 if "predicted_latency_ms" in record:
-                    summary += f" pred {record['predicted_latency_ms']:.2f} ms δ {record['delta']:.3g}"
+                    summary += f" pred {record['predicted_latency_ms']:.2f} ms coef {record.get('delta_next', record['delta']):.3g}"
                 bar.update(epochs_task, advance=1, info=summary)
                 log.info("%s epoch %d/%d (%s): %s", self.label, epoch + 1, self.total_epochs, phase, summary)
         return self
@@ -442,7 +463,7 @@ def finish(setup: SearchSetup, run: ICDARTSRun, extra_log: dict[str, Any]) -> Se
     """Discretise α; with a budget, the greedy fix-up is the last resort and is counted in the metrics."""
     space, template, table = setup.space, setup.deploy_template, setup.table
     genotype = run.genotype("retraining")
-    metrics: dict[str, Any] = {"delta_final": run.delta.delta, "discretization": setup.config.discretization,
+    metrics: dict[str, Any] = {"delta_final": run.latency_control.coefficient, "discretization": setup.config.discretization,
                                "zero_config": setup.zero.name, "op_space": str(template.op_space)}
     fallback: list[dict] = []
     if table is not None:
@@ -460,9 +481,8 @@ def finish(setup: SearchSetup, run: ICDARTSRun, extra_log: dict[str, Any]) -> Se
         log.warning("budget fallback: %d op replacement(s) brought the genotype under %.3f ms", replacements, setup.budget_ms)
     metrics.update({"budget_fallback": fallback, "fixup_replacements": replacements})
     log_extra = {"op_names": setup.op_names, "search_template": setup.search_template.to_dict(),
-                 "eval_template": setup.eval_template.to_dict(), "delta_rule": run.delta.describe(),
-                 "delta_initial": run.delta.history[0] if run.delta.history else run.delta.delta,
-                 "delta_history": run.delta.history, "epochs": run.log, **extra_log}
+                 "eval_template": setup.eval_template.to_dict(), "delta_rule": run.latency_control.describe(),
+                 "latency_control": run.latency_control.state_dict(), "epochs": run.log, **extra_log}
     title = f"ICDARTS {setup.config.discretization} {setup.zero.name}"
     return SearchOutcome(arch=genotype, search_seconds=run.seconds, metrics=metrics, log=log_extra,
                          extra_files=[run.checkpoint_path], title=title)

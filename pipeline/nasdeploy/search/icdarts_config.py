@@ -43,10 +43,13 @@ class ICDARTSConfig:
     distill_lambda: float = setting(1.0, "distillation weight λ of Eq. 3.9 / 3.10 (also accepted as 'lambda')")
     temperature: float = setting(2.0, "distillation temperature T of Eq. 3.7-3.8")
     aux_weight: float = setting(0.4, "weight of E's auxiliary-head loss in L_train^E (§3.4.2)")
-    delta: float | None = setting(None, "fixed latency penalty coefficient δ of Eq. 4.1 (None: adapted to the budget)")
-    delta_init: float | None = setting(None, "first δ when adapting (None: delta_share / P(α_0))")
-    delta_share: float = setting(0.1, "δ_0·P(α_0): the penalty's starting share of the loss when adapting")
-    delta_growth: float = setting(2.0, "factor applied to δ after each epoch predicted over budget")
+    delta: float | None = setting(None, "fixed latency penalty coefficient δ of Eq. 4.1 (δ·P(α), P unnormalised); replaces the controller")
+    latency_control: str = setting("lagrangian", "lagrangian: λ·P(α)/P(α_0) in α's loss, λ updated after every α step from the discretised genotype's predicted latency | off")
+    lambda_eta: float = setting(1.0, "dual step size η of the λ update")
+    lambda_margin: float = setting(0.03, "λ aims at budget·(1 − margin)")
+    lambda_shrink: float = setting(0.25, "step on slack (under budget) relative to η, ≤ 1")
+    lambda_init: float = setting(0.0, "λ before the first α step")
+    latency_weights: str | None = setting(None, "stem-repeat weights JSON (profile --method stem-repeat, Table 4.6) as Algorithm 3's costs (None: the table's ms)")
     w_lr: float = setting(0.08, "SGD learning rate of w_S and w_E, cosine-annealed to w_lr_min")
     w_lr_min: float = setting(0.001, "final learning rate of the cosine schedule")
     w_momentum: float = setting(0.9, "SGD momentum of w_S and w_E")
@@ -89,5 +92,7 @@ def validate(config: ICDARTSConfig) -> None:
             raise NasDeployError(f"ICDARTS option {name} must be positive, got {value}")
     if config.delta is not None and config.delta < 0:
         raise NasDeployError(f"ICDARTS option delta must be >= 0, got {config.delta}")
-    if config.delta_growth < 1:
-        raise NasDeployError(f"ICDARTS option delta_growth must be >= 1, got {config.delta_growth}")
+    from nasdeploy.search.latency_control import ControllerConfig
+
+    ControllerConfig(mode=config.latency_control, eta=config.lambda_eta, margin=config.lambda_margin,
+                     shrink=config.lambda_shrink, lambda_init=config.lambda_init)  # raises on bad values
