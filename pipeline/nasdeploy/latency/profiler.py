@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 FIT_SEED = 10_000  # fit networks are sampled from their own seeds, apart from validation's (0, 1, ...)
 
+# What a plain `nasdeploy profile` does, and what `search`/`run` do when they profile a missing table,
+# so all of them make (and find) the same file.
+PROFILE_DEFAULTS = {"warmup": 5, "repeats": 40, "rounds": 3}
+DEFAULT_FIT_SAMPLES = 20
+
 
 def op_input_shape(inst: OpInstance, batch: int) -> tuple[int, int, int, int]:
     return (batch, inst.c_in, inst.h, inst.w)
@@ -51,7 +56,15 @@ def stored_method(table: LatencyTable) -> MeasureMethod:
 
 
 def open_table(path: Path, space: SearchSpace, template: Any, backend: Backend, device: str, method: MeasureMethod, resume: bool) -> LatencyTable:
-    """The table at ``path`` to continue (checked to match), or a fresh one."""
+    """The table at ``path`` to continue (checked to match), or a fresh one.
+
+    A table made on another machine or setup (the committed reference tables under ``latency_tables/``
+    share this machine's folder when the CPU model string is the same) is never continued: its entries
+    would mix two machines. It is profiled afresh over, and the log says why.
+    """
+    from nasdeploy.hardware.fingerprint import machine_mismatches
+    from nasdeploy.latency.trust import version_mismatches
+
     if not (resume and path.exists()):
         return new_table(space, template, backend, device, method)
     table = load_table(path, space.name, template)
@@ -61,6 +74,11 @@ def open_table(path: Path, space: SearchSpace, template: Any, backend: Backend, 
             f"{path} holds {table.runtime} on {table.device} ({fingerprint_id(table.fingerprint)}), not {backend.name} on {device} ({here}); "
             "pass another --out or delete the file"
         )
+    other = machine_mismatches(table.fingerprint, fingerprint(device, method.threads)) + version_mismatches(table.versions, backend.versions())
+    if other:
+        log.warning("not continuing %s, made on another machine or setup (%s): profiling this machine afresh over it "
+                    "(a committed reference table stays in git)", path, "; ".join(other))
+        return new_table(space, template, backend, device, method)
     stored = stored_method(table)
     if stored.to_dict() != method.to_dict():
         log.warning("continuing %s with its own method %s (asked for %s)", path, stored.to_dict(), method.to_dict())
@@ -70,7 +88,7 @@ def open_table(path: Path, space: SearchSpace, template: Any, backend: Backend, 
 
 def profile_space(space_name: str, template: Any, runtime: str, device: str, method: MeasureMethod,
                   path: Path | str | None = None, resume: bool = True, *, backend: Backend | None = None,
-                  fit_samples: int = 12, save_every: int = 5, root: Path | str = "latency_tables") -> LatencyTable:
+                  fit_samples: int = DEFAULT_FIT_SAMPLES, save_every: int = 5, root: Path | str = "latency_tables") -> LatencyTable:
     """Measure every ``space.op_instances(template)`` and fit the overhead model; returns the saved table.
 
     Work proceeds in ``method.rounds`` rounds (see ``latency.rounds``): each round times every op alone,
@@ -153,10 +171,17 @@ class FitNetworks:
             bar.update(task, advance=1, info=f"round {r + 1} {timing.median:.3f} ms")
 
     def fit(self) -> None:
-        if not self.records:
-            return
-        samples = [dict(r, measured_ms=r["median_ms"]) for r in self.records]
-        self.table.overhead = fit_overhead(with_features(self.table, self.space, self.template, samples))
+        if self.records:
+            fit_table_overhead(self.table, self.records)
+
+
+def fit_table_overhead(table: LatencyTable, records: list[dict]) -> LatencyTable:
+    """Fit ``table``'s overhead model on measured networks (``{"arch", "median_ms", ...}``); their features come from its entries."""
+    space = get_space(table.space)
+    template = space.template_from_dict(table.template)
+    samples = [dict(r, measured_ms=r["median_ms"]) for r in records]
+    table.overhead = fit_overhead(with_features(table, space, template, samples))
+    return table
 
 
 def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], records: list[dict], label: str) -> list[dict]:
