@@ -249,8 +249,24 @@ def measure_spot_check(table: LatencyTable, nets: int, seeds: list[int] | None =
         "samples": [{"seed": r["seed"], "arch": r["arch"], "median_ms": r["median_ms"], "rounds": r["rounds"]} for r in records],
         "seconds": time.perf_counter() - started, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "boot_id": boot_id(), "fingerprint_id": fingerprint_id(fingerprint(table.device, table.method.get("threads"))),
-        "method": dict(table.method), "versions": runtime_versions(table),
+        "method": dict(table.method), "versions": runtime_versions(table), "load_average": load_average(),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average while measuring: above the core count, other processes slowed the networks."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_note(measured: dict[str, Any]) -> str:
+    load, cores = measured.get("load_average"), os.cpu_count() or 1
+    if load is None or load <= cores:
+        return ""
+    return (f" (this machine was busy while measuring: load {load:.1f} on {cores} cores, which slows networks by several %; "
+            "spot-check again when it is idle)")
 
 
 def passes(measured: dict[str, Any], policy: TablePolicy) -> bool:
@@ -296,7 +312,7 @@ def refusal(table: LatencyTable, result: dict[str, Any], policy: TablePolicy) ->
     if not table.path:
         command += " --no-resume"
     return (f"latency table {table.path or '(in memory)'} does not predict this machine: {result['summary']} "
-            f"(signed {result['median_err_pct']:+.1f} %) > {100 * policy.tolerance:.0f} % tolerance{why}; "
+            f"(signed {result['median_err_pct']:+.1f} %) > {100 * policy.tolerance:.0f} % tolerance{why}{busy_note(result)}; "
             f"re-profile it with '{command}', or pass --recalibrate to refit its overhead model here, "
             f"or --trust-table to use it anyway")
 
