@@ -52,6 +52,9 @@ def profile(
     out: Optional[Path] = typer.Option(None, help="Table path (default latency_tables/<machine>/<runtime>/<space>-<template>-b<batch>.json)."),
     method: str = typer.Option("isolated", help="isolated: every op alone + overhead fit; stem-repeat: Table 4.6-style op weights (ICDARTS §4.3)."),
     fit_samples: int = typer.Option(DEFAULT_FIT_SAMPLES, help="Sampled networks measured end to end to fit the overhead model."),
+    more_fit_samples: Optional[int] = typer.Option(None, help="Fit networks in all when the overhead model misses the first "
+                                                   "ones by more than 6 % (leave-one-out), to learn per-op corrections "
+                                                   "(default 100 when --fit-samples is at least 20; 0: never)."),
     resume: bool = typer.Option(True, help="Skip entries already in OUT (continue an interrupted run)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -75,7 +78,8 @@ def profile(
         return
     from nasdeploy.latency.profiler import profile_space
 
-    table = profile_space(space, template, runtime, device, backend.method, out, resume, backend=backend, fit_samples=fit_samples)
+    table = profile_space(space, template, runtime, device, backend.method, out, resume, backend=backend, fit_samples=fit_samples,
+                          more_fit_samples=more_fit_samples)
     print_profile(table, time.perf_counter() - started)
 
 
@@ -93,7 +97,11 @@ def print_profile(table, seconds: float) -> None:
     coef = (table.overhead or {}).get("coef")
     if coef:
         summary.add_row("overhead model", f"{coef['intercept']:.3f} ms + {coef['sum_ms']:.3f}·S + {coef['n_ops']:.4f}·N")
-        summary.add_row("overhead fit RMSE", f"{table.overhead['rmse_ms']:.3f} ms on {len(table.overhead['samples'])} networks")
+        summary.add_row("overhead fit RMSE", f"{table.overhead['rmse_ms']:.3f} ms on {len(table.overhead['samples'])} networks"
+                        + (f" (leave-one-out {table.overhead['loo_rmse_pct']:.1f} %)" if table.overhead.get("loo_rmse_pct") else ""))
+        if table.overhead.get("corrections"):
+            summary.add_row("per-op corrections", f"{len(table.overhead['corrections'])} op instances (leave-one-out "
+                            f"{table.overhead['loo_rmse_pct_without_corrections']:.1f} % without them)")
     summary.add_row("method", ", ".join(f"{k}={v}" for k, v in table.method.items()))
     summary.add_row("time", f"{seconds:.1f} s")
     console.print(summary)

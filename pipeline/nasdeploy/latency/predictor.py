@@ -22,10 +22,16 @@ from nasdeploy.spaces.base import OpInstance, SearchSpace, get_space
 ZERO_COST_OPS = frozenset({"none", "random", "identity"})
 
 
-def op_latency_ms(table: LatencyTable, inst: OpInstance) -> float:
+def op_latency_ms(table: LatencyTable, inst: OpInstance, corrected: bool = True) -> float:
+    """The op's cost inside a network: its entry plus the overhead model's per-instance correction, if any
+    (``latency.overhead``; never below 0). ``corrected=False``: the entry as measured alone."""
     if inst.op in ZERO_COST_OPS and not table.has(inst):
         return 0.0
-    return table.lookup_ms(inst)
+    entry = table.lookup_ms(inst)
+    if not corrected:
+        return entry
+    correction = ((table.overhead or {}).get("corrections") or {}).get(inst.key())
+    return entry if correction is None else max(entry + correction, 0.0)
 
 
 def table_space_template(table: LatencyTable, space: SearchSpace | None = None, template: Any = None):
@@ -33,9 +39,9 @@ def table_space_template(table: LatencyTable, space: SearchSpace | None = None, 
     return space, (template if template is not None else space.template_from_dict(table.template))
 
 
-def sum_and_count(table: LatencyTable, instances: Sequence[OpInstance]) -> tuple[float, int]:
-    """S (sum of entries, ms) and N (number of non-zero-cost ops) of a list of op instances."""
-    costs = [op_latency_ms(table, inst) for inst in instances]
+def sum_and_count(table: LatencyTable, instances: Sequence[OpInstance], corrected: bool = True) -> tuple[float, int]:
+    """S (sum of entries, ms; with per-instance corrections unless ``corrected=False``) and N (non-zero-cost ops)."""
+    costs = [op_latency_ms(table, inst, corrected) for inst in instances]
     return float(sum(costs)), sum(1 for inst in instances if inst.op not in ZERO_COST_OPS)
 
 
@@ -123,7 +129,9 @@ def darts_costs(table: LatencyTable, template: Any, op_names: tuple[str, ...], d
     from nasdeploy.latency.table import latency_template
     from nasdeploy.spaces.darts import cell_layouts
 
-    key = ("darts", op_names, repr(sorted(latency_template(template).items())), str(dtype), str(device), len(table.entries))
+    corrections = tuple(sorted(((table.overhead or {}).get("corrections") or {}).items()))
+    key = ("darts", op_names, repr(sorted(latency_template(template).items())), str(dtype), str(device), len(table.entries),
+           hash(corrections))
     cache = table.__dict__.setdefault("_expected_latency_cache", {})
     if key not in cache:
         by_shape: dict[tuple, torch.Tensor] = {}

@@ -343,7 +343,7 @@ def recalibrate(table: LatencyTable, measured: dict[str, Any], policy: TablePoli
         "boot_id": boot_id(), "networks": len(samples), "mismatches": mismatches,
         "spot_check_before": before["summary"], "previous_coef": previous.get("coef"),
     }
-    fit_table_overhead(table, samples)
+    fit_table_overhead(table, samples, keep_corrections=True)
     table.overhead["calibrations"] = list(previous.get("calibrations", [])) + [note]
     if table.path:
         save_table(table, table.path)
