@@ -5,14 +5,19 @@ for the cores and tiny networks run many times slower. Every test runs single-th
 its own count; subprocesses inherit OMP_NUM_THREADS=1. The count is also set at import, so module- and
 session-scoped fixtures (set up before any per-test fixture) run single-threaded too: a search run in a
 module fixture and its resumed twin in a test must do the same float arithmetic.
+
+Latency-table spot checks are cached in a temporary folder for the session (NASDEPLOY_CACHE_DIR, inherited
+by subprocesses), not in the user's ~/.cache.
 """
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NASDEPLOY_CACHE_DIR", tempfile.mkdtemp(prefix="nasdeploy-test-cache-"))
 torch.set_num_threads(1)
 
 

@@ -22,8 +22,9 @@ def small_module() -> nn.Module:
 
 
 def check_timing(timing, n):
+    """``n`` timed runs; with the thread clock the runs another process interrupted are dropped (at least 5 kept)."""
     s = timing.summary()
-    assert s["n"] == n and len(timing.samples_ms) == n
+    assert len(timing.wall_ms or timing.samples_ms) == n and s["n"] == len(timing.samples_ms) >= min(n, 5)
     assert all(t > 0 for t in timing.samples_ms)
     assert s["p10_ms"] <= s["median_ms"] <= s["p90_ms"]
     assert s["iqr_ms"] >= 0 and s["mean_ms"] > 0
@@ -103,12 +104,14 @@ def test_tensorrt_on_cpu_and_bad_device_strings_fail_clearly():
         get_backend("tvm", "cpu", MeasureMethod())
 
 
-def test_errors_are_one_line():
-    for runtime, device in [("torch", "cuda:0"), ("tensorrt", "cpu"), ("torch", "gpu0")]:
-        try:
-            get_backend(runtime, device, MeasureMethod())
-        except NasDeployError as exc:
-            assert "\n" not in str(exc)
+@pytest.mark.parametrize("runtime, device", [("tensorrt", "cpu"), ("torch", "gpu0"), ("tvm", "cpu"),
+                                             pytest.param("torch", "cuda:7", id="torch-absent-gpu")])
+def test_errors_are_one_line(runtime, device):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(NasDeployError) as info:  # each of these must raise, so the check cannot pass vacuously
+        get_backend(runtime, device, MeasureMethod())
+    assert str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.gpu

@@ -173,3 +173,24 @@ def test_two_views_are_independent_augmentations_without_labels(registered, lut,
     again, _ = views[0]
     assert torch.equal(a, again)  # reproducible from the context's seed
     assert len(views[0]) == 2  # (view, view): no label is handed out
+
+
+def test_search_without_table_uses_this_machines_table_from_the_table_root(registered, tmp_path):
+    """``nasdeploy search --latency-budget B`` with no --table: the table profiled into the table root is found,
+    named in arch.json, and spot-checked on this machine (issue: the design card's commands as written)."""
+    from nasdeploy.hardware import MeasureMethod
+    from nasdeploy.latency.profiler import profile_space
+    from nasdeploy.latency.table import default_table_path
+    from nasdeploy.spaces.base import get_space
+
+    root = tmp_path / "tables"
+    template = get_space("darts").default_template("tiny")
+    path = default_table_path("darts", template, "torch", "cpu", 1, root)
+    profile_space("darts", template, "torch", "cpu", MeasureMethod(warmup=2, repeats=10, rounds=2), path, fit_samples=4)
+    request = SearchRequest(space="darts", out_dir=tmp_path / "out", latency_budget_ms=10_000.0, preset="tiny",
+                            runtime="torch", table_root=root, options={"samples": 2})
+    result = get_strategy(registered).run(request)
+    metrics = ArchitectureRecord.load(result.arch_path).metrics
+    assert metrics["table"] == str(path)
+    assert metrics["spot_check"].startswith("spot check: 5 nets")
+    assert read_json(result.log_path)["spot_check_detail"]["nets"] == 5

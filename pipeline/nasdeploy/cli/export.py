@@ -9,13 +9,15 @@ import typer
 from rich.table import Table
 
 from nasdeploy.cli.app import app
+from nasdeploy.cli.table_policy import recalibrate_option, table_policy, tolerance_option, trust_option
 from nasdeploy.progress import console, setup_logging
 
 
 @app.command()
 def export(
     onnx_name: Path = typer.Argument(Path("model.onnx"), help="ONNX file name, written inside --out-dir."),
-    checkpoint: Path = typer.Option(..., help="model.pt written by 'nasdeploy train'."),
+    checkpoint: Optional[Path] = typer.Option(None, help="model.pt written by 'nasdeploy train' (default: the trained model of "
+                                              "the latest search or run folder under runs/, retrained first if it never was)."),
     budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: the one searched for)."),
     table: Optional[Path] = typer.Option(None, help="Latency table for the prediction (default: the search's prediction)."),
     runtime: Optional[str] = typer.Option(None, help="Runtime to re-measure on: onnxruntime | tensorrt | torch "
@@ -33,24 +35,40 @@ def export(
     compare_torch: bool = typer.Option(True, help="Also measure the PyTorch module on the same device for comparison."),
     warmup: Optional[int] = typer.Option(None, help="Untimed runs before timing (default: the table's method, else 10)."),
     repeats: Optional[int] = typer.Option(None, help="Timed runs (default: the table's method, else 50)."),
+    spot_check_tolerance: float = tolerance_option(),
+    recalibrate: bool = recalibrate_option(),
+    trust_table: bool = trust_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Export the inference graph, prove parity, re-measure on the target runtime and write report.json/.md."""
+    """Export the inference graph, prove parity, re-measure on the target runtime and write report.json/.md.
+
+    Without --checkpoint, exports the trained model of the latest search or run folder under runs/; an
+    architecture that was never retrained is retrained first with its preset's recipe (tiny, cpu) or, for
+    the paper preset, export stops naming the 'nasdeploy train' command to run.
+    """
     from nasdeploy.errors import NasDeployError
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
     from nasdeploy.export.report import summary_table
     from nasdeploy.units import parse_latency
 
     setup_logging(verbose)
+    policy = table_policy(spot_check_tolerance, recalibrate, trust_table)
+    default_folder = None
+    if checkpoint is None:
+        from nasdeploy.export.latest import latest_trained_model
+
+        checkpoint, found = latest_trained_model()
+        default_folder = Path("exports") / found.name
+        console.print(f"checkpoint: {checkpoint} (the latest search, {found.arch})")
     if strict and budget is None:
         _require_searched_budget(checkpoint)
     options = ExportOptions(
         budget_ms=parse_latency(budget) if budget else None, table=table, runtime=runtime, device=device,
         tensorrt=tensorrt, fp16=fp16, exporter=exporter, dynamic_batch=dynamic_batch, atol=atol, data=data,
         compare=[("torch", device)] if compare_torch else [],
-        method={k: v for k, v in {"warmup": warmup, "repeats": repeats}.items() if v is not None},
+        method={k: v for k, v in {"warmup": warmup, "repeats": repeats}.items() if v is not None}, table_policy=policy,
     )
-    folder = out_dir or Path("exports") / (checkpoint.resolve().parent.name or "model")
+    folder = out_dir or default_folder or Path("exports") / (checkpoint.resolve().parent.name or "model")
     report = export_checkpoint(checkpoint, onnx_name, folder, options)
     console.print(summary_table(report))
     console.print(f"report: {folder / 'report.json'} and {folder / 'report.md'}")
@@ -86,6 +104,9 @@ def measure(
     threads: Optional[int] = typer.Option(None, help="CPU threads (default 1, as the profiler)."),
     dtype: str = typer.Option("float32", help="float32 | float16."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the measurement as JSON here."),
+    spot_check_tolerance: float = tolerance_option(),
+    recalibrate: bool = recalibrate_option(),
+    trust_table: bool = trust_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Measure any ONNX file with the profiler's method and print median/p10/p90 with device and versions.
@@ -100,7 +121,7 @@ def measure(
 
     setup_logging(verbose)
     if model.suffix == ".json":
-        measure_arch(model, table, json_out, allow_other_machine)
+        measure_arch(model, table, json_out, allow_other_machine, table_policy(spot_check_tolerance, recalibrate, trust_table))
         return
     if runtime not in ONNX_RUNTIMES:
         raise NasDeployError(f"measure takes an ONNX file, so --runtime is one of {', '.join(ONNX_RUNTIMES)}, not {runtime!r}")
@@ -117,18 +138,23 @@ def measure(
         console.print(f"wrote {json_out}")
 
 
-def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional[Path], allow_other_machine: bool = False) -> None:
-    """``nasdeploy measure arch.json --table T``: predicted vs measured on the table's backend."""
+def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional[Path], allow_other_machine: bool = False,
+                 policy=None) -> None:
+    """``nasdeploy measure arch.json --table T``: the table's spot check, then predicted vs measured on its backend."""
     from nasdeploy.errors import NasDeployError
     from nasdeploy.io import atomic_write_json
     from nasdeploy.latency.table import load_table
-    from nasdeploy.latency.validate import measure_architecture
+    from nasdeploy.latency.trust import TablePolicy, spot_check
+    from nasdeploy.latency.validate import check_same_machine, measure_architecture
     from nasdeploy.spaces.record import ArchitectureRecord
 
     if table_path is None:
         raise NasDeployError(f"{arch_path} is an architecture: pass --table LUT.json to measure it on that table's backend")
     record = ArchitectureRecord.load(arch_path)
-    result = measure_architecture(load_table(table_path, space=record.space), record, allow_other_machine)
+    lut = load_table(table_path, space=record.space)
+    check_same_machine(lut, allow_other_machine)  # refused before the spot check measures anything
+    check = spot_check(lut, policy or TablePolicy())
+    result = {**measure_architecture(lut, record, allow_other_machine), "spot_check": check}
     table = Table(title=f"latency of {arch_path}", show_header=False)
     table.add_row("runtime / device", f"{result['runtime']} / {result['device']}")
     table.add_row("LUT-predicted (ms)", f"{result['predicted_ms']:.4f}")
@@ -138,6 +164,7 @@ def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional
     if result["budget_ms"] is not None:
         within = "within" if result["measured_median_ms"] <= result["budget_ms"] else "OVER"
         table.add_row("budget (ms)", f"{result['budget_ms']:.4g} (measured {within})")
+    table.add_row("latency table", f"{table_path}: {check['summary']}")
     console.print(table)
     if json_out is not None:
         atomic_write_json(json_out, {"model": str(arch_path), **result})

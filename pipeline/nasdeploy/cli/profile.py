@@ -11,6 +11,7 @@ from rich.table import Table
 
 from nasdeploy.cli.app import app
 from nasdeploy.errors import NasDeployError
+from nasdeploy.latency.profiler import DEFAULT_FIT_SAMPLES, PROFILE_DEFAULTS
 from nasdeploy.progress import console, setup_logging
 
 METHODS = ("isolated", "stem-repeat")
@@ -35,21 +36,25 @@ def make_template(space_name: str, preset: str, op_space: Optional[str], input_s
 @app.command()
 def profile(
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
-    runtime: str = typer.Option("torch", help="torch | onnxruntime | tensorrt."),
+    runtime: str = typer.Option("onnxruntime", help="onnxruntime | torch | tensorrt (default: onnxruntime, the runtime "
+                                "'search', 'run' and 'export' deploy to)."),
     space: str = typer.Option("darts", help="Search space: darts | mobilenet."),
     op_space: Optional[str] = typer.Option(None, help="DARTS operation space 1 | 2 | 3 | 4 | combined (preset default if unset)."),
     input_size: Optional[int] = typer.Option(None, help="Input height = width (preset default if unset)."),
     batch: int = typer.Option(1, help="Batch size the table is measured at."),
     preset: str = typer.Option("cpu", help="Template size: tiny | cpu | paper."),
-    warmup: int = typer.Option(5, help="Untimed runs before timing each op or network, per round."),
-    repeats: int = typer.Option(40, help="Timed runs per op or network per round (median, p10/p90, IQR stored)."),
-    rounds: int = typer.Option(3, help="Interleaved rounds over all ops; each entry keeps its best round's median."),
+    warmup: int = typer.Option(PROFILE_DEFAULTS["warmup"], help="Untimed runs before timing each op or network, per round."),
+    repeats: int = typer.Option(PROFILE_DEFAULTS["repeats"], help="Timed runs per op or network per round (median, p10/p90, IQR stored)."),
+    rounds: int = typer.Option(PROFILE_DEFAULTS["rounds"], help="Interleaved rounds over all ops; each entry keeps its best round's median."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads / ORT intra-op); default 1."),
     dtype: str = typer.Option("float32", help="float32 | float16 (GPU)."),
     clock: str = typer.Option("auto", help="auto | thread | wall: auto times CPU runs with one thread by thread CPU time (immune to other processes), else wall clock."),
     out: Optional[Path] = typer.Option(None, help="Table path (default latency_tables/<machine>/<runtime>/<space>-<template>-b<batch>.json)."),
     method: str = typer.Option("isolated", help="isolated: every op alone + overhead fit; stem-repeat: Table 4.6-style op weights (ICDARTS §4.3)."),
-    fit_samples: int = typer.Option(10, help="Sampled networks measured end to end to fit the overhead model."),
+    fit_samples: int = typer.Option(DEFAULT_FIT_SAMPLES, help="Sampled networks measured end to end to fit the overhead model."),
+    more_fit_samples: Optional[int] = typer.Option(None, help="Fit networks in all when the overhead model misses the first "
+                                                   "ones by more than 6 % (leave-one-out), to learn per-op corrections "
+                                                   "(default 100 when --fit-samples is at least 20; 0: never)."),
     resume: bool = typer.Option(True, help="Skip entries already in OUT (continue an interrupted run)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -73,7 +78,8 @@ def profile(
         return
     from nasdeploy.latency.profiler import profile_space
 
-    table = profile_space(space, template, runtime, device, backend.method, out, resume, backend=backend, fit_samples=fit_samples)
+    table = profile_space(space, template, runtime, device, backend.method, out, resume, backend=backend, fit_samples=fit_samples,
+                          more_fit_samples=more_fit_samples)
     print_profile(table, time.perf_counter() - started)
 
 
@@ -91,7 +97,11 @@ def print_profile(table, seconds: float) -> None:
     coef = (table.overhead or {}).get("coef")
     if coef:
         summary.add_row("overhead model", f"{coef['intercept']:.3f} ms + {coef['sum_ms']:.3f}·S + {coef['n_ops']:.4f}·N")
-        summary.add_row("overhead fit RMSE", f"{table.overhead['rmse_ms']:.3f} ms on {len(table.overhead['samples'])} networks")
+        summary.add_row("overhead fit RMSE", f"{table.overhead['rmse_ms']:.3f} ms on {len(table.overhead['samples'])} networks"
+                        + (f" (leave-one-out {table.overhead['loo_rmse_pct']:.1f} %)" if table.overhead.get("loo_rmse_pct") else ""))
+        if table.overhead.get("corrections"):
+            summary.add_row("per-op corrections", f"{len(table.overhead['corrections'])} op instances (leave-one-out "
+                            f"{table.overhead['loo_rmse_pct_without_corrections']:.1f} % without them)")
     summary.add_row("method", ", ".join(f"{k}={v}" for k, v in table.method.items()))
     summary.add_row("time", f"{seconds:.1f} s")
     console.print(summary)
@@ -129,6 +139,16 @@ def validate_lut(
     out = out or table.with_name(table.stem + "-fidelity")
     report = validate_table(lut, samples, seed, out, allow_other_machine)
     print_fidelity([(f"{lut.runtime} {lut.device}", report)])
+    drift = report["machine_drift_ratio"] - 1
+    if report["mismatches"]:
+        console.print(f"[bold yellow]this table was made on another machine or setup:[/] {'; '.join(report['mismatches'])}")
+    if abs(drift) > 0.10 or report["metrics"]["within_10pct"] < 0.9:
+        from nasdeploy.latency.table import profile_command
+
+        console.print(f"[bold red]this table does not fit this machine[/] (its fit networks run {drift:+.1%} vs when profiled, "
+                      f"{report['metrics']['within_10pct']:.0%} of nets within ±10 %): re-profile with "
+                      f"'{profile_command(lut, lut.path).replace(' --out ', ' --no-resume --out ')}', or let a command "
+                      "refit it here with --recalibrate")
 
 
 def print_fidelity(reports: list[tuple[str, dict]]) -> None:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from nasdeploy.cli.app import app
+from nasdeploy.cli.table_policy import recalibrate_option, trust_option
 from nasdeploy.progress import console, setup_logging
 
 
@@ -27,6 +28,11 @@ def run(
     table: Optional[Path] = typer.Option(None, help="Use this latency table instead of the machine's cached/profiled one."),
     epochs: Optional[int] = typer.Option(None, help="Retraining epochs (default: the preset's)."),
     seed: int = typer.Option(0, help="Random seed for every stage."),
+    spot_check_tolerance: Optional[float] = typer.Option(None, "--spot-check-tolerance", help="Median |error| of the latency "
+                                                         "table's spot check above which it is refused (default 0.1; 0.5 "
+                                                         "for the tiny preset's smoke-test tables)."),
+    recalibrate: bool = recalibrate_option(),
+    trust_table: bool = trust_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Profile the machine, search under the budget, retrain, export to ONNX with parity and re-measure."""
@@ -39,9 +45,13 @@ def run(
     config = RunConfig(
         out=out, space=space, strategy=strategy, latency_budget_ms=parse_latency(latency_budget) if latency_budget else None,
         data=data, preset=preset, device=device, runtime=runtime, seed=seed, table=table, train_epochs=epochs,
+        spot_check_tolerance=spot_check_tolerance, recalibrate=recalibrate, trust_table=trust_table,
     )
     state = run_pipeline(config, on_stage=lambda stage, result: console.print(
         f"[bold]{stage}[/]: {result.status}" + (f" in {result.seconds:.1f} s" if result.status == "done" else " (already finished)")))
+    reason = state["stages"]["profile"].get("outputs", {}).get("reprofiled_because")
+    if reason:
+        console.print(f"[bold]profile[/]: re-profiled this machine because {reason}")
     if state.get("budget_source", "given") != "given":
         console.print(f"latency budget {state['budget_ms']:.3f} ms — {state['budget_source']}")
     console.print(run_table(state, out))
@@ -80,6 +90,8 @@ def run_table(state: dict, out: Path) -> Table:
         table.add_row("  α-discretised (before fix-up)", _ms(s["alpha_only_latency_ms"]))
         fixes = s.get("fixup_replacements") or 0
         table.add_row("  greedy fix-up replacements", "none (the search met the budget)" if fixes == 0 else f"[yellow]{fixes}[/]")
+    check = state.get("spot_check") or {}
+    table.add_row("latency table spot check", check.get("summary") or s.get("spot_check") or "—")
     table.add_row(f"measured median ({s['runtime']}, {s['device']})", _ms(s["measured_median_ms"]))
     error = s["relative_prediction_error"]
     table.add_row("prediction error (pred − meas) / meas", "—" if error is None else f"{error * 100:+.1f} %")

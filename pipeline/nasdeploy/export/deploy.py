@@ -40,6 +40,7 @@ class ExportOptions:
     data: str | None = None  # None: the dataset the model was trained on
     compare: list[tuple[str, str]] = field(default_factory=list)  # extra (runtime, device) measurements
     method: dict[str, Any] | None = None  # MeasureMethod fields overriding the table's method (else the defaults)
+    table_policy: Any = None  # latency.trust.TablePolicy for the prediction's table (None: the defaults)
 
 
 def target_runtime(options: ExportOptions) -> str:
@@ -89,6 +90,23 @@ def predicted_latency(record: ArchitectureRecord, table_path: Path | None) -> tu
     return predicted, dict(table.method), str(table_path)
 
 
+def prediction_spot_check(table_name: str | None, policy=None) -> dict[str, Any] | None:
+    """The spot check of the table behind the prediction (None when that table is not here any more)."""
+    from nasdeploy.latency.table import load_table
+    from nasdeploy.latency.trust import TablePolicy, spot_check
+
+    if not table_name or not Path(table_name).is_file():
+        if table_name:
+            log.warning("latency table %s is not here any more: the prediction is reported without a spot check", table_name)
+        return None
+    try:
+        table = load_table(table_name)
+    except NasDeployError as exc:
+        log.warning("the prediction is reported without a spot check: %s", exc)
+        return None
+    return spot_check(table, policy or TablePolicy())
+
+
 def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: str,
                    method: MeasureMethod) -> dict[str, Any]:
     if runtime == "torch":
@@ -116,6 +134,9 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     input_shape = tuple(payload["input_shape"])
     data_spec = options.data or payload["data"]["spec"]
     real = real_batch(data_spec, input_shape[-1], options.real_inputs)
+    # the prediction's table is spot-checked before anything is exported: a refused table stops here
+    predicted, table_method, table_name = predicted_latency(record, options.table)
+    check = prediction_spot_check(table_name, options.table_policy)
 
     onnx_path = out_dir / Path(onnx_name).name
     parity = [export_onnx(model, input_shape, onnx_path, options.atol, real, options.exporter, options.dynamic_batch).to_dict()]
@@ -127,7 +148,6 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
         parity.append(export_tensorrt(model, onnx_path, engine_path, input_shape, options.fp16, real, options.device).to_dict())
         files["tensorrt_engine"] = str(engine_path)
 
-    predicted, table_method, table_name = predicted_latency(record, options.table)
     dtype = "float16" if options.fp16 and runtime == "tensorrt" else None
     overrides = {**(options.method or {}), "batch": input_shape[0]}
     if dtype is not None:
@@ -144,7 +164,7 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
         name=out_dir.name, files=files, budget_ms=budget, predicted_ms=predicted, measurement=measurement,
         parity=parity, model_metrics=payload.get("metrics", {}), comparisons=comparisons, table=table_name,
         extra={"space": record.space, "arch": record.to_json()["arch"], "input_shape": list(input_shape),
-               "checkpoint_sha256": file_sha256(checkpoint)},
+               "checkpoint_sha256": file_sha256(checkpoint), "spot_check": check},
     )
     json_path, md_path = write_report(report, out_dir)
     files.update({"report_json": str(json_path), "report_md": str(md_path)})

@@ -99,6 +99,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("measured p90", _ms(report.get("measured_p90_ms"))),
         ("prediction error (pred − meas) / meas", _pct(report.get("relative_prediction_error"))),
         ("budget check", budget_state),
+        ("latency table spot check", (report.get("spot_check") or {}).get("summary") or "— (no table behind the prediction)"),
     ]
     for other in report.get("comparisons", []):
         rows.append((f"measured median ({other['runtime']}, {other['device']})", _ms(other.get("median_ms"))))

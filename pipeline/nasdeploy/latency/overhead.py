@@ -11,6 +11,19 @@ fitted by least squares on a handful of sampled networks measured end to end wit
 and method. A feature constant across the samples (N is fixed in a DARTS template) is dropped, its
 effect absorbed by ``a``. If the fitted slope ``b`` is not positive (samples too alike to tell), the
 model falls back to ``b = 1`` with the mean residual as ``a``.
+
+Per-instance corrections. An op timed alone can cost something else inside a network: on ONNX Runtime a
+45-100 µs MobileNet pays ~5 µs of ``session.run`` per isolated op, and a 1x1-spatial expand-6 block whose
+weights stay in L2 when timed alone loads them from L3 in the network (+11 µs where its entry says +2 µs).
+When the samples carry each network's op-instance counts and are at least as many as the instances that
+vary, the model adds one correction ``κ_i`` per instance,
+
+    T(arch) ≈ a + b · Σ_i n_i (L_i + κ_i) + c · N(arch),
+
+fitted by ridge regression (the κ pulled towards 0, i.e. towards the isolated entries), with the ridge
+weight chosen by leave-one-out error among a grid that includes "no corrections"; they are kept only when
+they lower that error. ``predictor.op_latency_ms`` returns ``L_i + κ_i``, so sums, Algorithm 3 and the
+layer-wise expectation all use the in-network costs.
 """
 
 from __future__ import annotations
@@ -23,7 +36,11 @@ FEATURES = ("sum_ms", "n_ops")
 
 
 def fit_overhead(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Least-squares ``a + b·sum_ms + c·n_ops`` on samples ``{"sum_ms", "n_ops", "measured_ms"}``."""
+    """Least-squares ``a + b·sum_ms + c·n_ops`` on samples ``{"sum_ms", "n_ops", "measured_ms"}``.
+
+    Samples that also carry ``counts`` (op-instance key -> occurrences) may add per-instance corrections
+    (see the module docstring); ``loo_rmse_pct`` is the leave-one-out error of the model kept.
+    """
     y = np.array([s["measured_ms"] for s in samples], dtype=float)
     columns = {name: np.array([s[name] for s in samples], dtype=float) for name in FEATURES}
     used = [name for name in FEATURES if np.ptp(columns[name]) > 1e-12]
@@ -38,14 +55,68 @@ def fit_overhead(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         used = ["sum_ms"]
     predicted = np.array([apply_overhead(coef, s["sum_ms"], s["n_ops"]) for s in samples])
     residual = y - predicted
-    return {
+    model = {
         "model": "measured_ms = intercept + sum_ms * sum of entries + n_ops * number of ops",
         "coef": coef,
         "fitted_features": used,
         "rmse_ms": float(np.sqrt(np.mean(residual**2))),
         "max_abs_error_pct": float(np.max(np.abs(residual) / y) * 100.0),
+        "loo_rmse_pct": loo_rmse_pct(np.column_stack([np.ones(len(y))] + [columns[n] for n in used]), y),
         "samples": list(samples),
     }
+    if all("counts" in s for s in samples):
+        add_corrections(model, samples, used)
+    return model
+
+
+# ridge weights tried for the per-instance corrections (penalty lam·1e4·κ² against squared ms residuals: one
+# correction of 1 % of a network's latency costs as much as a 1 %·sqrt(lam·1e4) residual); inf = no corrections
+CORRECTION_LAMBDAS = (0.1, 0.01, 1e-3, 3e-4, 1e-4)
+
+
+def loo_rmse_pct(design: np.ndarray, y: np.ndarray, penalty: np.ndarray | None = None) -> float | None:
+    """Leave-one-out relative RMSE (%) of (ridge) least squares, from the hat matrix; None if too few samples."""
+    if len(y) <= design.shape[1] and penalty is None:
+        return None
+    gram_inverse = np.linalg.pinv(design.T @ design + (np.diag(penalty) if penalty is not None else 0.0))
+    hat = design @ gram_inverse @ design.T
+    coef = gram_inverse @ design.T @ y
+    leverage = np.clip(np.diag(hat), None, 1 - 1e-9)
+    loo = (y - design @ coef) / (1 - leverage) / y
+    return float(np.sqrt(np.mean(loo**2)) * 100.0)
+
+
+def add_corrections(model: dict[str, Any], samples: Sequence[dict[str, Any]], used: list[str]) -> None:
+    """Per-instance corrections κ (ms, in entry units) when they lower the leave-one-out error; else none."""
+    keys = sorted({k for s in samples for k in s["counts"]})
+    counts = np.array([[s["counts"].get(k, 0) for k in keys] for s in samples], dtype=float)
+    varying = [i for i in range(len(keys)) if np.ptp(counts[:, i]) > 0]
+    if not varying or len(samples) < len(varying) or model["loo_rmse_pct"] is None:
+        return
+    y = np.array([s["measured_ms"] for s in samples], dtype=float)
+    base = np.column_stack([np.ones(len(y))] + [np.array([s[name] for s in samples], dtype=float) for name in used])
+    design = np.column_stack([base, counts[:, varying]])
+    best = (model["loo_rmse_pct"], None)
+    for lam in CORRECTION_LAMBDAS:
+        penalty = np.r_[np.zeros(base.shape[1]), np.full(len(varying), lam * 1e4)]
+        error = loo_rmse_pct(design, y, penalty)
+        if error is not None and error < best[0]:
+            best = (error, lam)
+    model["loo_rmse_pct_without_corrections"] = model["loo_rmse_pct"]
+    if best[1] is None:
+        return
+    penalty = np.r_[np.zeros(base.shape[1]), np.full(len(varying), best[1] * 1e4)]
+    solution = np.linalg.pinv(design.T @ design + np.diag(penalty)) @ design.T @ y
+    coef = {"intercept": float(solution[0]), **{name: 0.0 for name in FEATURES}}
+    coef.update({name: float(v) for name, v in zip(used, solution[1:base.shape[1]])})
+    if coef["sum_ms"] <= 0:
+        return
+    deltas = solution[base.shape[1]:]
+    corrections = {keys[i]: float(d / coef["sum_ms"]) for i, d in zip(varying, deltas)}
+    residual = y - design @ solution
+    model.update(coef=coef, corrections=corrections, correction_lambda=best[1], loo_rmse_pct=best[0],
+                 rmse_ms=float(np.sqrt(np.mean(residual**2))), max_abs_error_pct=float(np.max(np.abs(residual) / y) * 100.0),
+                 model="measured_ms = intercept + sum_ms * sum of (entry + correction) + n_ops * number of ops")
 
 
 def apply_overhead(coef: dict[str, float], sum_ms, n_ops):

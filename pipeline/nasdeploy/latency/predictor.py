@@ -24,10 +24,16 @@ from nasdeploy.spaces.base import OpInstance, SearchSpace, get_space
 ZERO_COST_OPS = frozenset({"none", "random", "identity"})
 
 
-def op_latency_ms(table: LatencyTable, inst: OpInstance) -> float:
+def op_latency_ms(table: LatencyTable, inst: OpInstance, corrected: bool = True) -> float:
+    """The op's cost inside a network: its entry plus the overhead model's per-instance correction, if any
+    (``latency.overhead``; never below 0). ``corrected=False``: the entry as measured alone."""
     if inst.op in ZERO_COST_OPS and not table.has(inst):
         return 0.0
-    return table.lookup_ms(inst)
+    entry = table.lookup_ms(inst)
+    if not corrected:
+        return entry
+    correction = ((table.overhead or {}).get("corrections") or {}).get(inst.key())
+    return entry if correction is None else max(entry + correction, 0.0)
 
 
 def table_space_template(table: LatencyTable, space: SearchSpace | None = None, template: Any = None):
@@ -35,9 +41,9 @@ def table_space_template(table: LatencyTable, space: SearchSpace | None = None, 
     return space, (template if template is not None else space.template_from_dict(table.template))
 
 
-def sum_and_count(table: LatencyTable, instances: Sequence[OpInstance]) -> tuple[float, int]:
-    """S (sum of entries, ms) and N (number of non-zero-cost ops) of a list of op instances."""
-    costs = [op_latency_ms(table, inst) for inst in instances]
+def sum_and_count(table: LatencyTable, instances: Sequence[OpInstance], corrected: bool = True) -> tuple[float, int]:
+    """S (sum of entries, ms; with per-instance corrections unless ``corrected=False``) and N (non-zero-cost ops)."""
+    costs = [op_latency_ms(table, inst, corrected) for inst in instances]
     return float(sum(costs)), sum(1 for inst in instances if inst.op not in ZERO_COST_OPS)
 
 
@@ -195,7 +201,9 @@ def darts_costs(table: LatencyTable | None, template: Any, op_names: tuple[str, 
 
     owner = source if source is not None else table
     size = len(table.entries) if source is None else len(getattr(source, "weights", ()))
-    key = ("darts", op_names, repr(sorted(latency_template(template).items())), str(dtype), str(device), size)
+    corrections = tuple(sorted(((table.overhead or {}).get("corrections") or {}).items())) if source is None else ()
+    key = ("darts", op_names, repr(sorted(latency_template(template).items())), str(dtype), str(device), size,
+           hash(corrections))
     cache = owner.__dict__.setdefault("_expected_latency_cache", {})
     if key not in cache:
         by_shape: dict[tuple, torch.Tensor] = {}

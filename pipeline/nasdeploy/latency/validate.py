@@ -100,10 +100,14 @@ def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_di
     drift_ratio = float(np.median(drift)) if drift else 1.0
     predicted = [r["predicted_ms"] for r in rows]
     measured = [r["measured_ms"] for r in rows]
+    from nasdeploy.latency.trust import table_mismatches
+
     report = {
         "table": str(table.path) if table.path else None,
         "space": table.space, "runtime": table.runtime, "device": table.device,
         "fingerprint": fingerprint(table.device, method.threads), "method": method.to_dict(),
+        # what makes the table one from another machine or setup ([] when it was profiled here, as now)
+        "mismatches": table_mismatches(table, backend.versions()),
         "metrics": fidelity_metrics(predicted, measured),
         # the fit networks now vs at profiling time: >1 means the machine is slower now than when profiled
         "machine_drift_ratio": drift_ratio,

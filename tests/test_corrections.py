@@ -1,0 +1,65 @@
+"""Per-instance corrections of the overhead model: learned when the networks are enough, ignored when they do not help."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from nasdeploy.latency.overhead import fit_overhead
+from nasdeploy.latency.predictor import op_latency_ms, predict_latency_ms
+from nasdeploy.latency.table import LatencyTable
+from nasdeploy.spaces.base import get_space
+
+ENTRY = {"p10_ms": 0.0, "p90_ms": 0.0, "iqr_ms": 0.0, "mean_ms": 0.0, "n": 1}
+
+
+ENTRIES = {"a": 1.0, "b": 2.0, "c": 0.5, "d": 1.5}
+
+
+def samples_with_counts(bias: dict[str, float], count: int = 60, noise: float = 0.0, seed: int = 0) -> list[dict]:
+    """Networks of op instances a..d (0-3 of each, ENTRIES ms alone); in a network each costs its entry + bias."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        counts = {k: rng.randint(0, 3) for k in ENTRIES}
+        measured = 0.2 + sum(n * (ENTRIES[k] + bias.get(k, 0.0)) for k, n in counts.items()) * (1 + rng.gauss(0, noise))
+        out.append({"sum_ms": sum(n * ENTRIES[k] for k, n in counts.items()), "n_ops": sum(counts.values()),
+                    "measured_ms": measured, "counts": counts})
+    return out
+
+
+def test_corrections_recover_in_network_costs():
+    model = fit_overhead(samples_with_counts({"a": 0.5, "c": -0.3}))
+    assert model["loo_rmse_pct"] < 0.1 * model["loo_rmse_pct_without_corrections"]
+    coef, corrections = model["coef"], model["corrections"]
+    for key, bias in {"a": 0.5, "b": 0.0, "c": -0.3, "d": 0.0}.items():
+        # the network cost of one instance, b·(entry + κ) + c, is entry + bias whatever split b, c and κ take
+        cost = coef["sum_ms"] * (ENTRIES[key] + corrections[key]) + coef["n_ops"]
+        assert cost == pytest.approx(ENTRIES[key] + bias, abs=0.02)
+
+
+def test_no_corrections_when_entries_already_add_up_or_networks_are_too_few():
+    exact = fit_overhead(samples_with_counts({}, noise=0.01))
+    assert "corrections" not in exact and exact["loo_rmse_pct_without_corrections"] == exact["loo_rmse_pct"]
+    few = fit_overhead(samples_with_counts({"a": 0.5}, count=3))
+    assert "corrections" not in few
+
+
+def test_predictions_use_corrected_costs_everywhere():
+    darts = get_space("darts")
+    template = darts.default_template("tiny")
+    table = LatencyTable(space="darts", template=template.to_dict(), runtime="torch", device="cpu",
+                         fingerprint={"cpu_model": "hand", "threads": 1}, versions={}, method={"batch": 1})
+    for inst in darts.op_instances(template):
+        table.add(inst, {**ENTRY, "median_ms": 0.1})
+    arch = darts.sample(template, random.Random(0))
+    instances = darts.arch_op_instances(arch, template)
+    table.overhead = {"coef": {"intercept": 0.0, "sum_ms": 1.0, "n_ops": 0.0}}
+    plain = predict_latency_ms(table, arch)
+    key = instances[0].key()
+    table.overhead["corrections"] = {key: 0.05}
+    assert op_latency_ms(table, instances[0]) == pytest.approx(0.15) and op_latency_ms(table, instances[0], corrected=False) == 0.1
+    assert predict_latency_ms(table, arch) == pytest.approx(plain + 0.05 * sum(i.key() == key for i in instances))
+    table.overhead["corrections"] = {key: -1.0}  # never below zero
+    assert op_latency_ms(table, instances[0]) == 0.0
