@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.errors import NasDeployError
 from nasdeploy.latency.table import LatencyTable, save_table
 from nasdeploy.search.discretize import num_edges
@@ -49,7 +50,7 @@ def table_path(tmp_path_factory) -> Path:
 def request(out: Path, table: Path | None, budget: float | None = None, **options) -> SearchRequest:
     # the hand-made table prices ops by COST, not by this machine: its spot check is skipped on purpose
     return SearchRequest(space="darts", out_dir=out, table_path=table, latency_budget_ms=budget, data="digits",
-                         preset="tiny", seed=0, options={**FAST, **options}, trust_table=True)
+                         preset="tiny", seed=0, options={**FAST, **options}, table_policy=TablePolicy(trust=True))
 
 
 def prepare(req: SearchRequest):

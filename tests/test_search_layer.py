@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import read_json
 from nasdeploy.search.base import STRATEGIES, SearchRequest, SearchStrategy, get_strategy
@@ -116,7 +117,7 @@ def lut(tmp_path_factory) -> Path:
 def toy_request(out: Path, table: Path, budget: float | None = None, **options) -> SearchRequest:
     # hand-made table (prices by op, not by this machine): spot check skipped on purpose
     return SearchRequest(space="darts", out_dir=out, table_path=table, latency_budget_ms=budget, preset="tiny",
-                         options=options, trust_table=True)
+                         options=options, table_policy=TablePolicy(trust=True))
 
 
 def test_plugin_strategy_gets_a_resolved_context_and_the_common_outputs(registered, lut, tmp_path):

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.errors import NasDeployError
 from nasdeploy.hardware.base import MeasureMethod
 from nasdeploy.io import read_json
@@ -50,7 +51,7 @@ def request_for(out_dir, table_path=None, **kwargs):
     options.update(kwargs.pop("options", {}))
     # hand-made tables price ops by FLOPs, not by this machine: their spot check is skipped on purpose
     return SearchRequest(space=kwargs.pop("space", "mobilenet"), out_dir=out_dir, table_path=table_path,
-                         preset="tiny", seed=kwargs.pop("seed", 0), options=options, trust_table=True, **kwargs)
+                         preset="tiny", seed=kwargs.pop("seed", 0), options=options, table_policy=TablePolicy(trust=True), **kwargs)
 
 
 def probe_costs(space_name, template, table=None):

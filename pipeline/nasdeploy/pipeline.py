@@ -257,6 +257,7 @@ def stage_search(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
         space=config.space, out_dir=out, table_path=stage_dir(run_dir, "profile") / "table.json",
         latency_budget_ms=budget_ms, data=config.data, preset=config.preset, seed=config.seed,
         resume=(out / "checkpoint.pt").is_file(), device=config.device, options=dict(config.search_options),
+        table_policy=config.table_policy(),
     )
     result = get_strategy(strategy).run(request)
     return StageResult("done", time.perf_counter() - started, {

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from nasdeploy.cli.app import app
+from nasdeploy.cli.table_policy import recalibrate_option, table_policy, tolerance_option, trust_option
 from nasdeploy.errors import NasDeployError
 from nasdeploy.progress import console, setup_logging
 from nasdeploy.units import parse_flops, parse_latency
@@ -43,8 +44,9 @@ def search(
     device: str = typer.Option("cpu", help="Torch device the search trains on (cpu, cuda:0)."),
     runtime: str = typer.Option("onnxruntime", help="Runtime of the table looked up without --table: onnxruntime | torch | tensorrt."),
     table_root: Path = typer.Option(Path("latency_tables"), help="Where this machine's tables are looked up and profiled."),
-    trust_table: bool = typer.Option(False, help="Use the table even if its spot check on this machine fails (recorded)."),
-    recalibrate: bool = typer.Option(False, help="Refit the table's overhead model on this machine if its spot check fails."),
+    spot_check_tolerance: float = tolerance_option(),
+    recalibrate: bool = recalibrate_option(),
+    trust_table: bool = trust_option(),
     settings: list[str] = typer.Option([], "--set", help="A strategy setting as key=value (repeatable; nasdeploy strategies NAME)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -58,7 +60,7 @@ def search(
         latency_budget_ms=parse_latency(latency_budget) if latency_budget else None,
         flops_budget=parse_flops(flops_budget) if flops_budget else None,
         data=data, preset=preset, seed=seed, resume=resume, device=device, options=parse_settings(settings),
-        runtime=runtime, table_root=table_root, trust_table=trust_table, recalibrate=recalibrate,
+        runtime=runtime, table_root=table_root, table_policy=table_policy(spot_check_tolerance, recalibrate, trust_table),
     )
     print_result(get_strategy(name).run(request))
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.registry import Registry
 from nasdeploy.spaces.record import ArchitectureRecord
 
@@ -44,9 +45,8 @@ class SearchRequest:
     options: dict[str, Any] = field(default_factory=dict)
     runtime: str = "onnxruntime"  # runtime of the table looked up / profiled when no table_path is given
     table_root: Path = Path("latency_tables")
-    trust_table: bool = False  # use a table whose spot check fails on this machine (recorded in the log)
-    recalibrate: bool = False  # refit the table's overhead model on this machine when its spot check fails
-    spot_check_tolerance: float = 0.10  # median |error| of the spot check above which a table is refused
+    # how a reused table is spot-checked on this machine (tolerance, --recalibrate, --trust-table)
+    table_policy: TablePolicy = field(default_factory=TablePolicy)
 
 
 @dataclass

@@ -330,10 +330,9 @@ def discover_table(request, space_name: str, template):
 
 def check_table(table, request) -> dict[str, Any]:
     """Spot-check a table on this machine before it drives the search (``latency.trust``)."""
-    from nasdeploy.latency.trust import TablePolicy, spot_check
+    from nasdeploy.latency.trust import spot_check
 
-    policy = TablePolicy(tolerance=request.spot_check_tolerance, recalibrate=request.recalibrate, trust=request.trust_table)
-    result = spot_check(table, policy)
+    result = spot_check(table, request.table_policy)
     log.info("%s", result["summary"])
     return result
 
