@@ -63,3 +63,21 @@ def test_predictions_use_corrected_costs_everywhere():
     assert predict_latency_ms(table, arch) == pytest.approx(plain + 0.05 * sum(i.key() == key for i in instances))
     table.overhead["corrections"] = {key: -1.0}  # never below zero
     assert op_latency_ms(table, instances[0]) == 0.0
+
+
+def test_profiler_measures_more_fit_networks_when_the_model_misses_them(tmp_path, monkeypatch):
+    from nasdeploy.hardware import MeasureMethod
+    from nasdeploy.latency import profiler
+
+    template = get_space("darts").default_template("tiny", layers=2, nodes=2)
+    method = dict(warmup=1, repeats=3, threads=1)
+    monkeypatch.setattr(profiler, "MORE_FIT_LOO_PCT", 0.0)  # any leave-one-out error asks for more networks
+    table = profiler.profile_space("darts", template, "torch", "cpu", MeasureMethod(**method), tmp_path / "more.json",
+                                   fit_samples=4, more_fit_samples=8)
+    samples = table.overhead["samples"]
+    assert len(samples) == 8 and all("median_ms" in s and "counts" in s for s in samples)
+    assert sorted(s["seed"] for s in samples)[4:] == list(range(profiler.MORE_FIT_SEED, profiler.MORE_FIT_SEED + 4))
+    assert table.overhead["loo_rmse_pct"] is not None
+    # a table asked for with fewer fit networks than the default is a quick one: never extended by default
+    quick = profiler.profile_space("darts", template, "torch", "cpu", MeasureMethod(**method), tmp_path / "quick.json", fit_samples=4)
+    assert len(quick.overhead["samples"]) == 4

@@ -99,6 +99,9 @@ def print_profile(table, seconds: float) -> None:
         summary.add_row("overhead model", f"{coef['intercept']:.3f} ms + {coef['sum_ms']:.3f}·S + {coef['n_ops']:.4f}·N")
         summary.add_row("overhead fit RMSE", f"{table.overhead['rmse_ms']:.3f} ms on {len(table.overhead['samples'])} networks"
                         + (f" (leave-one-out {table.overhead['loo_rmse_pct']:.1f} %)" if table.overhead.get("loo_rmse_pct") else ""))
+        measured = sorted(x["median_ms"] for x in table.overhead["samples"] if "median_ms" in x)
+        if measured:
+            summary.add_row("networks measured", f"{measured[0]:.3f} .. {measured[-1]:.3f} ms (a latency budget goes in this range)")
         if table.overhead.get("corrections"):
             summary.add_row("per-op corrections", f"{len(table.overhead['corrections'])} op instances (leave-one-out "
                             f"{table.overhead['loo_rmse_pct_without_corrections']:.1f} % without them)")

@@ -203,7 +203,7 @@ def spot_check(table: LatencyTable | Path | str, policy: TablePolicy = TablePoli
         return unmeasured(table, policy, "spot check: not run (--trust-table)", mismatches)
     if measured is None:
         measured = measure_spot_check(table, policy.nets)
-        atomic_write_json(cached_file, measured)
+        write_cache(cached_file, measured)
     result = decide(table, measured, policy, mismatches, cached)
     if not result["passed"] and policy.recalibrate:
         result = recalibrate(table, measured, policy, mismatches)
@@ -214,6 +214,14 @@ def spot_check(table: LatencyTable | Path | str, policy: TablePolicy = TablePoli
     else:
         log.info("%s%s (table %s)", result["summary"], ", cached this boot" if cached else f" in {result['seconds']:.1f} s", where)
     return result
+
+
+def write_cache(path: Path, measured: dict[str, Any]) -> None:
+    """Keep a spot check for this boot; a cache folder that cannot be written only costs a re-measurement later."""
+    try:
+        atomic_write_json(path, measured)
+    except OSError as exc:
+        log.warning("spot check not cached (%s); set NASDEPLOY_CACHE_DIR to a writable folder", exc)
 
 
 def read_cached(path: Path) -> dict[str, Any] | None:
@@ -352,7 +360,7 @@ def recalibrate(table: LatencyTable, measured: dict[str, Any], policy: TablePoli
     note["spot_check_after"] = result["summary"]
     if table.path:
         save_table(table, table.path)
-    atomic_write_json(cache_path(table_sha256(table), policy.nets, measured["versions"], table.method.get("threads")), rechecked)
+    write_cache(cache_path(table_sha256(table), policy.nets, measured["versions"], table.method.get("threads")), rechecked)
     result.update(recalibrated=True, before=before["summary"], recalibration=note,
                   seconds=measured["seconds"] + (more["seconds"] if more else 0.0),
                   summary=f"{before['summary']} -> {result['median_abs_err_pct']:.1f} % after --recalibrate on {len(samples)} nets")
