@@ -168,3 +168,18 @@ def test_cli_profile_tiny_writes_table(tmp_path):
     table = load_table(out)
     assert len(table.entries) == len(get_space("darts").op_instances(get_space("darts").default_template("tiny")))
     save_table(table, out)
+
+
+def test_fit_networks_include_the_cheapest_architecture(torch_table):
+    """The overhead model is pinned where tight budgets end (skips and pools), not extrapolated there."""
+    from nasdeploy.latency.predictor import sum_and_count
+    from nasdeploy.latency.profiler import CHEAPEST_SEED
+    from nasdeploy.spaces.base import get_space
+
+    space = get_space("darts")
+    template = space.template_from_dict(torch_table.template)
+    samples = torch_table.overhead["samples"]
+    assert samples[0]["seed"] == CHEAPEST_SEED and len(samples) == 3
+    sums = [sum_and_count(torch_table, space.arch_op_instances(space.arch_from_json(s["arch"]), template), corrected=False)[0]
+            for s in samples]
+    assert sums[0] == min(sums) and all(s["median_ms"] > 0 for s in samples)

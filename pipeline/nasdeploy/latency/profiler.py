@@ -35,6 +35,7 @@ DEFAULT_FIT_SAMPLES = 20
 MORE_FIT_LOO_PCT = 6.0
 MORE_FIT_SAMPLES = 100
 MORE_FIT_SEED = FIT_SEED + 100_000
+CHEAPEST_SEED = -1  # the fit network that is the space's cheapest architecture (not a sampled seed)
 
 
 def op_input_shape(inst: OpInstance, batch: int) -> tuple[int, int, int, int]:
@@ -167,16 +168,23 @@ class FitNetworks:
         self.records: list[dict] = list((table.overhead or {}).get("samples", []))
 
     def choose(self) -> None:
-        """Pick ``count`` seeds whose predicted sums spread evenly over a pool of 20x as many samples."""
+        """Pick ``count`` networks: the space's cheapest one, then seeds whose predicted sums spread evenly over a
+        pool of 20x as many samples. Budgeted searches end well below random networks (a tight budget's genotype
+        is mostly skips and pools); without the cheapest network the overhead model would extrapolate there."""
         if self.records or self.count <= 0:
             return
+        from nasdeploy.latency.predictor import cheapest_architecture
+
         pool = []
         for seed in range(FIT_SEED, FIT_SEED + 20 * self.count):
             arch = self.space.sample(self.template, random.Random(seed))
             pool.append((sum_and_count(self.table, self.space.arch_op_instances(arch, self.template), corrected=False)[0], seed, arch))
         pool.sort(key=lambda item: item[0])
-        picks = sorted({round(i * (len(pool) - 1) / max(self.count - 1, 1)) for i in range(self.count)})
-        self.records = [{"seed": pool[i][1], "arch": self.space.arch_to_json(pool[i][2])} for i in picks]
+        spread = max(self.count - 1, 1)
+        picks = sorted({round(i * (len(pool) - 1) / max(spread - 1, 1)) for i in range(spread)}) if self.count > 1 else []
+        cheapest = cheapest_architecture(self.table, self.space.name, self.template)
+        self.records = [{"seed": CHEAPEST_SEED, "arch": self.space.arch_to_json(cheapest)}]
+        self.records += [{"seed": pool[i][1], "arch": self.space.arch_to_json(pool[i][2])} for i in picks]
 
     def measure_round(self, backend: Backend, r: int, bar, task) -> None:
         self.choose()
