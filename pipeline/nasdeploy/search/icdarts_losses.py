@@ -10,11 +10,12 @@ Gradient routing, which the tests check:
 * w_E (Eq. 3.11): ``L_train^E`` alone (+ ``aux_weight`` × the auxiliary head's cross-entropy, as in the
   CDARTS template); it never sees S's loss or the distillation term.
 
-How δ is set (``search.budget.DeltaSchedule``; the search log records it as ``delta_rule``, ``delta`` per
-epoch and ``delta_history``): ``--delta`` fixes δ for the whole search; with ``--latency-budget`` and no
-``--delta``, δ_0 = ``delta_share`` / P(α_0) (the penalty starts as 0.1 of the loss) and δ is multiplied by
-``delta_growth`` (2) after every search epoch whose discretised genotype is predicted over the budget; without
-a budget δ = 0. Whatever δ reaches, the final genotype is forced under the budget by ``budget.fit_to_budget``.
+How the latency term is weighted (``search.latency_control.LatencyController``; the search log records its rule
+as ``delta_rule``, the weight per epoch as ``delta`` / ``delta_next`` and per α step in ``latency_steps``):
+``--delta`` fixes Eq. 4.1's δ·P(α); with ``--latency-budget`` and no ``--delta``, α's loss gets λ·P(α)/P(α_0)
+with λ updated after every α step by dual ascent on the discretised genotype's predicted latency; without a
+budget there is no latency term. A final genotype still over the budget is forced under it by
+``budget.fit_to_budget``. ``ICDARTSRun.search_step`` adds the term to ``alpha_objective``'s loss itself.
 """
 
 from __future__ import annotations
