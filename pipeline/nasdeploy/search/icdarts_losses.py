@@ -10,12 +10,12 @@ Gradient routing, which the tests check:
 * w_E (Eq. 3.11): ``L_train^E`` alone (+ ``aux_weight`` × the auxiliary head's cross-entropy, as in the
   CDARTS template); it never sees S's loss or the distillation term.
 
-How the latency term is weighted (``search.latency_control``; the search log records ``delta_rule``, the
-coefficient per epoch as ``delta`` and every step under ``latency_control``): ``--set delta=X`` fixes Eq. 4.1's
-δ for the whole search; with ``--latency-budget`` and no δ, a Lagrange multiplier λ weights P(α)/P(α_0) and is
-updated after every α step from the discretised genotype's predicted latency; without a budget the term is 0.
-A genotype still over the budget at the end is forced under it by ``budget.fit_to_budget`` (last resort,
-counted in the metrics).
+How the latency term is weighted (``search.latency_control.LatencyController``; the search log records its rule
+as ``delta_rule``, the weight per epoch as ``delta`` / ``delta_next`` and per α step in ``latency_steps``):
+``--set delta=X`` fixes Eq. 4.1's δ·P(α); with ``--latency-budget`` and no δ, α's loss gets λ·P(α)/P(α_0)
+with λ updated after every α step by dual ascent on the discretised genotype's predicted latency; without a
+budget there is no latency term. A final genotype still over the budget is forced under it by
+``budget.fit_to_budget`` (last resort, counted in the metrics). ``ICDARTSRun.search_step`` adds the term to ``alpha_objective``'s loss itself.
 """
 
 from __future__ import annotations
