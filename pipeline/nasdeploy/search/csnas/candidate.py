@@ -3,6 +3,7 @@
 * ``SearchImages``: the unlabelled search set. ``data_fraction`` of the training split's images (both halves of
   the shared context), drawn **by index** from a seeded RNG, never looking at a label: each item is
   ``(x, x^(1), x^(2))``, the image and the context's two augmented views of it (M = 2, §IV-A).
+* ``search_input_size`` (optional): the images are resized to this side before the candidate sees them.
 * ``ContrastiveCandidate``: f_θ is the candidate cell network at the search size with its classifier replaced by
   the global average pool; g projects f(x) to z, l projects [f(x^(1)); f(x^(2))] to z^t, and the in-batch
   negatives are z' = g(f(x')) for the views of the other K - 1 images (2(K - 1) per image).
