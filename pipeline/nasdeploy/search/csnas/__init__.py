@@ -15,7 +15,9 @@ Algorithm 1 (SMBO with TPE, Eqs. 4-6) on Optuna's ask-and-tell interface, one tr
    minimises** is told: the mean over every search image of L_θ (Eq. 3) after training, in one pass without
    updates, views from a fixed seed, anchors r_x from the trained memory bank. A θ identical to a completed
    trial is told that trial's value without training (the same θ would score the same: common random numbers).
-4. Until the study has ``n_trials`` completed trials (all workers together). A worker then waits for the other
+4. Until the study has ``n_trials`` trained trials (all workers together; repeats do not count). After
+   ``max_rejections`` proposals in a row that train nothing new (over budget, or repeats: TPE has converged) a
+   worker stops; with nothing trained at all that is an error (the budget is too tight). A worker then waits for the other
    workers' running trials (up to 3x the longest trial so far, so a crashed worker's leftover does not hang it)
    and writes the study's best completed trial as ``arch.json``.
 
@@ -136,10 +138,11 @@ class CSNASRun:
         return "trained"
 
     # -------------------------------------------------------------- the loop
-    def completed(self, study) -> int:
+    def trained(self, study) -> int:
+        """Trials of the study (all workers) that trained a candidate: what ``n_trials`` counts."""
         from optuna.trial import TrialState
 
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("trained"))
 
     def wait_for_others(self, study) -> None:
         """Let other workers' running trials finish, so the best written here is the study's best."""
@@ -169,17 +172,21 @@ class CSNASRun:
                  f"budget {ctx.latency_budget_ms:.3f} ms" if ctx.latency_budget_ms is not None else "no latency budget")
         in_a_row = 0
         with progress_bar() as bar:
-            task = bar.add_task("csnas trials", total=config.n_trials, completed=min(self.completed(study), config.n_trials), info="")
-            while self.completed(study) < config.n_trials:
+            task = bar.add_task("csnas trials", total=config.n_trials, completed=min(self.trained(study), config.n_trials), info="")
+            while self.trained(study) < config.n_trials:
                 outcome = self.run_trial(study, images)
-                in_a_row = in_a_row + 1 if outcome == "rejected" else 0
+                in_a_row = in_a_row + 1 if outcome in ("rejected", "duplicate") else 0
                 if in_a_row >= config.max_rejections:
-                    raise NasDeployError(
-                        f"{in_a_row} proposals in a row were over the budget (latency {ctx.latency_budget_ms} ms, FLOPs "
-                        f"{ctx.flops_budget}); raise the budget or --set max_rejections=N (cheapest csnas net "
-                        f"{ctx.cheapest_latency_ms} ms)")
+                    if self.best_value(study) is None:
+                        raise NasDeployError(
+                            f"{in_a_row} proposals in a row were over the budget (latency {ctx.latency_budget_ms} ms, "
+                            f"FLOPs {ctx.flops_budget}) and none was trained; raise the budget or --set max_rejections=N")
+                    log.warning("stopping: %d proposals in a row were over budget or repeated a trained cell (%d trained)",
+                                in_a_row, self.trained(study))
+                    self.here["stopped"] = f"{in_a_row} proposals in a row trained nothing new"
+                    break
                 best = self.best_value(study)
-                bar.update(task, completed=min(self.completed(study), config.n_trials),
+                bar.update(task, completed=min(self.trained(study), config.n_trials),
                            info=f"best {best:.4f}" if best is not None else "")
         self.wait_for_others(study)
         return self.outcome(study, where, time.perf_counter() - started, images)

@@ -16,15 +16,15 @@ from nasdeploy.search.settings import setting
 @dataclass
 class CSNASConfig:
     # ---- TPE (Algorithm 1, Eqs. 4-6) and the study
-    n_trials: int = setting(100, "trained (completed) trials the study runs to, all workers together (paper: not given)")
+    n_trials: int = setting(100, "trained trials the study runs to, all workers together; repeats of a trained θ do not count (paper: not given)")
     n_startup_trials: int = setting(20, "random trials before TPE models l/g (§IV-A: 20); budget-rejected trials count, as in Optuna")
     n_ei_candidates: int = setting(20000, "points drawn from l(θ) to maximise EI, Eq. 6 (§IV-A: '20K')")
     gamma: float = setting(0.2, "top-γ share of finished trials forming l(θ), Eq. 5 (§IV-A: 20 %); Optuna's gamma(n) = ceil(γ·n)")
-    multivariate: bool = setting(False, "Optuna's multivariate TPE (False: independent per-component TPE, Bergstra et al. 2011, as the paper)")
+    multivariate: bool = setting(True, "Optuna's multivariate TPE, one joint l(θ)/g(θ) (its default; False: per-edge TPE, far more over-budget and repeated proposals under a budget)")
     constant_liar: bool = setting(True, "Optuna's constant liar: running trials of other workers count as bad while sampling")
     storage: str | None = setting(None, "Optuna storage: sqlite:///F.db, postgresql://..., journal:PATH (None: journal file in the out folder)")
     study: str = setting("csnas", "study name; workers naming the same storage and study share its trials")
-    max_rejections: int = setting(500, "proposals over the budget in a row before the search gives up (raise the budget)")
+    max_rejections: int = setting(500, "proposals in a row training nothing new (over budget or repeats) before a worker stops; none trained: error")
     # ---- search space (§III-A, §IV-A)
     nodes: int | None = setting(None, "intermediate nodes N per cell (None: the deployment template's, 4; the paper also runs 5)")
     op_space: str | None = setting(None, "op space (None: the latency table's, else 3 = the paper's 7 ops); 'none' is always added")
