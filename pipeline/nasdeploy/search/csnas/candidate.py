@@ -134,6 +134,15 @@ def batch_loss(model: ContrastiveCandidate, bank: MemoryBank, images: SearchImag
 
 def train_and_score(ctx, genotype, search_template, images: SearchImages, config) -> CandidateScore:
     """Train f_θ, g, l on Eq. 3 for ``epochs``, then return the objective (mean Eq. 3 over the search images)."""
+    if config.threads is None:
+        return _train_and_score(ctx, genotype, search_template, images, config)
+    from nasdeploy.hardware.torch_backend import torch_threads
+
+    with torch_threads(config.threads):
+        return _train_and_score(ctx, genotype, search_template, images, config)
+
+
+def _train_and_score(ctx, genotype, search_template, images: SearchImages, config) -> CandidateScore:
     started = time.perf_counter()
     device = ctx.device
     model = build_candidate(ctx, genotype, search_template, config)

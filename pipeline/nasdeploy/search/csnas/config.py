@@ -38,6 +38,7 @@ class CSNASConfig:
     steps_per_epoch: int | None = setting(None, "cap on mini-batches per epoch (None: every search image)")
     lr: float = setting(1e-3, "SGD learning rate of each candidate (paper 0.001)")
     momentum: float = setting(0.9, "SGD momentum (paper 0.9)")
+    threads: int | None = setting(None, "torch CPU threads while a candidate trains (None: torch's default; cpu preset 1: small nets, run more workers instead)")
     weight_decay: float = setting(0.0, "SGD weight decay (paper: not given)")
     tau: float = setting(0.07, "NCE temperature τ, Eq. 1 (paper 0.07)")
     lam: float = setting(0.5, "λ of Eq. 3, weight of the views term (paper 0.5; also accepted as 'lambda')")
@@ -58,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # scans), their schedule (8 epochs = 8 mini-batches of K = 150) and the EI sample (2000); the objective, K,
     # τ, λ, the SGD settings (a larger lr made Eq. 3 rise, not fall, in 8 steps), data share and γ stay the paper's.
     "cpu": {"n_trials": 16, "n_startup_trials": 8, "n_ei_candidates": 2000, "search_layers": 5, "search_channels": 8,
-            "search_input_size": 16, "epochs": 8},
+            "search_input_size": 16, "epochs": 8, "threads": 1},
     "tiny": {"n_trials": 3, "n_startup_trials": 2, "n_ei_candidates": 24, "search_layers": 3, "search_channels": 4,
              "search_input_size": 16, "data_fraction": 0.05, "batch_size": 32, "epochs": 1, "steps_per_epoch": 2,
              "projection_dim": 16},
@@ -71,7 +72,7 @@ def validate(config: CSNASConfig) -> None:
     for name in positive:
         if getattr(config, name) < 1:
             raise NasDeployError(f"CSNAS setting {name} must be >= 1, got {getattr(config, name)}")
-    for name in ("nodes", "steps_per_epoch", "retrain_epochs", "search_input_size"):
+    for name in ("nodes", "steps_per_epoch", "retrain_epochs", "search_input_size", "threads"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise NasDeployError(f"CSNAS setting {name} must be >= 1 or None, got {value}")
