@@ -216,11 +216,14 @@ def test_resume_continues_the_same_study(monkeypatch, lut, tmp_path):
 def test_study_errors(monkeypatch, lut, tmp_path):
     fake_training(monkeypatch)
     strategy = get_strategy("csnas")
-    with pytest.raises(NasDeployError, match="there is no study 'csnas'"):
+    with pytest.raises(NasDeployError, match="there is no study 'csnas-[0-9a-f]{12}'"):
         strategy.run(request(tmp_path / "a", lut, resume=True))
-    strategy.run(request(tmp_path / "b", lut, n_trials=1))
-    with pytest.raises(NasDeployError, match=r"created with other settings \(settings.tau\)"):
-        strategy.run(request(tmp_path / "b", lut, n_trials=2, tau=0.1))
+    first = strategy.run(request(tmp_path / "b", lut, n_trials=1, study="mine"))
+    with pytest.raises(NasDeployError, match=r"study 'mine' .* created with other settings \(settings.tau\)"):
+        strategy.run(request(tmp_path / "b", lut, n_trials=2, study="mine", tau=0.1))
+    # unnamed, other settings get a study of their own in the same storage (a re-search for another budget)
+    other = strategy.run(request(tmp_path / "b", lut, budget=5000.0, n_trials=1))
+    assert other.record.metrics["study"] != first.record.metrics["study"] == "mine"
     with pytest.raises(NasDeployError, match="cannot open Optuna storage"):
         strategy.run(request(tmp_path / "c", lut, storage=f"journal:{tmp_path}/missing/x.journal"))
 
@@ -238,12 +241,12 @@ def test_cli_storage_and_study_errors_are_one_line_exit_2(monkeypatch, tmp_path)
     fake_training(monkeypatch)
     journal = tmp_path / "shared.journal"
     get_strategy("csnas").run(SearchRequest(space="darts", out_dir=tmp_path / "made", preset="tiny",
-                                            options={"n_trials": 1, "storage": f"journal:{journal}"}))
+                                            options={"n_trials": 1, "storage": f"journal:{journal}", "study": "s"}))
     common = ("search", "--strategy", "csnas", "--preset", "tiny")
     runs = {
         "cannot open Optuna storage": cli(*common, "--out", str(tmp_path / "x"), "--set", "storage=sqlite:////no/such/dir/s.db"),
         "created with other settings": cli(*common, "--out", str(tmp_path / "y"), "--set", f"storage=journal:{journal}",
-                                           "--set", "tau=0.2"),
+                                           "--set", "study=s", "--set", "tau=0.2"),
         "there is no study": cli(*common, "--out", str(tmp_path / "z"), "--resume"),
     }
     for expected, process in runs.items():
@@ -283,3 +286,18 @@ def test_two_workers_share_one_study(lut, tmp_path):
         record = ArchitectureRecord.load(tmp_path / f"worker{k}" / "arch.json")
         assert record.metrics["best_trial"] == best.number and record.metrics["contrastive_loss"] == best.value
         assert record.arch.to_json() == decode(best.params, 4).to_json()
+
+
+@pytest.mark.slow
+def test_run_pipeline_with_csnas_end_to_end(lut, tmp_path):
+    """``nasdeploy run --strategy csnas`` (tiny preset): search, retrain, export like every strategy."""
+    from nasdeploy.pipeline import STAGES, RunConfig, run_pipeline, stage_search
+
+    config = RunConfig(out=tmp_path / "run", strategy="csnas", preset="tiny", table=lut)
+    state = run_pipeline(config)
+    assert [state["stages"][s]["status"] for s in STAGES] == ["done"] * 4
+    record = ArchitectureRecord.load(tmp_path / "run" / "search" / "arch.json")
+    assert record.metrics["strategy"] == "csnas" and record.metrics["predicted_latency_ms"] <= state["budget_ms"]
+    assert state["summary"]["parity_max_abs_diff"] <= 1e-4
+    # a re-search for another budget in the same folder gets a study of its own
+    assert stage_search(config, tmp_path / "run", state["budget_ms"] * 1.5).status == "done"

@@ -40,7 +40,7 @@ from nasdeploy.search.context import SearchContext, SearchOutcome
 from nasdeploy.search.csnas.candidate import SearchImages, search_template_for, train_and_score
 from nasdeploy.search.csnas.config import ALIASES, PRESETS, CSNASConfig, validate
 from nasdeploy.search.csnas.encoding import all_zero_theta, decode, suggest_theta
-from nasdeploy.search.csnas.study import make_sampler, open_storage, open_study, study_fingerprint, worker_id
+from nasdeploy.search.csnas.study import make_sampler, open_storage, open_study, study_fingerprint, study_name, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ class CSNASRun:
         config, ctx = self.config, self.ctx
         self.check_flops_budget()
         storage, where = open_storage(config.storage, ctx.out_dir)
-        study = open_study(storage, where, config.study, study_fingerprint(ctx), ctx.resume, make_sampler(config, ctx.seed))
+        fingerprint = study_fingerprint(ctx)
+        name = study_name(config.study, fingerprint)
+        study = open_study(storage, where, name, fingerprint, ctx.resume, make_sampler(config, ctx.seed))
         images = SearchImages(ctx, config.data_fraction)
         log.info("CSNAS: %d unlabelled search images (%.0f %% of %d), candidates %d layers x %d channels, N = %d, "
                  "%d ops + none, %s", len(images), 100 * config.data_fraction, images.total, config.search_layers,

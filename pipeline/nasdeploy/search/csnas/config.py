@@ -23,7 +23,7 @@ class CSNASConfig:
     multivariate: bool = setting(True, "Optuna's multivariate TPE, one joint l(θ)/g(θ) (its default; False: per-edge TPE, far more over-budget and repeated proposals under a budget)")
     constant_liar: bool = setting(True, "Optuna's constant liar: running trials of other workers count as bad while sampling")
     storage: str | None = setting(None, "Optuna storage: sqlite:///F.db, postgresql://..., journal:PATH (None: journal file in the out folder)")
-    study: str = setting("csnas", "study name; workers naming the same storage and study share its trials")
+    study: str | None = setting(None, "study name; workers naming the same storage and study share it (None: csnas-<digest of the settings>)")
     max_rejections: int = setting(500, "proposals in a row training nothing new (over budget or repeats) before a worker stops; none trained: error")
     # ---- search space (§III-A, §IV-A)
     nodes: int | None = setting(None, "intermediate nodes N per cell (None: the deployment template's, 4; the paper also runs 5)")
@@ -87,5 +87,5 @@ def validate(config: CSNASConfig) -> None:
             raise NasDeployError(f"CSNAS setting {name} must be in ({low}, {high}], got {value}")
     if config.tau <= 0 or config.lr <= 0:
         raise NasDeployError("CSNAS settings tau and lr must be positive")
-    if not config.study.strip():
+    if config.study is not None and not config.study.strip():
         raise NasDeployError("CSNAS setting study must be a non-empty name, e.g. --set study=csnas")

@@ -3,16 +3,19 @@
 * Storage (``--set storage=URL``): ``sqlite:///file.db``, ``postgresql://user:pass@host/db`` (any SQLAlchemy URL
   Optuna's RDBStorage takes), or ``journal:PATH`` / a plain path (Optuna's JournalStorage on a file, safe for
   several processes on one machine or a shared file system). Default: ``OUT/csnas_study.journal``.
-* Study (``--set study=NAME``): created, or joined when it exists: that is how several ``nasdeploy search``
-  processes share one study. ``--resume`` insists that it exists. A study made with other settings (anything
-  that changes a trial's value or the sampler: data, seed, table, template, budgets, training and TPE settings)
-  is refused; ``n_trials``, ``storage``, ``study`` and ``max_rejections`` may differ (a resumed study grows).
+* Study (``--set study=NAME``; default ``csnas-<digest of the study fingerprint>``, so a search with other
+  settings in the same folder gets a study of its own): created, or joined when it exists: that is how several
+  ``nasdeploy search`` processes share one study. ``--resume`` insists that it exists. A named study made with
+  other settings (anything that changes a trial's value or the sampler: data, seed, table, template, budgets,
+  training and TPE settings) is refused; ``n_trials``, ``storage``, ``study``, ``max_rejections`` and ``threads``
+  may differ (a resumed study grows).
 * Sampler: Optuna's ``TPESampler`` whose random draws for trial n are seeded from (seed, n) when the trial
   starts: a single process is reproducible, and two workers never draw the same random start trial.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_JOURNAL = "csnas_study.journal"
 FINGERPRINT_ATTR = "csnas_fingerprint"
-FREE_SETTINGS = ("n_trials", "storage", "study", "max_rejections")  # may differ between workers / resumes
+FREE_SETTINGS = ("n_trials", "storage", "study", "max_rejections", "threads")  # may differ between workers / resumes
 SAMPLER_SEED = 21
 
 
@@ -95,6 +98,14 @@ def study_fingerprint(ctx) -> dict[str, Any]:
     fingerprint = ctx.fingerprint()
     fingerprint["settings"] = {k: v for k, v in fingerprint["settings"].items() if k not in FREE_SETTINGS}
     return json.loads(json.dumps(fingerprint, default=str))
+
+
+def study_name(name: str | None, fingerprint: dict[str, Any]) -> str:
+    """The given name, or ``csnas-<12 hex digits>`` of the fingerprint: the same settings give the same study."""
+    if name is not None:
+        return name
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return f"csnas-{digest}"
 
 
 def differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
