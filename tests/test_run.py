@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.pipeline import STAGES, RunConfig, load_run_state, run_pipeline
+from nasdeploy.pipeline import SPOT_CHECK_TOLERANCE, STAGES, RunConfig, load_run_state, run_pipeline
 
 
 def test_run_state_refuses_other_settings(tmp_path):
@@ -210,7 +210,10 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
 
     # the searched architecture measured on its table's own backend, next to its prediction
     arch, table_json = out / "search" / "arch.json", out / "profile" / "table.json"
-    measured = CliRunner().invoke(app, ["measure", str(arch), "--table", str(table_json), "--json", str(tmp_path / "m.json")])
+    # the tiny preset's quick table is held to the tiny preset's spot-check tolerance, as `run` holds it
+    tolerance = str(SPOT_CHECK_TOLERANCE["tiny"])
+    measured = CliRunner().invoke(app, ["measure", str(arch), "--table", str(table_json), "--json", str(tmp_path / "m.json"),
+                                        "--spot-check-tolerance", tolerance])
     assert measured.exit_code == 0, measured.output
     m = json.loads((tmp_path / "m.json").read_text())
     rounds = json.loads(table_json.read_text())["method"]["rounds"]
