@@ -34,8 +34,9 @@ from test_icdarts_search import make_table
 
 # ------------------------------------------------------------------------------------------ Eqs. 1-3, memory bank
 def test_nce_loss_by_hand():
-    # item 0: anchor (1, 0), positive (1, 0): s = 1; its negatives are the views of items 1 and 2: s = -1 and 1.
-    # τ = 1, S = e^-1 + e:  -log(e / (e + S)) - log(1 - e^-1 / (e^-1 + S)) - log(1 - e / (e + S)) = 1.502936...
+    # item 0: anchor (1, 0), positive (1, 0): s = 1; its negatives are the views of items 1 and 2, compared with the
+    # positive: s = -1 and 1.  τ = 1, S = e^-1 + e:
+    #   -log(e / (e + S)) - log(1 - e^-1 / (e^-1 + S)) - log(1 - e / (e + S)) = 1.502936...
     anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     positives = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, -1.0]])
     negatives = torch.tensor([[0.0, 1.0], [-1.0, 0.0], [1.0, 0.0]])
@@ -44,16 +45,17 @@ def test_nce_loss_by_hand():
     assert loss[0].item() == pytest.approx(1.5029360954949662, rel=1e-6)
 
     def by_hand(s_pos: float, s_negs: list[float], tau: float) -> float:  # Eq. 1 and Eq. 2 written out
+        # s_pos = s(anchor, positive); s_negs = s(positive, negative) for the item's negatives
         e_pos, e_negs = math.exp(s_pos / tau), [math.exp(s / tau) for s in s_negs]
         total = sum(e_negs)
         return -math.log(e_pos / (e_pos + total)) - sum(math.log(1 - e / (e + total)) for e in e_negs)
 
     r = 1 / math.sqrt(2)
     tau = 0.5
-    expected = [by_hand(1.0, [-1.0, 1.0], tau), by_hand(r, [1.0, 0.0], tau), by_hand(0.0, [r, -r], tau)]
+    expected = [by_hand(1.0, [-1.0, 1.0], tau), by_hand(r, [r, r], tau), by_hand(0.0, [-r, -r], tau)]
     assert nce_loss(anchors, positives, negatives, owner, tau).tolist() == pytest.approx(expected, rel=1e-5)
-    # an item's own views are never its negatives: another view of item 0, equal to its anchor, changes nothing for it
-    more = nce_loss(anchors, positives, torch.cat([negatives, anchors[:1]]), torch.tensor([0, 1, 2, 0]), tau)
+    # an item's own views are never its negatives: another view of item 0, equal to its positive, changes nothing for it
+    more = nce_loss(anchors, positives, torch.cat([negatives, positives[:1]]), torch.tensor([0, 1, 2, 0]), tau)
     assert more[0].item() == pytest.approx(expected[0], rel=1e-6)
     # Eq. 3: λ·L_NCE(r_x, z^t) + (1 - λ)·L_NCE(r_x, z)
     image = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])

@@ -3,15 +3,20 @@
 Pure maths on tensors, so tests can check them on hand-made values:
 
 * ``nce_loss``: Eq. 1 (``ℓ``, cosine similarity over temperature τ, in-batch negatives) and Eq. 2
-  (``L_NCE = -log ℓ(a, b) - Σ_{n ∈ X'} log(1 - ℓ(a, n))``), batched with an ownership mask so that an
+  (``L_NCE = -log ℓ(a, b) - Σ_{n ∈ X'} log(1 - ℓ(b, n))``), batched with an ownership mask so that an
   item's own views are never its negatives;
 * ``csnas_loss``: Eq. 3, ``L_θ = λ L_NCE(r_x, z^t) + (1 - λ) L_NCE(r_x, z)`` with the memory-bank anchor r_x;
 * ``MemoryBank``: r_x, the exponential moving average of each sample's (L2-normalised) embedding z;
 * ``ProjectionHead``: the MLPs g (one image's features) and l (the M views' features concatenated) to p = 128.
 
-Reading of Eq. 1 for a negative: ``ℓ(a, n)`` is Eq. 1 with ``n`` in the place of the positive and the same
-negative set X' in the denominator (so the sum over X' also contains ``n`` itself); that keeps ``ℓ(a, n) < 1``
-and ``log(1 - ℓ)`` finite. Everything is computed in log space.
+Which representation meets the negatives. Under Eq. 3 the anchor ``a`` is the memory-bank entry r_x and ``b`` the
+representation being learned (z^t or z). As in PIRL's L_NCE (its h(m_I, g(v_I^t)) for the positive pair and
+h(g(v_I^t), f(v_I')) for each negative), the negatives are compared with ``b``: Eq. 1's denominator sums
+``exp(s(b, n)/τ)`` over X', and ``ℓ(b, n)`` is Eq. 1 with ``n`` in the place of the positive and the same X'
+(so the sum over X' also contains ``n``; ``ℓ(b, n) < 1`` and ``log(1 - ℓ)`` stay finite). Substituting r_x for
+the first argument everywhere instead (negatives compared with the fixed bank entry) made the training loss of
+our candidates fall for about 15 steps and then climb back above its start (measured, digits, cpu preset), so
+the score depended on where training stopped. Everything is computed in log space.
 """
 
 from __future__ import annotations
@@ -28,19 +33,19 @@ def cosine_logits(anchors: torch.Tensor, others: torch.Tensor, tau: float) -> to
 
 def nce_loss(anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, negative_owner: torch.Tensor,
              tau: float) -> torch.Tensor:
-    """Eq. 2 per anchor: ``-log ℓ(a_i, b_i) - Σ_{n ∈ X'_i} log(1 - ℓ(a_i, n))``, shape [B].
+    """Eq. 2 per anchor: ``-log ℓ(a_i, b_i) - Σ_{n ∈ X'_i} log(1 - ℓ(b_i, n))``, shape [B].
 
     ``anchors``, ``positives``: [B, p]; ``negatives``: [Q, p], the pool of in-batch views; ``negative_owner``: [Q],
     the batch index each negative comes from. X'_i is every row of the pool not owned by item i (§III-B: the other
     M(K - 1) augmented samples of the mini-batch).
     """
     s_pos = (F.normalize(anchors, dim=-1) * F.normalize(positives, dim=-1)).sum(-1) / tau  # [B]
-    s_neg = cosine_logits(anchors, negatives, tau)  # [B, Q]
+    s_neg = cosine_logits(positives, negatives, tau)  # [B, Q]: the learned representation against X'_i
     own = negative_owner.view(1, -1) == torch.arange(len(anchors), device=anchors.device).view(-1, 1)
     s_neg = s_neg.masked_fill(own, float("-inf"))
-    lse_neg = torch.logsumexp(s_neg, dim=-1)  # log Σ_{n ∈ X'} exp(s(a, n)/τ)
+    lse_neg = torch.logsumexp(s_neg, dim=-1)  # log Σ_{n ∈ X'} exp(s(b, n)/τ)
     log_l_pos = s_pos - torch.logaddexp(s_pos, lse_neg)  # Eq. 1: log ℓ(a, b)
-    # Eq. 1 with n as the "positive": 1 - ℓ(a, n) = Σ / (exp(s_n) + Σ)
+    # Eq. 1 with n as the "positive": 1 - ℓ(b, n) = Σ / (exp(s(b, n)/τ) + Σ)
     log_one_minus = lse_neg.unsqueeze(1) - torch.logaddexp(s_neg, lse_neg.unsqueeze(1))
     log_one_minus = log_one_minus.masked_fill(own, 0.0)
     return -log_l_pos - log_one_minus.sum(-1)  # Eq. 2
