@@ -174,6 +174,10 @@ def test_two_views_are_independent_augmentations_without_labels(registered, lut,
     again, _ = views[0]
     assert torch.equal(a, again)  # reproducible from the context's seed
     assert len(views[0]) == 2  # (view, view): no label is handed out
+    # views stay in the images' normalised range (jitter runs on [0, 1], then the normalisation is re-applied)
+    image = ctx.data.train.tensors[0][0]
+    assert a.min() < 0 and image.min() < 0 and a.max() <= image.max() + 3.0
+    assert ctx.data.flip is False  # digits are never mirrored
 
 
 def test_search_without_table_uses_this_machines_table_from_the_table_root(registered, tmp_path):

@@ -76,28 +76,34 @@ def materialise(dataset) -> TensorDataset:
 class TwoViews(Dataset):
     """Two independently augmented views of each image and no label (self-supervised strategies).
 
-    The augmentations of PIRL / Barlow Twins at small scale: random resized crop, horizontal flip, colour
-    jitter and random grayscale, applied to the un-augmented image tensor. Randomness comes from torch's
-    global generator, so ``ctx.seed_everything`` makes an epoch's views reproducible.
+    The augmentations of PIRL / Barlow Twins at small scale: random resized crop, horizontal flip (not for
+    digits, as in ``train.data``), colour jitter and random grayscale. The stored images are normalised, so
+    each view is taken back to [0, 1] first (colour jitter and grayscale clamp to that range) and normalised
+    again after. Randomness comes from torch's global generator, so ``ctx.seed_everything`` makes an epoch's
+    views reproducible.
     """
 
-    def __init__(self, images: torch.Tensor, size: int, strength: float = 0.4):
+    def __init__(self, images: torch.Tensor, size: int, mean, std, flip: bool = True, strength: float = 0.4):
         from torchvision.transforms import v2
 
         self.images = images
-        self.transform = v2.Compose([
-            v2.RandomResizedCrop(size, scale=(0.3, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.ColorJitter(strength, strength, strength, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-        ])
+        self.mean = torch.as_tensor(mean, dtype=images.dtype).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=images.dtype).view(-1, 1, 1)
+        steps = [v2.RandomResizedCrop(size, scale=(0.3, 1.0), antialias=True)]
+        steps += [v2.RandomHorizontalFlip()] if flip else []
+        steps += [v2.RandomApply([v2.ColorJitter(strength, strength, strength, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+        self.transform = v2.Compose(steps)
+
+    def view(self, image: torch.Tensor) -> torch.Tensor:
+        raw = (image * self.std + self.mean).clamp(0.0, 1.0)
+        return (self.transform(raw) - self.mean) / self.std
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index]
-        return self.transform(image), self.transform(image)
+        return self.view(image), self.view(image)
 
 
 @dataclass
@@ -107,10 +113,13 @@ class SearchData:
     train: TensorDataset
     val: TensorDataset
     info: Any  # train.data.DatasetInfo
+    mean: tuple[float, ...] = (0.0,)  # the normalisation the images carry (per channel)
+    std: tuple[float, ...] = (1.0,)
+    flip: bool = True  # False for digits: a mirrored 2, 3 or 7 is not that digit (train.data)
 
     def two_views(self, split: str = "train") -> TwoViews:
         images = (self.train if split == "train" else self.val).tensors[0]
-        return TwoViews(images, int(images.shape[-1]))
+        return TwoViews(images, int(images.shape[-1]), self.mean, self.std, self.flip)
 
 
 def load_search_data(spec: str, input_size: int, seed: int) -> SearchData:
@@ -118,7 +127,9 @@ def load_search_data(spec: str, input_size: int, seed: int) -> SearchData:
 
     dataset, info = load_dataset(spec, train=True, input_size=input_size, seed=seed)
     train_half, val_half = split_halves(dataset, seed)
-    return SearchData(materialise(train_half), materialise(val_half), info)
+    mean = tuple(getattr(dataset, "mean", torch.zeros(info.channels)).flatten().tolist())
+    std = tuple(getattr(dataset, "std", torch.ones(info.channels)).flatten().tolist())
+    return SearchData(materialise(train_half), materialise(val_half), info, mean, std, flip=info.name != "digits")
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
