@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_write_json
@@ -71,24 +70,26 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------ setup
 @dataclass
 class SearchSetup:
-    """ICDARTS's view of the shared search context: its templates, candidate ops and zero configuration."""
+    """ICDARTS's view of the shared search context: its templates, candidate ops and zero configuration; the
+    rest is read from the context (one source of truth)."""
 
     ctx: SearchContext
-    space: Any
-    deploy_template: Any
     search_template: Any
     eval_template: Any
-    table: Any
-    budget_ms: float | None
     op_names: list[str]  # the search network's candidates: op space (or pool) + zero op
     zero: ZeroConfig
     config: ICDARTSConfig
-    train_set: TensorDataset
-    val_set: TensorDataset
-    device: torch.device
-    seed: int
-    data: str
-    cheapest_ms: float | None = None
+
+    space = property(lambda self: self.ctx.space)
+    deploy_template = property(lambda self: self.ctx.template)
+    table = property(lambda self: self.ctx.table)
+    budget_ms = property(lambda self: self.ctx.latency_budget_ms)
+    cheapest_ms = property(lambda self: self.ctx.cheapest_latency_ms)
+    train_set = property(lambda self: self.ctx.data.train)
+    val_set = property(lambda self: self.ctx.data.val)
+    device = property(lambda self: self.ctx.device)
+    seed = property(lambda self: self.ctx.seed)
+    data = property(lambda self: self.ctx.request.data)
 
 
 def candidate_ops(template, config: ICDARTSConfig) -> tuple[list[str], ZeroConfig]:
@@ -106,13 +107,10 @@ def icdarts_setup(ctx: SearchContext, config: ICDARTSConfig) -> SearchSetup:
     template = ctx.template
     op_names, zero = candidate_ops(template, config)
     return SearchSetup(
-        ctx=ctx, space=ctx.space, deploy_template=template,
+        ctx=ctx, op_names=op_names, zero=zero, config=config,
         search_template=replace(template, layers=config.search_layers, C=config.search_channels, auxiliary=False, drop_path=0.0),
         eval_template=replace(template, layers=config.eval_layers or template.layers, C=config.eval_channels or template.C,
                               auxiliary=True, drop_path=0.0),
-        table=ctx.table, budget_ms=ctx.latency_budget_ms, op_names=op_names, zero=zero, config=config,
-        train_set=ctx.data.train, val_set=ctx.data.val, device=ctx.device, seed=ctx.seed, data=ctx.request.data,
-        cheapest_ms=ctx.cheapest_latency_ms,
     )
 
 
@@ -461,7 +459,7 @@ def play_tournament(setup: SearchSetup, out_dir: Path, resume: bool) -> tuple[IC
 # ------------------------------------------------------------------------------------------ results
 def finish(setup: SearchSetup, run: ICDARTSRun, extra_log: dict[str, Any]) -> SearchOutcome:
     """Discretise α; with a budget, the greedy fix-up is the last resort and is counted in the metrics."""
-    space, template, table = setup.space, setup.deploy_template, setup.table
+    template, table = setup.deploy_template, setup.table
     genotype = run.genotype("retraining")
     metrics: dict[str, Any] = {"delta_final": run.latency_control.coefficient, "discretization": setup.config.discretization,
                                "zero_config": setup.zero.name, "op_space": str(template.op_space)}

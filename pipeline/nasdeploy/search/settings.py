@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -104,8 +103,4 @@ def describe_settings(config_class: type, presets: dict[str, dict[str, Any]]) ->
     return rows
 
 
-def settings_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-__all__ = ["setting", "make_settings", "describe_settings", "settings_dict", "SettingInfo", "parse_value"]
+__all__ = ["setting", "make_settings", "describe_settings", "SettingInfo", "parse_value"]
