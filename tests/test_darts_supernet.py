@@ -9,8 +9,8 @@ import torch
 from nasdeploy.errors import NasDeployError
 from nasdeploy.search import discretize
 from nasdeploy.search.darts_supernet import MixedOp, SearchCell, SearchNetwork
-from nasdeploy.search.senas_paths import EdgewisePaths
-from nasdeploy.search.senas_spaces import ADAPTERS, DartsSupernet, genotype_of, make_adapter
+from nasdeploy.search.senas_paths import EdgewisePaths, Path
+from nasdeploy.search.senas_spaces import ADAPTERS, DARTS_CELLS, DartsSupernet, genotype_of, make_adapter
 from nasdeploy.spaces import get_space
 from nasdeploy.spaces.blocks import channel_shuffle, half_size_max_pool
 from nasdeploy.spaces.darts import (
@@ -179,21 +179,32 @@ def test_one_hot_search_cell_equals_discrete_cell(cell_index):
         assert torch.equal(search(s0, s1, weights), discrete(s0, s1))
 
 
-def test_senas_path_equals_its_discrete_network():
+@pytest.mark.parametrize("cell", ["two-inputs", "paper"])
+def test_senas_path_equals_its_discrete_network(cell):
+    """The supernet on a path computes exactly the discrete network of the path's genotype; for the paper's
+    cell (§3.5: all edges, none included) the path puts ``none`` on every edge of node 0 of the normal cell,
+    so that node outputs zeros and the genotype keeps one ``none`` edge for it."""
     template = tiny(C=4)
-    paths = EdgewisePaths(OPS, template.nodes)
+    paths = DARTS_CELLS[cell](list(OPS), template.nodes)
     torch.manual_seed(0)
     supernet = DartsSupernet(paths, template, get_space("darts")).eval()
     path = paths.sample(paths.candidates, random.Random(0))
-    net = DartsNetwork(genotype_of(paths, path, template.nodes), template).eval()
+    if cell == "paper":
+        path = Path(tuple("none" if layer in (0, 1) else c for layer, c in enumerate(path.choices)))
+        assert "none" in path.choices[2:]  # other none edges too (seeded draw)
+    genotype = genotype_of(paths, path, template.nodes)
+    if cell == "paper":
+        assert genotype.normal[0] == [("none", 0)]
+        assert all(op != "none" for node in genotype.normal[1:] + genotype.reduce for op, _ in node)
+    net = DartsNetwork(genotype, template).eval()
     net.stem.load_state_dict(supernet.stem.state_dict())
     net.classifier.load_state_dict(supernet.classifier.state_dict())
-    for c, (cell, layout) in enumerate(zip(net.cells, supernet.layouts)):
-        cell.preprocess.load_state_dict(supernet.preprocess[c].state_dict())
+    for c, (cell_module, layout) in enumerate(zip(net.cells, supernet.layouts)):
+        cell_module.preprocess.load_state_dict(supernet.preprocess[c].state_dict())
         cell_type = int(layout.reduction)
         for j in range(template.nodes):
             for slot, i in enumerate(paths.node_inputs(path, cell_type, j)):
-                cell.ops[j][slot].load_state_dict(supernet.op(c, paths.edge(cell_type, j, i), path).state_dict())
+                cell_module.ops[j][slot].load_state_dict(supernet.op(c, paths.edge(cell_type, j, i), path).state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x), supernet(x, path))

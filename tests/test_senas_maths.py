@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import random
 
@@ -276,8 +278,11 @@ def test_darts_partial_models_are_keyed_by_the_active_sub_architecture():
     from nasdeploy.search.senas_spaces import make_adapter, search_template_for
     from nasdeploy.spaces.base import get_space
 
+    from types import SimpleNamespace
+
     template = get_space("darts").default_template("tiny")
-    adapter = make_adapter("darts", search_template_for(get_space("darts"), template, 10, 3), template)
+    adapter = make_adapter("darts", search_template_for(get_space("darts"), template, 10, 3), template,
+                           config=SimpleNamespace(darts_cell="two-inputs"))
     net, paths = adapter.build_supernet(), adapter.paths
     net.set_child_spaces([list(range(paths.num_edges))])  # the whole normal cell is one child space
     path = paths.sample(paths.candidates, random.Random(0))
@@ -296,6 +301,68 @@ def test_darts_partial_models_are_keyed_by_the_active_sub_architecture():
     changed_op = next(op for op in paths.candidates[used] if op != path.choices[used])
     changed = Path(tuple(changed_op if layer == used else c for layer, c in enumerate(path.choices)), path.inputs)
     assert net.partial_key(0, changed) != net.partial_key(0, path)
+
+
+def test_paper_darts_cell_has_all_edges_and_none_edges_have_no_weights():
+    """§3.5: 14 edges x (op space 3 + none) per cell. A ``none`` edge is off the path: no cost, no weights, "-" in
+    its partial model's key (§3.4 keys by the active sub-architecture). In this space ``none`` is the only way an
+    edge is inactive, so two paths share a partial model exactly when their child-space edges agree."""
+    import random
+
+    from nasdeploy.search.senas_scores import space_size
+    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.spaces.base import get_space
+
+    template = get_space("darts").default_template("tiny")
+    adapter = make_adapter("darts", search_template_for(get_space("darts"), template, 10, 3), template)
+    paths = adapter.paths
+    assert paths.num_layers == 2 * 14 and all(len(ops) == 8 and ops[-1] == "none" for ops in paths.candidates)
+    assert space_size(paths.candidates) == 8 ** 28  # 8^14 per cell type
+    assert all(adapter.flops.per_layer[layer]["none"] == 0.0 for layer in range(paths.num_layers))
+    net = adapter.build_supernet()
+    assert not any(name.endswith("|none") for name in net.candidates)
+    net.set_child_spaces([[0, 1, 2]])
+    path = paths.sample(paths.candidates, random.Random(0), forced=(1, "none"))
+    path = Path(tuple("sep_conv_3x3" if layer in (0, 2) else c for layer, c in enumerate(path.choices)))
+    assert net.partial_key(0, path) == "sep_conv_3x3+-+sep_conv_3x3"
+    created = net.prepare(path, "cpu")
+    assert {name.split("|")[3] for name in created} == {"0", "2"}  # no weights for the none edge
+    same_active = Path(path.choices[:3] + tuple(paths.candidates[l][0] for l in range(3, paths.num_layers)))
+    assert net.prepare(same_active, "cpu") == []  # other layers are outside the child space: same copy
+    assert adapter.flops.of(paths, path) < adapter.flops.of(paths, Path(("sep_conv_3x3",) * 3 + path.choices[3:]))
+
+
+def test_algorithm_1_stopping_rule():
+    from nasdeploy.search.senas import paper_stop_reason
+
+    wide = [["a", "b", "c"]] * 4  # 81 architectures
+    assert paper_stop_reason(wide, 50, [], 2) is None
+    assert "81 <= T = 81" in paper_stop_reason(wide, 81, [], 2)
+    assert "one operator" in paper_stop_reason([["a"]] * 4, 0, [], 2)
+    assert "k = 0" in paper_stop_reason(wide, 50, [], 0)
+    assert "could remove no operator" in paper_stop_reason(wide, 50, [{"removed": []}], 2)
+    assert paper_stop_reason(wide, 50, [{"removed": [(0, "a")]}], 2) is None
+
+
+def test_learning_rate_decays_once_over_the_search_or_restarts_per_stage():
+    """§4.3 lr·(1 − e/T): with 'run', T is every planned iteration (first stage 4 epochs + 2 stages of 2, 10
+    steps each = 80), so stage 1 starts where stage 0 ended; with 'stage' it restarts at lr."""
+    from types import SimpleNamespace
+
+    from nasdeploy.search.senas import SenasConfig, SenasRun, linear_lr
+
+    assert linear_lr(0.5, 0, 100) == 0.5 and linear_lr(0.5, 25, 100) == 0.375 and linear_lr(0.5, 120, 100) == 0.0
+    run = SenasRun.__new__(SenasRun)
+    run.adapter = SimpleNamespace(paths=SimpleNamespace(candidates=[["a", "b", "c"]] * 2), first_stage_epochs=4)
+    run.config = SenasConfig(epochs=None, stage_epochs=2, shrink_stages=None, shrink_k=2, lr=0.8)
+    assert run.planned_stages() == 2 and run.planned_epochs() == 8  # ⌈(2 + 2) / 2⌉ stages after the first
+    assert run.learning_rate(0, 0, 0, 10) == 0.8
+    assert run.learning_rate(0, 3, 9, 10) == pytest.approx(0.8 * (1 - 39 / 80))
+    assert run.learning_rate(1, 0, 0, 10) == pytest.approx(0.8 * (1 - 40 / 80))
+    assert run.learning_rate(2, 1, 9, 10) == pytest.approx(0.8 * (1 - 79 / 80))
+    run.config = dataclasses.replace(run.config, lr_schedule="stage")
+    assert run.learning_rate(1, 0, 0, 10) == 0.8
+    assert run.learning_rate(1, 1, 5, 10) == pytest.approx(0.8 * (1 - 15 / 20))
 
 
 def test_eq7_reading_x_over_mean_versus_centred_mean_normalisation():

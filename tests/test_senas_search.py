@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,12 +55,12 @@ def request_for(out_dir, table_path=None, **kwargs):
                          preset="tiny", seed=kwargs.pop("seed", 0), options=options, table_policy=TablePolicy(trust=True), **kwargs)
 
 
-def probe_costs(space_name, template, table=None):
+def probe_costs(space_name, template, table=None, config=None):
     """The strategy's own path costs, without loading data or building a supernet."""
     from nasdeploy.search.senas_paths import PathCosts
     from nasdeploy.search.senas_spaces import make_adapter, search_template_for
 
-    adapter = make_adapter(space_name, search_template_for(get_space(space_name), template, 10, 3), template, table)
+    adapter = make_adapter(space_name, search_template_for(get_space(space_name), template, 10, 3), template, table, config)
     return PathCosts(adapter.paths, adapter.flops, adapter.latency, adapter.predict_latency)
 
 
@@ -163,21 +164,33 @@ def test_unknown_option_is_rejected(tmp_path):
         get_strategy("senas").run(request_for(tmp_path, options={"delta": 0.1}))
 
 
-def test_darts_edgewise_search_under_flops_budget(tmp_path):
+@pytest.mark.parametrize("cell", ["paper", "two-inputs"])
+def test_darts_edgewise_search_under_flops_budget(tmp_path, cell):
     space = get_space("darts")
     template = space.default_template("tiny")
-    options = {"steps_per_epoch": 2, "val_samples": 16, "population": 3}
-    costs = probe_costs("darts", template)
-    smallest = costs.cheapest_value(costs.paths.candidates, "flops")
-    budget = smallest * 1.3
+    options = {"steps_per_epoch": 2, "val_samples": 16, "population": 3, "darts_cell": cell}
+    costs = probe_costs("darts", template, config=SimpleNamespace(darts_cell=cell))
+    paths = costs.paths
+    # a budget between the cheapest and a typical path: binding, yet reachable
+    typical = sorted(costs.flops(paths.sample(paths.candidates, random.Random(i))) for i in range(20))[10]
+    smallest = costs.cheapest_value(paths.candidates, "flops")
+    budget = smallest + 0.5 * (typical - smallest)
     result = get_strategy("senas").run(request_for(tmp_path / "out", space="darts", flops_budget=budget, options=options))
     record = ArchitectureRecord.load(result.arch_path)
     genotype = record.arch
-    assert all(len(node) == 2 for node in genotype.normal + genotype.reduce)  # two inputs per node
+    if cell == "two-inputs":
+        assert all(len(node) == 2 for node in genotype.normal + genotype.reduce)  # two inputs per node
+    else:  # §3.5: every non-none edge of the path; a node whose edges are all none keeps one none edge
+        assert any(len(node) != 2 for node in genotype.normal + genotype.reduce)
+        assert all(op != "none" or len(node) == 1 for node in genotype.normal + genotype.reduce for op, _ in node)
     assert record.metrics["flops"] <= budget
     assert record.metrics["flops"] == network_flops(space, genotype, template)
     log = read_json(result.log_path)
     assert len(log["stages"][0]["removed"]) == 3
+    # §4.1: the supernet trains on the training split minus the held-out 20 % (tiny preset)
+    assert log["split"]["held_out_images"] == round(0.2 * 1497)
+    assert log["split"]["train_images"] == 1497 - log["split"]["held_out_images"]
+    assert log["stop_reason"].startswith("shrink_stages = 1")
     assert (tmp_path / "out" / "architecture.png").is_file()
 
 

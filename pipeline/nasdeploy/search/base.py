@@ -87,6 +87,11 @@ class SearchStrategy(ABC):
         """True when the config needs a latency table even without a budget (e.g. a fixed latency penalty)."""
         return False
 
+    def validation_fraction(self, config: Any) -> float:
+        """Share of the training split held out as the search's validation set (default: two halves, as DARTS
+        and ICDARTS §3.4.2 split it; SE-NAS holds out the paper's 5k of 50k)."""
+        return 0.5
+
     def retrain_recipe(self, space: str) -> str:
         """The ``train.recipes`` recipe its architectures are retrained with (``nasdeploy train`` / ``run``)."""
         return "icdarts"

@@ -122,11 +122,11 @@ class SearchData:
         return TwoViews(images, int(images.shape[-1]), self.mean, self.std, self.flip)
 
 
-def load_search_data(spec: str, input_size: int, seed: int) -> SearchData:
-    from nasdeploy.train.data import load_dataset, split_halves
+def load_search_data(spec: str, input_size: int, seed: int, val_fraction: float = 0.5) -> SearchData:
+    from nasdeploy.train.data import load_dataset, split_holdout
 
     dataset, info = load_dataset(spec, train=True, input_size=input_size, seed=seed)
-    train_half, val_half = split_halves(dataset, seed)
+    train_half, val_half = split_holdout(dataset, seed, val_fraction)
     mean = tuple(getattr(dataset, "mean", torch.zeros(info.channels)).flatten().tolist())
     std = tuple(getattr(dataset, "std", torch.ones(info.channels)).flatten().tolist())
     return SearchData(materialise(train_half), materialise(val_half), info, mean, std, flip=info.name != "digits")
@@ -298,7 +298,7 @@ def build_context(strategy, request, config) -> SearchContext:
         check_overrides(template, overrides)
     else:
         template = space.default_template(request.preset, **overrides)
-    data = load_search_data(request.data, template.input_size, request.seed)
+    data = load_search_data(request.data, template.input_size, request.seed, strategy.validation_fraction(config))
     info = data.info
     if table is None:
         template = replace(template, num_classes=info.num_classes, in_channels=info.channels, input_size=info.input_size)

@@ -2,39 +2,44 @@
 
 Algorithm 1, as run here:
 
-1. Train the single-path supernet for ``epochs`` (uniform paths; paths over a budget are rejected and
-   redrawn, §4.3). Keep ``snapshots`` = K weight snapshots at evenly spaced mini-batches of the last epoch.
-2. For each of ``shrink_stages`` stages: score every operator with the K-averaged weights (Eq. 4-7,
+1. Train the single-path supernet for ``epochs`` (None: the paper's first stage for the space, §4.3: 100 epochs
+   on MobileNet, 200 on DARTS; uniform paths, paths over a budget rejected and redrawn, §4.3). In the last
+   epoch of every stage keep ``snapshots`` = K weight snapshots at evenly spaced mini-batches (Eq. 4).
+2. At the end of each stage's training check the stopping condition: ``shrink_stages`` stages done, or (None,
+   the paper preset) Algorithm 1's rule (``paper_stop_reason``: the whole space has <= T architectures, so it is
+   one partial-model space with no weight sharing left, §3.4; every layer is down to one operator; or a stage
+   could remove nothing). Otherwise score every operator with the K-averaged weights (Eq. 4-7,
    ``search.senas_scores``; ``score_samples`` feasible paths containing each operator, with batch-norm
-   recalibration), remove the ``shrink_k`` lowest (never a layer's last operator, never one whose removal
-   would leave no architecture within the budget), merge adjacent small layer spaces into child spaces of
-   size <= ``merge_threshold`` = T and give each partial model its own weights (§3.4), then retrain the
-   shrunk and expanded supernet for ``stage_epochs``.
+   recalibration), remove the ``shrink_k`` lowest (never a layer's last operator, never one whose removal would
+   leave no architecture within the budget), merge adjacent small layer spaces into child spaces of size
+   <= ``merge_threshold`` = T and give each partial model its own weights (§3.4), and train the next stage
+   (``stage_epochs``) — so the last expanded supernet is trained before it is searched.
 3. Evolutionary search (SPOS: ``population``, ``generations``, ``mutation_prob``, crossover) over the final
-   space, fitness = validation accuracy with batch-norm recalibration, every candidate within the budgets.
+   space, fitness = held-out accuracy with batch-norm recalibration, every candidate within the budgets.
 
-Spaces: ``mobilenet`` (layer-wise) and ``darts`` (edge-wise: each edge of the normal and reduction cell
-is a layer; the two inputs of every node are sampled as part of the path; see ``search.senas_paths``).
-Data: the shared context's halves of the training split (``search.context``): one half trains supernet
-weights, the other is the validation set of Eq. 4/5 and of the evolutionary fitness.
+Learning rate (§4.3): lr · (1 − e/T) per iteration e; ``lr_schedule = "run"`` (paper preset): T = the iterations
+of the whole planned search (first stage + the most stages the stopping rule can take, ⌈removable operators / k⌉;
+a search that stops earlier ends above 0), ``"stage"``: restarted at every stage.
+
+Spaces: ``mobilenet`` (layer-wise, Table 2) and ``darts`` (edge-wise: each edge of the normal and reduction cell
+is a layer; ``darts_cell = "paper"``: all 14 edges, the op space + ``none``, §3.5; ``"two-inputs"``: two sampled
+inputs per node; see ``search.senas_paths``).
+Data (§4.1): the context holds out ``val_fraction`` of the training split (paper: CIFAR's 5,000 of 50,000 = 0.1);
+the supernet trains on the rest; Eq. 4/5, shrinking and the evolutionary fitness read the held-out images.
 
 Settings (``nasdeploy strategies senas``; ``--set key=value``; missing = the preset's value):
-``epochs`` (first-stage epochs), ``stage_epochs`` (epochs after each shrink), ``shrink_stages``,
-``shrink_k`` (k), ``merge_threshold`` (T), ``snapshots`` (K of Eq. 4), ``score_samples`` (paths per
-operator for SI), ``population``, ``generations``, ``mutation_prob``, ``batch_size``, ``lr`` (initial
-learning rate, decayed linearly to 0 over each stage, §4.3), ``momentum``, ``weight_decay``,
-``bn_batches`` (training batches for batch-norm recalibration), ``steps_per_epoch`` (cap on mini-batches
-per epoch; None = whole epoch), ``val_samples`` (cap on validation images; None = all),
-``max_tries`` (rejection-sampling draws before repairing a path), ``final_samples`` (random paths whose
-mean accuracy is logged as the final supernet accuracy), ``grad_clip`` (gradient-norm clip; None = off,
-as in the paper; the cpu preset clips at 5 because the narrow 32x32 supernet otherwise diverges).
+``epochs``, ``stage_epochs``, ``shrink_stages``, ``shrink_k`` (k), ``merge_threshold`` (T), ``snapshots`` (K of
+Eq. 4), ``score_samples`` (paths per operator for SI), ``val_fraction``, ``lr_schedule``, ``darts_cell``,
+``population``, ``generations``, ``mutation_prob``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
+``bn_batches`` (training batches for batch-norm recalibration), ``steps_per_epoch`` (cap on mini-batches per epoch;
+None = whole epoch), ``val_samples`` (cap on held-out images used; None = all), ``max_tries`` (rejection-sampling
+draws before repairing a path), ``final_samples`` (random paths whose mean accuracy is logged as the final supernet
+accuracy), ``grad_clip`` (gradient-norm clip; None = off, as in the paper).
 
-Presets: ``paper`` (§4.3: 100 + 5 epochs per stage, k = 10, T = 50, 1000 paths per operator, SGD lr 0.5,
-momentum 0.9, wd 4e-5, batch 1024; K = 10 snapshots and 5 stages are our choice, the paper gives neither),
-``cpu`` (digits at 32x32 on one core, the MobileNet cpu template of 9 searchable layers: 160 + 10 + 10 epochs,
-2 stages of k = 8, T = 12), ``tiny`` (tests). Uniform single-path training needs many steps before random paths
-beat chance (on the 9-layer template: ~0.15 for 60 epochs, 0.37 after 165); the cpu preset spends its minutes
-there rather than on more shrinking stages.
+Presets: ``paper`` (§4.1/§4.3: 0.1 held out, 100/200 + 5 epochs per stage until the stopping rule, k = 10, T = 50,
+1000 paths per operator, SGD lr 0.5 with lr·(1 − e/T) over the search, momentum 0.9, wd 4e-5, batch 1024; K = 10
+snapshots is our choice, the paper gives none), ``cpu`` (digits at 32x32 on one core, the MobileNet cpu template
+of 9 searchable layers; shortened, see ``PRESETS``), ``tiny`` (tests).
 
 Run: ``nasdeploy search --strategy senas --space mobilenet --table LUT.json --latency-budget 22ms``
 (``--flops-budget 320M`` as well or instead; ``--set key=value`` for any option above).
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +68,7 @@ from nasdeploy.search.context import SearchContext, SearchOutcome
 from nasdeploy.search.evolution import EvolutionConfig, EvolutionState, derive_rng, evolutionary_search
 from nasdeploy.search.senas_paths import Budget, Path, PathCosts, check_budget, sample_feasible
 from nasdeploy.search.senas_scores import merge_child_spaces, operator_scores, selection_importance, shrink, space_size
-from nasdeploy.search.senas_spaces import SpaceAdapter, make_adapter, search_template_for
+from nasdeploy.search.senas_spaces import DARTS_CELLS, SpaceAdapter, make_adapter, search_template_for
 from nasdeploy.search.settings import setting
 from nasdeploy.search.supernet import SnapshotAverage, Supernet, follow_params, path_accuracy, sgd_step
 
@@ -71,9 +77,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SenasConfig:
-    epochs: int = setting(100, "first-stage supernet epochs (§4.3)")
+    epochs: int | None = setting(None, "first-stage supernet epochs (None: the paper's for the space, §4.3: MobileNet 100, DARTS 200)")
     stage_epochs: int = setting(5, "supernet epochs after each shrink-and-expand stage (§4.3)")
-    shrink_stages: int = setting(5, "number of shrinking stages (our choice; the paper gives none)")
+    shrink_stages: int | None = setting(
+        None, "shrinking stages (None: Algorithm 1's rule: shrink until the whole space fits one merged child space of "
+              "<= T architectures, every layer has one operator, or a stage can remove nothing)")
+    val_fraction: float = setting(0.1, "share of the training split held out for scores, shrinking and evolution (§4.1: "
+                                       "CIFAR 5,000 of 50,000; the supernet trains on the rest)")
+    lr_schedule: str = setting("run", "'run': lr·(1 − e/T) over the iterations of the whole planned search (§4.3); "
+                                      "'stage': the same decay restarted at every stage")
+    darts_cell: str = setting("paper", "DARTS space: 'paper' (all 14 edges, the op space + none, §3.5) or 'two-inputs' "
+                                       "(two sampled inputs per node: DARTS genotypes)")
     shrink_k: int = setting(10, "operators removed per stage, k (§4.3)")
     merge_threshold: int = setting(50, "merge threshold T of the expanding step (§3.4)")
     snapshots: int = setting(10, "weight snapshots K averaged in Eq. 4 (our choice)")
@@ -82,7 +96,7 @@ class SenasConfig:
     generations: int = setting(20, "evolutionary generations")
     mutation_prob: float = setting(0.1, "per-layer mutation probability")
     batch_size: int = setting(1024, "supernet batch size")
-    lr: float = setting(0.5, "initial SGD learning rate, decayed linearly to 0 over each stage (§4.3)")
+    lr: float = setting(0.5, "initial SGD learning rate, decayed linearly (lr_schedule, §4.3)")
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(4e-5, "SGD weight decay")
     bn_batches: int = setting(20, "training batches for batch-norm recalibration of each evaluated path")
@@ -93,26 +107,38 @@ class SenasConfig:
     grad_clip: float | None = setting(None, "gradient-norm clip (None: off, as in the paper)")
 
 
+LR_SCHEDULES = ("run", "stage")
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},  # §4.3: 100 + 5 epochs per stage, k = 10, T = 50, 1000 paths per operator, SGD 0.5 / 4e-5, batch 1024
-    # cpu: ~6 min on one core with the 9-layer cpu template (~1.5 s per supernet epoch; one path evaluation
-    # with batch-norm recalibration on 64 images + 200 validation images ~0.2 s)
-    "cpu": dict(epochs=160, stage_epochs=10, shrink_stages=2, shrink_k=8, merge_threshold=12, snapshots=4, score_samples=2,
-                population=10, generations=3, batch_size=32, lr=0.05, grad_clip=5.0, bn_batches=2, val_samples=200,
+    # §4.1/§4.3: 5k-of-50k held out, 100 (MobileNet) or 200 (DARTS) + 5 epochs per stage until Algorithm 1's rule
+    # stops, k = 10, T = 50, 1000 paths per operator, SGD 0.5 / 4e-5, batch 1024, lr·(1 − e/T) over the search
+    "paper": {},
+    # cpu: digits at 32x32, the 9-layer MobileNet cpu template, ~6 min on one core. Shortened: 2 shrink stages of
+    # k = 8 (not the stopping rule), T = 12, 10 epochs per later stage, 2 paths per operator, a 10 x 3 evolution,
+    # batch 32 at lr 0.05 with gradient clipping (the narrow supernet diverges at 0.5). 100 first-stage epochs on
+    # 80 % of the images = the same ~3,700 steps as the former 160 epochs on half; 20 % (299 images) held out.
+    "cpu": dict(epochs=100, stage_epochs=10, shrink_stages=2, shrink_k=8, merge_threshold=12, snapshots=4, score_samples=2,
+                population=10, generations=3, batch_size=32, lr=0.05, grad_clip=5.0, bn_batches=2, val_fraction=0.2,
                 final_samples=8),
     "tiny": dict(epochs=1, stage_epochs=1, shrink_stages=1, shrink_k=3, merge_threshold=4, snapshots=2, score_samples=1,
                  population=4, generations=1, batch_size=16, lr=0.05, bn_batches=1, steps_per_epoch=3, val_samples=32,
-                 final_samples=2),
+                 val_fraction=0.2, final_samples=2),
 }
 
 
 def validate(config: SenasConfig) -> None:
-    if min(config.epochs, config.stage_epochs, config.merge_threshold, config.snapshots, config.batch_size,
-           config.score_samples) < 1 or config.shrink_k < 0 or config.shrink_stages < 0 or config.population < 2:
+    if min(config.epochs or 1, config.stage_epochs, config.merge_threshold, config.snapshots, config.batch_size,
+           config.score_samples) < 1 or config.shrink_k < 0 or (config.shrink_stages or 0) < 0 or config.population < 2:
         raise NasDeployError(
             "SE-NAS settings out of range: epochs, stage_epochs, merge_threshold, snapshots, batch_size and "
             "score_samples must be >= 1, shrink_k and shrink_stages >= 0, population >= 2"
         )
+    if not 0.0 < config.val_fraction <= 0.5:
+        raise NasDeployError(f"val_fraction {config.val_fraction} is out of range; pass --set val_fraction=0.1 (any value in (0, 0.5])")
+    if config.darts_cell not in DARTS_CELLS:
+        raise NasDeployError(f"unknown darts_cell {config.darts_cell!r}; pass --set darts_cell={' or '.join(DARTS_CELLS)}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise NasDeployError(f"unknown lr_schedule {config.lr_schedule!r}; pass --set lr_schedule={' or '.join(LR_SCHEDULES)}")
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -141,7 +167,8 @@ def fixed_batches(dataset, batch_size: int, limit: int | None, seed: int, device
 
 
 def search_data(ctx: SearchContext, config: SenasConfig) -> SearchData:
-    """The context's halves: supernet weights train on one, Eq. 4/5 and the fitness read the other."""
+    """The context's split (``val_fraction`` held out, §4.1): the supernet trains on the rest; Eq. 4/5, shrinking
+    and the evolutionary fitness read the held-out images."""
     data = ctx.data
     val = fixed_batches(data.val, 256, config.val_samples, ctx.seed, ctx.device)
     bn = fixed_batches(data.train, config.batch_size, config.bn_batches * config.batch_size, ctx.seed + 1, ctx.device)
@@ -163,6 +190,7 @@ class SearchState:
     evolution: EvolutionState | None = None
     final_accuracy: float | None = None
     elapsed_s: float = 0.0
+    stop_reason: str | None = None  # why Algorithm 1's loop ended
 
 
 class SenasRun:
@@ -184,7 +212,7 @@ class SenasRun:
     def setup(self) -> None:
         self.data = search_data(self.ctx, self.config)
         search_template = search_template_for(self.space, self.deploy_template, self.data.info.num_classes, self.data.info.channels)
-        self.adapter = make_adapter(self.space.name, search_template, self.deploy_template, self.table)
+        self.adapter = make_adapter(self.space.name, search_template, self.deploy_template, self.table, self.config)
         self.costs = PathCosts(self.adapter.paths, self.adapter.flops, self.adapter.latency, self.adapter.predict_latency)
         # the latency budget was pre-checked by the context (the space's cheapest network); FLOPs here
         check_budget(self.costs, self.adapter.paths.candidates, Budget(self.budget.flops, None), self.space.name)
@@ -204,7 +232,33 @@ class SenasRun:
 
     # -------------------------------------------------------------- training
     def stage_epochs(self, stage: int) -> int:
-        return self.config.epochs if stage == 0 else self.config.stage_epochs
+        if stage == 0:
+            return self.config.epochs or self.adapter.first_stage_epochs
+        return self.config.stage_epochs
+
+    def planned_stages(self) -> int:
+        """Shrink stages planned: the setting, or the most Algorithm 1's rule can take (⌈removable operators / k⌉)."""
+        if self.config.shrink_stages is not None:
+            return self.config.shrink_stages
+        removable = sum(len(ops) - 1 for ops in self.adapter.paths.candidates)
+        return math.ceil(removable / self.config.shrink_k) if self.config.shrink_k else 0
+
+    def planned_epochs(self) -> int:
+        return sum(self.stage_epochs(s) for s in range(self.planned_stages() + 1))
+
+    def learning_rate(self, stage: int, epoch: int, step: int, steps: int) -> float:
+        """§4.3: lr_e = lr · (1 − e/T), e the iteration, T the total: of the planned search ('run') or of the stage."""
+        if self.config.lr_schedule == "stage":
+            return linear_lr(self.config.lr, epoch * steps + step, self.stage_epochs(stage) * steps)
+        before = sum(self.stage_epochs(s) for s in range(stage))
+        return linear_lr(self.config.lr, (before + epoch) * steps + step, self.planned_epochs() * steps)
+
+    def stop_reason(self, state: SearchState) -> str | None:
+        """Algorithm 1's stopping condition, checked at the end of each stage's training (None: shrink again)."""
+        if self.config.shrink_stages is not None:
+            done = state.stage >= self.config.shrink_stages
+            return f"shrink_stages = {self.config.shrink_stages} stages done" if done else None
+        return paper_stop_reason(state.alive, self.config.merge_threshold, state.stages, self.config.shrink_k)
 
     def train_epoch(self, state: SearchState, snapshots: SnapshotAverage | None, bar, task) -> float:
         from nasdeploy.train.data import make_loader, set_epoch
@@ -215,7 +269,6 @@ class SenasRun:
         set_epoch(self.data.train, epoch)
         loader = make_loader(self.data.train, self.config.batch_size, shuffle=True, seed=loader_seed, drop_last=True)
         steps = len(loader) if self.config.steps_per_epoch is None else min(len(loader), self.config.steps_per_epoch)
-        total = steps * self.stage_epochs(stage)
         marks = snapshot_steps(steps, self.config.snapshots) if snapshots is not None else set()
         self.supernet.train()
         losses = []
@@ -233,7 +286,7 @@ class SenasRun:
             loss.backward()
             if self.config.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for p in self.supernet.parameters() if p.grad is not None], self.config.grad_clip)
-            lr = self.config.lr * (1 - (epoch * steps + step) / total)  # §4.3: lr · (1 - e/T)
+            lr = self.learning_rate(stage, epoch, step, steps)
             sgd_step(named, self.buffers, lr, self.config.momentum, self.config.weight_decay)
             losses.append(loss.item())
             if step in marks:
@@ -265,7 +318,7 @@ class SenasRun:
                         cache[path] = self.evaluate(supernet, path)
                     pool.append(path)
                     accuracies.append(cache[path])
-                    for i, c in enumerate(self.adapter.paths.active(path)):
+                    for i, c in enumerate(self.adapter.paths.scored(path)):
                         if c is not None:
                             counts[(i, c)] = counts.get((i, c), 0) + 1
         return pool, accuracies
@@ -274,7 +327,7 @@ class SenasRun:
         averaged = snapshots.averaged(self.supernet)  # Eq. 4
         pool, accuracies = self.score_pool(averaged, state)
         del averaged
-        si = selection_importance([self.adapter.paths.active(p) for p in pool], accuracies, state.alive)  # Eq. 5
+        si = selection_importance([self.adapter.paths.scored(p) for p in pool], accuracies, state.alive)  # Eq. 5
         scores = operator_scores(si, state.alive)  # Eq. 6-7
         size_before = space_size(state.alive)
         alive, removed = shrink(state.alive, scores.s, self.config.shrink_k, keep=self.keep_for_budget)
@@ -327,26 +380,29 @@ class SenasRun:
         return steps if self.config.steps_per_epoch is None else min(steps, self.config.steps_per_epoch)
 
     def run_training(self, state: SearchState) -> None:
-        """Algorithm 1: train; then per stage score, shrink, expand and retrain (checkpoint per epoch)."""
-        stages = self.config.shrink_stages + 1
+        """Algorithm 1: train; at the end of each stage score, shrink and expand, until the stopping condition holds
+        (then the last stage's training ends the loop). Checkpoint per epoch."""
         done = sum(self.stage_epochs(s) for s in range(state.stage)) + state.epochs_done
-        total = sum(self.stage_epochs(s) for s in range(stages))
         with progress_bar() as bar:
-            task = bar.add_task("supernet", total=total * self.steps_per_epoch(), completed=done * self.steps_per_epoch(), info="")
-            while state.stage < stages:
+            task = bar.add_task("supernet", total=self.planned_epochs() * self.steps_per_epoch(),
+                                completed=done * self.steps_per_epoch(), info="")
+            while state.phase == "train":
                 n_epochs = self.stage_epochs(state.stage)
-                scoring = state.epochs_done == n_epochs - 1 and state.stage < self.config.shrink_stages
+                last_epoch = state.epochs_done == n_epochs - 1
+                reason = self.stop_reason(state) if last_epoch else None
+                scoring = last_epoch and reason is None
                 snapshots = SnapshotAverage() if scoring else None
                 loss = self.train_epoch(state, snapshots, bar, task)
                 log.info("stage %d epoch %d/%d: train loss %.4f", state.stage, state.epochs_done + 1, n_epochs, loss)
                 if scoring:
                     self.shrink_and_expand(state, snapshots)
                 state.epochs_done += 1
-                if state.epochs_done == n_epochs:
+                if reason is not None:
+                    state.phase, state.stop_reason = "evolve", reason
+                    log.info("Algorithm 1 stops after stage %d: %s", state.stage, reason)
+                elif state.epochs_done == n_epochs:
                     state.stage, state.epochs_done = state.stage + 1, 0
                 self.save(state)
-        state.phase = "evolve"
-        self.save(state)
 
     def final_accuracy(self, state: SearchState) -> float:
         rng = derive_rng(self.seed, "final")
@@ -386,6 +442,10 @@ class SenasRun:
             "final_supernet_accuracy": state.final_accuracy,
             "evolution": state.evolution.history if state.evolution else [],
             "best": {"path": best.to_json(), "fitness": fitness},
+            "stop_reason": state.stop_reason, "stages_run": state.stage + 1, "planned_stages": self.planned_stages() + 1,
+            "epochs": [self.stage_epochs(s) for s in range(state.stage + 1)], "lr_schedule": self.config.lr_schedule,
+            "split": {"train_images": len(self.data.train), "held_out_images": len(self.ctx.data.val),
+                      "val_images_used": sum(len(y) for _, y in self.data.val_batches)},
         }
         return SearchOutcome(arch=self.adapter.to_arch(best), search_seconds=state.elapsed_s, metrics=metrics,
                              log=log_extra, extra_files=[self.checkpoint().path], title="SE-NAS searched architecture")
@@ -400,6 +460,27 @@ class SenasRun:
         state.phase = "done"
         self.save(state)
         return self.outcome(state, best, fitness)
+
+
+def linear_lr(lr: float, iteration: int, total: int) -> float:
+    """§4.3: lr · (1 − e/T) for iteration e of T (never below 0)."""
+    return lr * max(0.0, 1.0 - iteration / total)
+
+
+def paper_stop_reason(alive: list[list[str]], threshold: int, stages: list[dict], k: int) -> str | None:
+    """Algorithm 1's "stopping conditions": shrinking ends when the whole space has at most T architectures (one
+    merged child space: no weight sharing is left, §3.4), when every layer is down to one operator (§3.3 keeps
+    one per layer), when k = 0, or when the last stage could remove nothing (every candidate protected by the
+    budget). None: shrink again."""
+    if space_size(alive) <= threshold:
+        return f"the whole space has {space_size(alive)} <= T = {threshold} architectures (one partial-model space, §3.4)"
+    if all(len(ops) == 1 for ops in alive):
+        return "every layer has one operator left"
+    if k == 0:
+        return "shrink_k = 0: nothing to remove"
+    if stages and not stages[-1]["removed"]:
+        return "the last stage could remove no operator (the others are needed to meet the budget)"
+    return None
 
 
 def snapshot_steps(steps: int, k: int) -> set[int]:
@@ -438,6 +519,9 @@ class SENAS(SearchStrategy):
 
     def validate(self, config: SenasConfig) -> None:
         validate(config)
+
+    def validation_fraction(self, config: SenasConfig) -> float:
+        return config.val_fraction  # §4.1: the supernet trains on the rest
 
     def retrain_recipe(self, space: str) -> str:
         # §4: MobileNet-like nets retrain with the supernet's settings; DARTS cells "follow [36]" (P-DARTS),

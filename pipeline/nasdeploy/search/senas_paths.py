@@ -5,10 +5,15 @@ A *path* is one architecture of the (shrunk) space: one choice per searchable *l
 * Layer-wise spaces (MobileNet-like): a layer is a MobileNet layer; every layer is on the path.
 * Edge-wise spaces (DARTS): a layer is one edge of the normal cell (layers ``0..E-1``) or of the
   reduction cell (layers ``E..2E-1``), edges enumerated node by node (node ``j`` takes inputs
-  ``0..j+1``). The standard DARTS selection of **two inputs per intermediate node is sampled too**:
-  ``Path.inputs`` holds, for the normal cell then the reduction cell, the two chosen input indices of
-  each node (sorted). A path is therefore exactly a genotype; an edge that is not selected is *not on
-  the path* (its choice is carried along but costs nothing, is not trained and is not scored).
+  ``0..j+1``). Two path spaces:
+
+  - ``AllEdgesPaths`` (the paper's, §3.5): every edge takes one of the candidate ops, ``none`` included
+    (8^14 per cell with DARTS' 8 ops); node j sums all its edges. An edge whose op is ``none`` is *not on the
+    path*: it contributes zero, costs nothing, has no weights and is not part of a partial model's key.
+  - ``EdgewisePaths`` (DARTS genotypes): the usual selection of **two inputs per intermediate node is sampled
+    too**: ``Path.inputs`` holds, for the normal cell then the reduction cell, the two chosen input indices of
+    each node (sorted). A path is exactly a genotype; an edge that is not selected is *not on the path* (its
+    choice is carried along but costs nothing, is not trained and is not scored).
 
 Sampling under budgets (§4.3, "dumps models that don't satisfy FLOPs constraint"): uniform paths are
 drawn and rejected while they violate a budget (up to ``max_tries``); after that the last draw is
@@ -59,6 +64,10 @@ class PathSpace(ABC):
     def active(self, path: Path) -> list[str | None]:
         """The choice of each layer, ``None`` for layers not on the path."""
 
+    def scored(self, path: Path) -> list[str | None]:
+        """The operator each layer contributes to Eq. 5's sample (``None``: the layer's choice was not selected)."""
+        return self.active(path)
+
     @abstractmethod
     def cheapest(self, alive: Sequence[Sequence[str]], cost: "LayerCosts") -> Path:
         """The path of smallest ``cost`` over ``alive``."""
@@ -105,7 +114,8 @@ class EdgewisePaths(PathSpace):
         cell_type, e = divmod(layer, self.num_edges)
         return (cell_type, *locate_edge(e))
 
-    def node_inputs(self, path: Path, cell_type: int, node: int) -> tuple[int, int]:
+    def node_inputs(self, path: Path, cell_type: int, node: int) -> tuple[int, ...]:
+        """The inputs node ``node`` of ``path`` sums (the edges on the path)."""
         at = 2 * (cell_type * self.nodes + node)
         return path.inputs[at], path.inputs[at + 1]
 
@@ -159,6 +169,41 @@ class EdgewisePaths(PathSpace):
         for at in range(0, len(a.inputs), 2):
             inputs += list((a if rng.random() < 0.5 else b).inputs[at : at + 2])
         return Path(crossed.choices, tuple(inputs))
+
+
+NONE = "none"
+
+
+class AllEdgesPaths(EdgewisePaths):
+    """The paper's DARTS space (§3.5): one op per edge on all ``E`` edges of each cell type, ``none`` included.
+
+    A path is ``choices`` only (no input selection): node j = Σ_i o^(i,j)(x_i) over the edges whose op is not
+    ``none``. Sampling, mutation and crossover are layer-wise, as on the MobileNet-like space.
+    """
+
+    def sample(self, alive, rng, forced=None):
+        choices = [rng.choice(list(ops)) for ops in alive]
+        if forced is not None:
+            choices[forced[0]] = forced[1]
+        return Path(tuple(choices))
+
+    def active(self, path):
+        return [None if c == NONE else c for c in path.choices]
+
+    def scored(self, path: Path) -> list[str | None]:
+        return list(path.choices)  # none is one of the 8 operations and is scored like the others (§3.3)
+
+    def node_inputs(self, path: Path, cell_type: int, node: int) -> tuple[int, ...]:
+        return tuple(i for i in candidate_inputs(node) if path.choices[self.edge(cell_type, node, i)] != NONE)
+
+    def cheapest(self, alive, cost):
+        return LayerwisePaths.cheapest(self, alive, cost)
+
+    def mutate(self, path, alive, rng, prob):
+        return PathSpace.mutate(self, path, alive, rng, prob)
+
+    def crossover(self, a, b, rng):
+        return PathSpace.crossover(self, a, b, rng)
 
 
 @dataclass

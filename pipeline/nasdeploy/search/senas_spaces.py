@@ -2,9 +2,11 @@
 
 * ``mobilenet`` (layer-wise): a layer is a ``LayerLayout``; the supernet is ``stem -> layers -> head``
   where stem and head are the space's fixed parts (``fixed_instances``) built with ``space.build_op``.
-* ``darts`` (edge-wise): a layer is an edge of the normal or reduction cell; the candidates are the
-  template's op space; the supernet is the DARTS skeleton (stem, cells with preprocessing, classifier)
-  with one module per (cell, edge, op); every cell of a type follows the path's genotype.
+* ``darts`` (edge-wise): a layer is an edge of the normal or reduction cell; the supernet is the DARTS
+  skeleton (stem, cells with preprocessing, classifier) with one module per (cell, edge, op); every cell of a
+  type follows the path. ``darts_cell = "paper"`` (default, §3.5): all 14 edges, the template's op space plus
+  ``none`` (op space 3 + none = the paper's 8 ops, 8^14 per cell); ``"two-inputs"``: the template's ops and two
+  sampled inputs per node, so every path is a standard DARTS genotype.
 
 Costs are computed on the *deployment* template (the LUT's template when a table is given), the
 supernet is built on the *search* template (the deployment template with the dataset's classes and
@@ -28,9 +30,10 @@ from torch import nn
 
 from nasdeploy.errors import NasDeployError
 from nasdeploy.registry import Registry
-from nasdeploy.search.senas_paths import EdgewisePaths, LayerCosts, LayerwisePaths, Path, PathSpace
+from nasdeploy.search.senas_paths import NONE, AllEdgesPaths, EdgewisePaths, LayerCosts, LayerwisePaths, Path, PathSpace
 from nasdeploy.search.supernet import Supernet, LayerwiseSupernet
-from nasdeploy.spaces.darts import all_node_inputs, cell_forward
+from nasdeploy.spaces.blocks import Zero
+from nasdeploy.spaces.darts import all_node_inputs, cell_forward, edge_stride
 
 
 @dataclass
@@ -44,6 +47,7 @@ class SpaceAdapter:
     predict_latency: Callable[[Path], float] | None
     cheapest_latency: Callable[[], float] | None
     strides: list[int]
+    first_stage_epochs: int  # the paper's first-stage supernet epochs on this space (§4.3)
 
 
 def input_shape(inst) -> tuple[int, int, int, int]:
@@ -76,17 +80,17 @@ def costs_from(per_layer: list[dict[str, float]], paths: PathSpace, ref: Path, t
     return LayerCosts(total - partial.of(paths, ref), per_layer)
 
 
-AdapterFactory = Callable[..., SpaceAdapter]  # (search_template, deploy_template, table=None) -> SpaceAdapter
+AdapterFactory = Callable[..., SpaceAdapter]  # (search_template, deploy_template, table=None, config=None) -> SpaceAdapter
 ADAPTERS: Registry[AdapterFactory] = Registry("SE-NAS space adapter")
 
 
-def make_adapter(space_name: str, search_template, deploy_template, table=None) -> SpaceAdapter:
+def make_adapter(space_name: str, search_template, deploy_template, table=None, config=None) -> SpaceAdapter:
     """The registered adapter of ``space_name``; a space gains SE-NAS support by ``@ADAPTERS.register(name)``."""
     if space_name not in ADAPTERS:
         names = ADAPTERS.names()
         raise NasDeployError(f"SE-NAS supports the {' and '.join(names)} spaces, not {space_name!r}; "
                              f"pass --space {' or '.join(names)}")
-    return ADAPTERS.get(space_name)(search_template, deploy_template, table)
+    return ADAPTERS.get(space_name)(search_template, deploy_template, table, config)
 
 
 # ---------------------------------------------------------------------------------- MobileNet
@@ -98,7 +102,7 @@ def reference_layerwise(layouts) -> list[str]:
 
 
 @ADAPTERS.register("mobilenet")
-def mobilenet_adapter(search_template, deploy_template, table=None) -> SpaceAdapter:
+def mobilenet_adapter(search_template, deploy_template, table=None, config=None) -> SpaceAdapter:
     from nasdeploy.spaces.base import get_space
     from nasdeploy.spaces.mobilenet import LayerwiseArch, fixed_instances, layer_instance, layer_layouts
 
@@ -126,26 +130,35 @@ def mobilenet_adapter(search_template, deploy_template, table=None) -> SpaceAdap
         latency = costs_from(per_layer, paths, ref, predict(ref))
         cheapest = lambda: cheapest_latency_ms(table, "mobilenet", deploy_template)  # noqa: E731
     return SpaceAdapter("mobilenet", paths, build_supernet, to_arch, flops, latency, predict, cheapest,
-                        [l.stride for l in deploy_layouts])
+                        [l.stride for l in deploy_layouts], first_stage_epochs=100)  # §4.3: 100 first-stage epochs
 
 
 # ---------------------------------------------------------------------------------- DARTS
 
 
-def darts_op_names(template) -> list[str]:
+def darts_op_names(template, with_none: bool = False) -> list[str]:
+    """The template's op space (``op_space_names`` has no ``none``), plus ``none`` for the paper's space."""
     from nasdeploy.spaces.ops import op_space_names
 
-    return [op for op in op_space_names(template.op_space) if op not in ("none", "random")]
+    return [op for op in op_space_names(template.op_space) if op not in (NONE, "random")] + ([NONE] if with_none else [])
+
+
+DARTS_CELLS: dict[str, Callable[[list[str], int], EdgewisePaths]] = {
+    "paper": lambda ops, nodes: AllEdgesPaths(ops + [NONE], nodes),  # §3.5: 14 edges x 8 ops incl. none
+    "two-inputs": EdgewisePaths,  # DARTS genotypes: two sampled inputs per node
+}
 
 
 def genotype_of(paths: EdgewisePaths, path: Path, nodes: int):
+    """The path's genotype; a node whose edges are all ``none`` keeps one ``none`` edge (its output is zero)."""
     from nasdeploy.spaces.darts import Genotype
 
     cells = []
     for cell_type in range(2):
         cell = []
         for node in range(nodes):
-            cell.append([(path.choices[paths.edge(cell_type, node, i)], i) for i in paths.node_inputs(path, cell_type, node)])
+            inputs = paths.node_inputs(path, cell_type, node)
+            cell.append([(path.choices[paths.edge(cell_type, node, i)], i) for i in inputs] or [(NONE, 0)])
         cells.append(cell)
     concat = list(range(2, nodes + 2))
     return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=concat)
@@ -171,19 +184,27 @@ class DartsSupernet(Supernet):
                 for i in inputs:
                     layer = paths.edge(cell_type, node, i)
                     for op in paths.candidates[layer]:
-                        self.add_candidate(cell, layer, op, space.build_op(edge_instance(layout, i, op)))
+                        if op != NONE:  # zero: no weights, never on a path
+                            self.add_candidate(cell, layer, op, space.build_op(edge_instance(layout, i, op)))
         self.classifier = Classifier(template)
 
     def fixed_modules(self) -> list[nn.Module]:
         return [self.stem, self.preprocess, self.classifier]
 
     def cell(self, index: int, s0: torch.Tensor, s1: torch.Tensor, path: Path) -> torch.Tensor:
-        """Cell ``index`` on ``path``: node j = Σ o(x_i) over the path's two inputs of node j, nodes concatenated."""
-        cell_type = int(self.layouts[index].reduction)
+        """Cell ``index`` on ``path``: node j = Σ o(x_i) over the path's inputs of node j, nodes concatenated."""
+        layout = self.layouts[index]
+        cell_type = int(layout.reduction)
+        # a node with no edge on the path outputs zeros of its shape (DARTS' zero op on input 0)
         node_inputs = [self.paths.node_inputs(path, cell_type, node) for node in range(self.nodes)]
+        empty = {node for node, inputs in enumerate(node_inputs) if not inputs}
 
         def edge_output(node: int, slot: int, i: int, x: torch.Tensor) -> torch.Tensor:
+            if node in empty:
+                return Zero(layout.c, edge_stride(layout, i))(x)
             return self.op(index, self.paths.edge(cell_type, node, i), path)(x)
+
+        node_inputs = [inputs or (0,) for inputs in node_inputs]
 
         return cell_forward(s0, s1, self.preprocess[index], node_inputs, edge_output)
 
@@ -195,34 +216,40 @@ class DartsSupernet(Supernet):
 
 
 @ADAPTERS.register("darts")
-def darts_adapter(search_template, deploy_template, table=None) -> SpaceAdapter:
+def darts_adapter(search_template, deploy_template, table=None, config=None) -> SpaceAdapter:
     from nasdeploy.spaces.base import get_space
     from nasdeploy.spaces.darts import cell_layouts, edge_instance
 
     space = get_space("darts")
+    cell = getattr(config, "darts_cell", "paper")
+    if cell not in DARTS_CELLS:
+        raise NasDeployError(f"unknown darts_cell {cell!r}; pass --set darts_cell={' or '.join(DARTS_CELLS)}")
     op_names = darts_op_names(deploy_template)
-    paths = EdgewisePaths(op_names, deploy_template.nodes)
+    paths = DARTS_CELLS[cell](op_names, deploy_template.nodes)
     to_arch = lambda path: genotype_of(paths, path, deploy_template.nodes)  # noqa: E731
     layouts = cell_layouts(deploy_template)
 
     def edge_instances(layer: int, op: str) -> list:
+        if op == NONE:
+            return []  # zero: no op instance, no FLOPs, no latency
         cell_type, node, i = paths.locate(layer)
         return [edge_instance(l, i, op) for l in layouts if int(l.reduction) == cell_type]
 
-    flops_per_layer = [{op: float(sum(module_flops(space, inst) for inst in edge_instances(layer, op))) for op in op_names}
+    choices = paths.candidates[0]
+    flops_per_layer = [{op: float(sum(module_flops(space, inst) for inst in edge_instances(layer, op))) for op in choices}
                        for layer in range(paths.num_layers)]
-    ref = paths.sample([op_names] * paths.num_layers, random.Random(0))
+    ref = paths.sample([op_names] * paths.num_layers, random.Random(0))  # no none: every edge of ref is costed
     flops = costs_from(flops_per_layer, paths, ref, float(network_flops(space, to_arch(ref), deploy_template)))
     latency = predict = cheapest = None
     if table is not None:
         from nasdeploy.latency.predictor import cheapest_latency_ms, predict_latency_ms
 
-        per_layer = latency_costs(table, [{op: edge_instances(layer, op) for op in op_names} for layer in range(paths.num_layers)])
+        per_layer = latency_costs(table, [{op: edge_instances(layer, op) for op in choices} for layer in range(paths.num_layers)])
         predict = lambda path: predict_latency_ms(table, to_arch(path), space, deploy_template)  # noqa: E731
         latency = costs_from(per_layer, paths, ref, predict(ref))
         cheapest = lambda: cheapest_latency_ms(table, "darts", deploy_template, op_names)  # noqa: E731
     return SpaceAdapter("darts", paths, lambda: DartsSupernet(paths, search_template, space), to_arch, flops, latency,
-                        predict, cheapest, [])
+                        predict, cheapest, [], first_stage_epochs=200)  # §4.3: 200 first-stage epochs on DARTS
 
 
 def search_template_for(space, deploy_template, num_classes: int, channels: int):
