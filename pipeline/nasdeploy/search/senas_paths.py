@@ -181,11 +181,10 @@ class AllEdgesPaths(EdgewisePaths):
     ``none``. Sampling, mutation and crossover are layer-wise, as on the MobileNet-like space.
     """
 
-    def sample(self, alive, rng, forced=None):
-        choices = [rng.choice(list(ops)) for ops in alive]
-        if forced is not None:
-            choices[forced[0]] = forced[1]
-        return Path(tuple(choices))
+    sample = LayerwisePaths.sample
+    cheapest = LayerwisePaths.cheapest
+    mutate = PathSpace.mutate
+    crossover = PathSpace.crossover
 
     def active(self, path):
         return [None if c == NONE else c for c in path.choices]
@@ -195,15 +194,6 @@ class AllEdgesPaths(EdgewisePaths):
 
     def node_inputs(self, path: Path, cell_type: int, node: int) -> tuple[int, ...]:
         return tuple(i for i in candidate_inputs(node) if path.choices[self.edge(cell_type, node, i)] != NONE)
-
-    def cheapest(self, alive, cost):
-        return LayerwisePaths.cheapest(self, alive, cost)
-
-    def mutate(self, path, alive, rng, prob):
-        return PathSpace.mutate(self, path, alive, rng, prob)
-
-    def crossover(self, a, b, rng):
-        return PathSpace.crossover(self, a, b, rng)
 
 
 @dataclass
