@@ -25,7 +25,7 @@ def train_job(out: Path, dump: Path, rank: int) -> None:
     from nasdeploy.errors import NasDeployError
     from test_train import darts_record
 
-    config = trainer.TrainConfig(epochs=2, batch_size=16, max_batches=3, seed=3, threads=1)
+    config = trainer.TrainConfig(epochs=2, batch_size=16, max_batches=2, seed=3, threads=1)
     record = darts_record()
     net, metrics = trainer.train_model(record, "digits", config, out / "straight")
 
@@ -69,7 +69,7 @@ def icdarts_job(out: Path, dump: Path, rank: int, table: str) -> None:
         return run(self, resume)
 
     icdarts.ICDARTSRun.run = keep
-    options = {"steps_per_epoch": 2, "epochs": 2, "pretrain_epochs": 1, "warmup_epochs": 1, "batch_size": 8,
+    options = {"steps_per_epoch": 2, "epochs": 1, "pretrain_epochs": 1, "warmup_epochs": 1, "batch_size": 8,
                "eval_layers": 3, "eval_channels": 4}
     request = SearchRequest(space="darts", out_dir=out, table_path=Path(table), latency_budget_ms=400.0, data="digits",
                             preset="tiny", seed=0, options=options, table_policy=TablePolicy(trust=True))
@@ -113,18 +113,35 @@ def senas_job(out: Path, dump: Path, rank: int) -> None:
                 "arch": json.dumps(result.record.to_json()["arch"], sort_keys=True)}, dump / f"rank{rank}.pt")
 
 
+def bad_input_job(out: Path, dump: Path, rank: int) -> None:
+    """Requests every rank must refuse with the same one line, before waiting on the other rank."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import nasdeploy.train.trainer as trainer
+    from nasdeploy.errors import NasDeployError
+    from test_train import darts_record
+
+    errors = {}
+    for name, config in {"batch": trainer.TrainConfig(epochs=1, batch_size=33, threads=1),
+                         "backend": trainer.TrainConfig(epochs=1, batch_size=32, threads=1, dist_backend="nccl")}.items():
+        try:
+            trainer.train_model(darts_record(), "digits", config, out / name)
+            errors[name] = None
+        except NasDeployError as exc:
+            errors[name] = str(exc)
+    torch.save(errors, dump / f"rank{rank}.pt")
+
+
+JOBS = {"bad_input": bad_input_job, "train": train_job, "icdarts": icdarts_job, "senas": senas_job}
+
+
 def main() -> None:
-    job, out, dump = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    """``ddp_worker.py JOB[,JOB...] OUT DUMP [TABLE]``: the jobs in order, in the same process group."""
+    jobs, out, dump = sys.argv[1].split(","), Path(sys.argv[2]), Path(sys.argv[3])
     rank = int(os.environ["RANK"])
-    out = out / f"rank{rank}"
-    if job == "train":
-        train_job(out, dump, rank)
-    elif job == "senas":
-        senas_job(out, dump, rank)
-    elif job == "icdarts":
-        icdarts_job(out, dump, rank, sys.argv[4])
-    else:
-        raise SystemExit(f"unknown job {job}")
+    for job in jobs:
+        (dump / job).mkdir(parents=True, exist_ok=True)
+        extra = sys.argv[4:] if job == "icdarts" else []
+        JOBS[job](out / job / f"rank{rank}", dump / job, rank, *extra)
 
 
 if __name__ == "__main__":
