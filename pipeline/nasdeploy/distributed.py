@@ -252,14 +252,18 @@ def rank_device(device: str, local_rank: int) -> str:
     return f"cuda:{local_rank}"
 
 
-def join(device: str = "cpu", backend: str = "auto") -> Parallel:
+def join(device: str = "cpu", backend: str = "auto", global_batch: int | None = None,
+         batch_flag: str = "--batch-size {}") -> Parallel:
     """Check the request and join torchrun's process group once per process; single process: ``SINGLE``.
 
-    The checks come before any collective, so a bad request is the same one-line error on every rank.
+    The checks (backend against device, ``global_batch`` against the world size, named by ``batch_flag``) come
+    before the rendezvous, so a bad request is the same one-line error on every rank and no rank waits.
     """
     global _joined
     chosen = choose_backend(backend, device)
     world = launched_world_size()
+    if global_batch is not None:
+        Parallel(world_size=max(world, 1)).local_batch(global_batch, batch_flag)
     if world <= 1:
         return Parallel(device=device)
     if _joined is not None:

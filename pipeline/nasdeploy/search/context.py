@@ -370,10 +370,7 @@ def join_for_search(strategy, request, config) -> distributed.Parallel:
         able = ", ".join(name for name in STRATEGIES if STRATEGIES.get(name).data_parallel)
         raise NasDeployError(f"{strategy.name} does not run data-parallel; launch it without torchrun "
                              f"(data-parallel strategies: {able})")
-    parallel = distributed.join(request.device, request.dist_backend)
-    if hasattr(config, "batch_size"):
-        parallel.local_batch(config.batch_size, "--set batch_size={}")
-    return parallel
+    return distributed.join(request.device, request.dist_backend, getattr(config, "batch_size", None), "--set batch_size={}")
 
 
 def load_given_table(request, space_name: str):

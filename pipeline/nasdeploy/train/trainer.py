@@ -286,9 +286,9 @@ def _train_model(record: ArchitectureRecord, data_spec: str, config: TrainConfig
                  resume: bool) -> tuple[nn.Module, dict[str, Any]]:
     out_dir = Path(out_dir)
     _set_device(config.device)
-    parallel = distributed.join(config.device, config.dist_backend)  # checks before any collective: same error everywhere
+    # backend and batch are checked before the rendezvous: a bad request is the same line on every rank
+    parallel = distributed.join(config.device, config.dist_backend, config.batch_size)
     config = dataclasses.replace(config, device=parallel.device)
-    parallel.local_batch(config.batch_size)
     if config.epochs < 1:
         raise NasDeployError(f"epochs must be at least 1, got {config.epochs}; pass e.g. --epochs 10")
     if parallel.is_main:
