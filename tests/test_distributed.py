@@ -192,10 +192,12 @@ def test_bad_batch_is_one_line_and_exit_2_on_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_two_rank_accuracy_matches_one_rank_at_the_same_global_batch(tmp_path):
-    """Digits, 3 epochs at global batch 32: 2 ranks × 16 against 1 × 32, final test accuracy within noise.
+    """Digits, 10 epochs at global batch 32: 2 ranks × 16 against 1 × 32, final test accuracy within noise.
 
-    300 test images at ~90 % give a binomial standard error of ~1.7 points; seeds alone move it by a few points, and
-    the 2-rank run shuffles with DistributedSampler's permutation and normalises batches of 16: 5 points is ~3 SE.
+    After 3 epochs this small network is still on the steep part of its learning curve (seeds 0-2, 1 rank: 64.7,
+    71.0, 70.3 %; 2 ranks: 53.3, 67.0, 72.7 %), where a different shuffle (DistributedSampler's permutation) and
+    batch-norm statistics over 16 images instead of 32 move the accuracy by ten points either way.
+    Trained to convergence, 300 test images at ~90 % give a binomial standard error of ~1.7 points: 5 points is ~3 SE.
     """
     from test_train import darts_record
 
@@ -203,12 +205,12 @@ def test_two_rank_accuracy_matches_one_rank_at_the_same_global_batch(tmp_path):
 
     arch = tmp_path / "arch.json"
     darts_record().save(arch)
-    config = preset_config("cpu", epochs=3, batch_size=32, seed=0, threads=1)  # the recipe's cpu preset at batch 32
+    config = preset_config("cpu", epochs=10, batch_size=32, seed=0, threads=1)  # the recipe's cpu preset at batch 32
     one = train_architecture(darts_record(), "digits", config, tmp_path / "one")
-    done = torchrun(["-m", "nasdeploy", "train", "--arch", str(arch), "--preset", "cpu", "--epochs", "3", "--batch-size", "32",
+    done = torchrun(["-m", "nasdeploy", "train", "--arch", str(arch), "--preset", "cpu", "--epochs", "10", "--batch-size", "32",
                      "--threads", "1", "--out", str(tmp_path / "two")], tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     two = __import__("json").loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["distributed"]["world_size"] == 2 and two["config"]["batch_size"] == 32
-    assert one["test_accuracy"] > 0.5  # it learnt something, so the comparison means something
+    assert one["test_accuracy"] > 0.8  # it converged, so the comparison means something
     assert abs(two["test_accuracy"] - one["test_accuracy"]) <= 0.05, (one["test_accuracy"], two["test_accuracy"])
