@@ -12,7 +12,15 @@ from nasdeploy.errors import NasDeployError
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    Under torchrun only rank 0 writes (``distributed.is_main_process``): the ranks hold the same state, and one
+    writer per file keeps replicas on a shared file system from racing.
+    """
+    from nasdeploy.distributed import is_main_process
+
+    if not is_main_process():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -24,8 +24,12 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Rich logging; under torchrun ranks other than 0 log warnings and errors only (``distributed``)."""
+    from nasdeploy.distributed import is_main_process
+
+    level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level if is_main_process() else max(level, logging.WARNING),
         format="%(message)s",
         datefmt="[%X]",
         handlers=[RichHandler(console=console, show_path=False)],
@@ -37,7 +41,10 @@ def progress_bar(transient: bool = False) -> Progress:
     """A rich Progress with description, bar, count, elapsed/remaining time and a free 'info' field.
 
     Use ``task = bar.add_task("epoch", total=n, info="")`` and ``bar.update(task, advance=1, info="loss 0.3")``.
+    Under torchrun only rank 0 draws it.
     """
+    from nasdeploy.distributed import is_main_process
+
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -48,4 +55,5 @@ def progress_bar(transient: bool = False) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=transient,
+        disable=not is_main_process(),
     )

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from nasdeploy.cli.app import app
+from nasdeploy.distributed import is_main_process
 from nasdeploy.cli.table_policy import recalibrate_option, table_policy, tolerance_option, trust_option
 from nasdeploy.errors import NasDeployError
 from nasdeploy.progress import console, setup_logging
@@ -41,7 +42,9 @@ def search(
     preset: str = typer.Option("cpu", help="Template and schedule size: tiny | cpu | paper."),
     seed: int = typer.Option(0, help="Random seed."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
-    device: str = typer.Option("cpu", help="Torch device the search trains on (cpu, cuda:0)."),
+    device: str = typer.Option("cpu", help="Torch device the search trains on (cpu, cuda:0); under torchrun 'cuda' means "
+                                           "cuda:LOCAL_RANK."),
+    dist_backend: str = typer.Option("auto", help="Under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo."),
     runtime: str = typer.Option("onnxruntime", help="Runtime of the table looked up without --table: onnxruntime | torch | tensorrt."),
     table_root: Path = typer.Option(Path("latency_tables"), help="Where this machine's tables are looked up and profiled."),
     spot_check_tolerance: float = tolerance_option(),
@@ -61,8 +64,11 @@ def search(
         flops_budget=parse_flops(flops_budget) if flops_budget else None,
         data=data, preset=preset, seed=seed, resume=resume, device=device, options=parse_settings(settings),
         runtime=runtime, table_root=table_root, table_policy=table_policy(spot_check_tolerance, recalibrate, trust_table),
+        dist_backend=dist_backend,
     )
-    print_result(get_strategy(name).run(request))
+    result = get_strategy(name).run(request)
+    if is_main_process():
+        print_result(result)
 
 
 @app.command()

@@ -47,6 +47,7 @@ class SearchRequest:
     table_root: Path = Path("latency_tables")
     # how a reused table is spot-checked on this machine (tolerance, --recalibrate, --trust-table)
     table_policy: TablePolicy = field(default_factory=TablePolicy)
+    dist_backend: str = "auto"  # under torchrun: nccl on CUDA, gloo on CPU (nasdeploy.distributed)
 
 
 @dataclass
@@ -65,6 +66,9 @@ class SearchStrategy(ABC):
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "cpu": {}, "tiny": {}}
     aliases: ClassVar[dict[str, str]] = {}  # setting names accepted for others (e.g. "lambda")
     uses_flops_budget: ClassVar[bool] = False
+    # runs data-parallel under torchrun: loads training batches with ``ctx.loader`` and averages every gradient
+    # with ``ctx.average_gradients`` after each backward (nasdeploy.distributed); others refuse a world size > 1
+    data_parallel: ClassVar[bool] = False
     summary: ClassVar[str] = ""  # one line for ``nasdeploy strategies``
 
     # -------------------------------------------------------------- hooks with defaults
@@ -112,7 +116,8 @@ class SearchStrategy(ABC):
 
         config = self.settings(request.preset, request.options)
         ctx = build_context(self, request, config)
-        Path(request.out_dir).mkdir(parents=True, exist_ok=True)
+        if ctx.parallel.is_main:  # under torchrun rank 0 writes
+            Path(request.out_dir).mkdir(parents=True, exist_ok=True)
         return ctx.write_result(self.search(ctx, config))
 
 

@@ -9,7 +9,11 @@
 3. the data: the training split's two halves (train / val, §3.4.2 of the ICDARTS dissertation),
    materialised once; ``two_views`` gives two independently augmented views for self-supervised strategies;
 4. the budgets, with the cheapest-feasible pre-check (a budget below the cheapest network fails at once);
-5. the device, seeded RNGs (``seed_everything``, ``rng``) and a checkpoint helper with a settings fingerprint.
+5. the device, seeded RNGs (``seed_everything``, ``rng``) and a checkpoint helper with a settings fingerprint;
+6. under torchrun, this process's place (``ctx.parallel``, ``nasdeploy.distributed``): a strategy marked
+   ``data_parallel`` loads training batches with ``ctx.loader`` (its rank's share of the global batch) and calls
+   ``ctx.average_gradients`` after each backward; the same seed stream on every rank keeps α, β and sampled
+   paths equal, every checkpoint verifies it, rank 0 resolves the table and writes every file.
 
 ``ctx.write_result(outcome, config)`` is the one writer of ``arch.json``, ``search_log.json`` and the
 architecture drawing; every strategy's log carries the same common keys (``COMMON_KEYS``).
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from nasdeploy import distributed
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
 
@@ -136,16 +141,23 @@ def load_search_data(spec: str, input_size: int, seed: int, val_fraction: float 
 class Checkpoint:
     """A checkpoint file whose state is only resumed by a search with the same settings (its fingerprint)."""
 
-    def __init__(self, path: Path, fingerprint: dict[str, Any], what: str):
-        self.path, self.fingerprint, self.what = Path(path), fingerprint, what
+    def __init__(self, path: Path, fingerprint: dict[str, Any], what: str,
+                 parallel: distributed.Parallel = distributed.SINGLE):
+        self.path, self.fingerprint, self.what, self.parallel = Path(path), fingerprint, what, parallel
 
     def exists(self) -> bool:
-        return self.path.is_file()
+        return self.parallel.from_rank0(self.path.is_file)
 
     def save(self, state: dict[str, Any]) -> None:
+        """Under torchrun: verify the ranks hold the same state (weights, α, optimiser moments), rank 0 writes."""
+        self.parallel.check_replicas(distributed.state_tensors(state), f"{self.what} search states")
         atomic_torch_save({"format": self.what, "fingerprint": self.fingerprint, "state": state}, self.path)
 
     def load(self) -> dict[str, Any]:
+        """Read by rank 0 and broadcast, so a resumed multi-node run needs no shared file system."""
+        return self.parallel.from_rank0(self._load)
+
+    def _load(self) -> dict[str, Any]:
         saved = load_checkpoint(self.path, f"{self.what} checkpoint")
         if not isinstance(saved, dict) or saved.get("format") != self.what:
             raise NasDeployError(f"{self.path} is not a {self.what} checkpoint of this version; drop --resume to start again")
@@ -181,6 +193,7 @@ class SearchContext:
     settings: dict[str, Any]  # the strategy's config as a dict (fingerprint, log)
     cheapest_latency_ms: float | None = None
     spot_check: dict[str, Any] | None = None
+    parallel: distributed.Parallel = distributed.SINGLE  # under torchrun: rank, world size, backend
 
     # -------------------------------------------------------------- plain facts
     @property
@@ -211,6 +224,16 @@ class SearchContext:
     def rng(self, *parts: int) -> random.Random:
         return random.Random(mix_seed(self.seed, *parts))
 
+    # -------------------------------------------------------------- data parallelism (no-ops in one process)
+    def loader(self, dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False):
+        """Training batches of global size ``batch_size``: one process, ``train.data.make_loader``; under torchrun
+        this rank's share through a DistributedSampler."""
+        return self.parallel.loader(dataset, batch_size, shuffle, seed, drop_last)
+
+    def average_gradients(self, params) -> None:
+        """After each backward of a data-parallel strategy: the gradients' mean over the ranks."""
+        self.parallel.average_gradients(params)
+
     # -------------------------------------------------------------- latency
     def predict_latency_ms(self, arch: Any) -> float | None:
         if self.table is None:
@@ -228,7 +251,8 @@ class SearchContext:
                 "table": table_digest(self.table)}
 
     def checkpoint(self, path: Path | None = None, **extra: Any) -> Checkpoint:
-        return Checkpoint(path or self.out_dir / "checkpoint.pt", {**self.fingerprint(), **extra}, self.strategy)
+        return Checkpoint(path or self.out_dir / "checkpoint.pt", {**self.fingerprint(), **extra}, self.strategy,
+                          self.parallel)
 
     # -------------------------------------------------------------- outputs
     def common_metrics(self, arch: Any, search_seconds: float) -> dict[str, Any]:
@@ -252,13 +276,18 @@ class SearchContext:
         from nasdeploy.search.base import SearchResult
         from nasdeploy.spaces.record import ArchitectureRecord
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.check_same_architecture(outcome.arch)
         common = self.common_metrics(outcome.arch, outcome.search_seconds)
+        if self.parallel.active:
+            common["distributed"] = self.parallel.describe()
         metrics = {**outcome.metrics, **common}
         record = ArchitectureRecord(space=self.space.name, template=self.template, arch=outcome.arch, metrics=metrics)
         arch_path = self.out_dir / "arch.json"
-        record.save(arch_path)
         log_path = self.out_dir / "search_log.json"
+        if not self.parallel.is_main:  # rank 0 writes; every rank returns the same result
+            return SearchResult(record=record, arch_path=arch_path, log_path=log_path, extra_files=list(outcome.extra_files))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record.save(arch_path)
         atomic_write_json(log_path, {
             **common, "settings": self.settings, "preset": self.request.preset, "seed": self.seed,
             "data": self.request.data, "space": self.space.name, "template": self.template.to_dict(),
@@ -269,6 +298,15 @@ class SearchContext:
                                   outcome.title or f"{self.strategy} ({self.space.name})")
         return SearchResult(record=record, arch_path=arch_path, log_path=log_path,
                             extra_files=[Path(drawing), *outcome.extra_files])
+
+    def check_same_architecture(self, arch: Any) -> None:
+        """Under torchrun every rank must have searched the same architecture (the replicas stayed equal)."""
+        if not self.parallel.active:
+            return
+        mine = json.dumps(self.space.arch_to_json(arch), sort_keys=True)
+        if self.parallel.from_rank0(lambda: mine) != mine:
+            raise NasDeployError(f"rank {self.parallel.rank} searched another architecture than rank 0: the data-parallel "
+                                 "replicas diverged; report this as a bug (run with one process meanwhile)")
 
 
 def table_digest(table) -> str | None:
@@ -290,8 +328,10 @@ def build_context(strategy, request, config) -> SearchContext:
         raise NasDeployError(f"{strategy.name} searches the {' / '.join(strategy.spaces)} space(s), not {request.space!r}; "
                              f"pass --space {strategy.spaces[0]} or another --strategy")
     space = get_space(request.space)
-    device = resolve_device(request.device)
-    table = load_given_table(request, space.name)
+    resolve_device(request.device)  # a device the search can use, named in one line if not
+    parallel = join_for_search(strategy, request, config)
+    device = torch.device(parallel.device)  # under torchrun a CUDA rank's cuda:LOCAL_RANK
+    table = parallel.from_rank0(lambda: load_given_table(request, space.name))
     overrides = strategy.template_overrides(config, table.template if table is not None else None)
     if table is not None:
         template = space.template_from_dict(table.template)
@@ -303,7 +343,7 @@ def build_context(strategy, request, config) -> SearchContext:
     if table is None:
         template = replace(template, num_classes=info.num_classes, in_channels=info.channels, input_size=info.input_size)
         if request.latency_budget_ms is not None or strategy.wants_table(config):
-            table = discover_table(request, space.name, template)
+            table = parallel.from_rank0(lambda: discover_table(request, space.name, template))  # rank 0 profiles
     elif (info.num_classes, info.channels) != (template.num_classes, template.in_channels):
         raise NasDeployError(
             f"data {request.data!r} has {info.num_classes} classes and {info.channels} channels but the latency table's "
@@ -313,12 +353,24 @@ def build_context(strategy, request, config) -> SearchContext:
         raise NasDeployError(f"{strategy.name} does not take a FLOPs budget; drop --flops-budget or use a strategy that does "
                              "(nasdeploy strategies)")
     ctx = SearchContext(strategy=strategy.name, request=request, space=space, template=template, table=table, data=data,
-                        device=device, settings=asdict(config))
+                        device=device, settings=asdict(config), parallel=parallel)
     if table is not None:
-        ctx.spot_check = check_table(table, request)
+        ctx.spot_check = parallel.from_rank0(lambda: check_table(table, request))  # rank 0 measures
         ctx.cheapest_latency_ms = strategy.cheapest_latency_ms(ctx, config)
         check_latency_budget(ctx)
     return ctx
+
+
+def join_for_search(strategy, request, config) -> distributed.Parallel:
+    """Under torchrun: refuse a strategy that does not run data-parallel and a global batch the world size does not
+    divide, on every rank, before any collective; then join the process group."""
+    if distributed.launched_world_size() > 1 and not strategy.data_parallel:
+        from nasdeploy.search.base import STRATEGIES
+
+        able = ", ".join(name for name in STRATEGIES if STRATEGIES.get(name).data_parallel)
+        raise NasDeployError(f"{strategy.name} does not run data-parallel; launch it without torchrun "
+                             f"(data-parallel strategies: {able})")
+    return distributed.join(request.device, request.dist_backend, getattr(config, "batch_size", None), "--set batch_size={}")
 
 
 def load_given_table(request, space_name: str):

@@ -172,9 +172,7 @@ class ICDARTSRun:
         return cfg.w_lr_min + 0.5 * (cfg.w_lr - cfg.w_lr_min) * (1 + math.cos(math.pi * epoch / max(1, self.total_epochs)))
 
     def loaders(self, epoch: int):
-        from nasdeploy.train.data import make_loader
-
-        bs = self.cfg.batch_size
+        bs, make_loader = self.cfg.batch_size, self.setup.ctx.loader  # under torchrun: this rank's share (distributed)
         train = make_loader(self.setup.train_set, bs, shuffle=True, seed=mix_seed(self.setup.seed, epoch, 1), drop_last=True)
         val = make_loader(self.setup.val_set, bs, shuffle=True, seed=mix_seed(self.setup.seed, epoch, 2), drop_last=True)
         if len(train) == 0 or len(val) == 0:
@@ -187,9 +185,7 @@ class ICDARTSRun:
 
     def regenerate(self, epoch: int, lr: float, bar=None) -> None:
         """Discretise α to ᾱ, build E in the evaluation template and warm it up on *train* (Eq. 3.11)."""
-        from nasdeploy.train.data import make_loader
-
-        cfg = self.cfg
+        cfg, make_loader = self.cfg, self.setup.ctx.loader
         self.genotype_E = self.genotype("evaluation")
         self.E = self.setup.space.build(self.genotype_E, self.setup.eval_template).to(self.setup.device)
         # a new E is a fresh network: its warm-up runs at the initial rate (at the annealed rate of late epochs
@@ -211,6 +207,7 @@ class ICDARTSRun:
         self.opt_e.zero_grad(set_to_none=True)
         objective = evaluation_objective(self.E, x, y, self.cfg.aux_weight)
         objective.loss.backward()
+        self.setup.ctx.average_gradients(self.E.parameters())
         torch.nn.utils.clip_grad_norm_(self.E.parameters(), self.cfg.w_grad_clip)
         self.opt_e.step()
         return objective
@@ -229,6 +226,7 @@ class ICDARTSRun:
             loss_a = loss_a + control.penalty(expected)
             obj_a.parts["expected_latency_ms"] = p_value = float(expected.detach())
         loss_a.backward()
+        self.setup.ctx.average_gradients(self.S.arch_parameters())
         self.opt_a.step()
         if self.setup.table is not None:  # dual update on the genotype α discretises to now
             from nasdeploy.latency.predictor import predict_latency_ms
@@ -243,10 +241,12 @@ class ICDARTSRun:
         obj_w = search_weight_objective(self.S, xt, yt, obj_e.logits.detach(), cfg.distill_lambda, cfg.temperature,
                                         control.coefficient, p_value / p_scale)
         obj_w.loss.backward()
+        self.setup.ctx.average_gradients(self.S.weight_parameters())
         torch.nn.utils.clip_grad_norm_(self.S.weight_parameters(), cfg.w_grad_clip)
         self.opt_w.step()
         # w_E ← Eq. 3.11, on the same train batch
         obj_e.loss.backward()
+        self.setup.ctx.average_gradients(self.E.parameters())
         torch.nn.utils.clip_grad_norm_(self.E.parameters(), cfg.w_grad_clip)
         self.opt_e.step()
         self.step += 1
@@ -265,6 +265,7 @@ class ICDARTSRun:
             self.opt_w.zero_grad(set_to_none=True)
             objective = pretrain_objective(self.S, x, y)
             objective.loss.backward()
+            self.setup.ctx.average_gradients(self.S.weight_parameters())
             torch.nn.utils.clip_grad_norm_(self.S.weight_parameters(), self.cfg.w_grad_clip)
             self.opt_w.step()
             for key, value in {**objective.parts, "acc_S_train": accuracy(objective.logits, y)}.items():
@@ -518,6 +519,7 @@ class ICDARTS(SearchStrategy):
     presets = PRESETS
     aliases = ALIASES
     summary = "cyclic DARTS (search + evaluation network) with the LUT latency penalty; Herron 2023"
+    data_parallel = True  # torchrun: ctx.loader + ctx.average_gradients after every backward
 
     def validate(self, config: ICDARTSConfig) -> None:
         validate(config)

@@ -261,13 +261,13 @@ class SenasRun:
         return paper_stop_reason(state.alive, self.config.merge_threshold, state.stages, self.config.shrink_k)
 
     def train_epoch(self, state: SearchState, snapshots: SnapshotAverage | None, bar, task) -> float:
-        from nasdeploy.train.data import make_loader, set_epoch
+        from nasdeploy.train.data import set_epoch
 
         stage, epoch = state.stage, state.epochs_done
         rng = derive_rng(self.seed, "train", stage, epoch)
         loader_seed = int(derive_rng(self.seed, "loader", stage, epoch).getrandbits(62))
         set_epoch(self.data.train, epoch)
-        loader = make_loader(self.data.train, self.config.batch_size, shuffle=True, seed=loader_seed, drop_last=True)
+        loader = self.ctx.loader(self.data.train, self.config.batch_size, shuffle=True, seed=loader_seed, drop_last=True)
         steps = len(loader) if self.config.steps_per_epoch is None else min(len(loader), self.config.steps_per_epoch)
         marks = snapshot_steps(steps, self.config.snapshots) if snapshots is not None else set()
         self.supernet.train()
@@ -284,6 +284,7 @@ class SenasRun:
                 follow_params(self.buffers, named)  # §3.4: only the sampled path in device memory
             loss = F.cross_entropy(self.supernet(x.to(self.device), path), y.to(self.device))
             loss.backward()
+            self.ctx.average_gradients(self.supernet.parameters())  # torchrun: the mean over the ranks
             if self.config.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for p in self.supernet.parameters() if p.grad is not None], self.config.grad_clip)
             lr = self.learning_rate(stage, epoch, step, steps)
@@ -516,6 +517,7 @@ class SENAS(SearchStrategy):
     presets = PRESETS
     uses_flops_budget = True
     summary = "shrinking-and-expanding single-path supernet + evolution under FLOPs/latency budgets; Hu et al. 2021"
+    data_parallel = True  # torchrun: ctx.loader + ctx.average_gradients; paths from the same seed stream on every rank
 
     def validate(self, config: SenasConfig) -> None:
         validate(config)

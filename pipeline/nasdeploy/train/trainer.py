@@ -8,6 +8,12 @@ epochs. ``schedule="linear"`` decays the rate per iteration as lr·(1 − e/T) (
 Resumable: a checkpoint is written atomically after every epoch; every epoch reseeds the global RNG,
 the augmentation and the shuffle from ``(seed, epoch)``, so ``resume`` reproduces an uninterrupted run
 bit for bit (same weights, same metrics apart from wall-clock times).
+
+Data-parallel under ``torchrun`` (``nasdeploy.distributed``): the network is wrapped in DistributedDataParallel,
+``batch_size`` is the global batch (each rank takes batch / N through a DistributedSampler, learning rate
+unchanged), the test set is split over the ranks and the counts summed, rank 0 writes the files and the checkpoint
+is read by rank 0 and broadcast. Rank r > 0 draws drop-path masks from its own stream (seed mixed with r), so
+the ranks' halves of a batch are not dropped alike.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasdeploy import distributed
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from nasdeploy.progress import progress_bar
@@ -61,6 +68,7 @@ class TrainConfig:
     device: str = "cpu"
     max_batches: int | None = None  # cap batches per epoch (smoke tests only)
     threads: int | None = None  # CPU threads for torch (None: torch's default, all cores)
+    dist_backend: str = "auto"  # under torchrun: nccl on CUDA, gloo on CPU (nasdeploy.distributed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +101,26 @@ def drop_path_at(epoch: int, epochs: int, drop_path: float) -> float:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank 0 (and a single process) keeps ``seed``; other ranks get their own global stream (drop-path masks)."""
+    if rank == 0:
+        return seed
+    from nasdeploy.search.context import mix_seed
+
+    return mix_seed(seed, rank)
+
+
+def shuffle_for_epoch(loader, seed: int, epoch: int) -> None:
+    """Reseed the shuffle for ``epoch``: the loader's generator, or the DistributedSampler's epoch (whose base
+    seed is ``epoch_seed(seed, 0)``, so both give the permutation of ``epoch_seed(seed, epoch)``)."""
+    from torch.utils.data import DistributedSampler
+
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    else:
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
 
 
 def split_outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -154,7 +182,8 @@ def set_drop_path(model: nn.Module, prob: float) -> None:
 # ---------------------------------------------------------------- loops
 
 
-def evaluate(model: nn.Module, loader, device: str) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, device: str, parallel: distributed.Parallel = distributed.SINGLE) -> dict[str, float]:
+    """Mean loss and accuracy; under torchrun over every rank's part of the data (sums all-reduced)."""
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     with torch.no_grad():
@@ -164,11 +193,13 @@ def evaluate(model: nn.Module, loader, device: str) -> dict[str, float]:
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             total += len(y)
+    loss_sum, correct, total = parallel.all_sum([loss_sum, correct, total])
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
-def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=None, scheduler=None) -> dict[str, float]:
-    """One pass; ``scheduler`` (per-iteration schedules only) steps after every batch."""
+def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=None, scheduler=None,
+                parallel: distributed.Parallel = distributed.SINGLE) -> dict[str, float]:
+    """One pass; ``scheduler`` (per-iteration schedules only) steps after every batch; statistics over all ranks."""
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
     for step, (x, y) in enumerate(loader):
@@ -188,6 +219,7 @@ def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=No
         total += len(y)
         if bar is not None:
             bar.update(task, advance=1, info=f"loss {loss_sum / total:.3f}")
+    loss_sum, correct, total = parallel.all_sum([loss_sum, correct, total])
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
@@ -222,23 +254,45 @@ def train_architecture(
 ) -> dict[str, Any]:
     """Retrain ``record`` on ``data_spec``; writes OUT/checkpoint.pt (each epoch), model.pt, metrics.json.
 
-    Returns the metrics dict (also in ``metrics.json``).
+    Returns the metrics dict (also in ``metrics.json``). Under torchrun every rank returns it; rank 0 writes.
     """
+    return train_model(record, data_spec, config, out_dir, resume)[1]
+
+
+def train_model(record: ArchitectureRecord, data_spec: str, config: TrainConfig, out_dir: Path | str,
+                resume: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`train_architecture` that also hands back the trained network (this rank's replica)."""
     if config.threads is None:
-        return _train_architecture(record, data_spec, config, out_dir, resume)
+        return _train_model(record, data_spec, config, out_dir, resume)
     from nasdeploy.hardware.torch_backend import torch_threads
 
     with torch_threads(config.threads):
-        return _train_architecture(record, data_spec, config, out_dir, resume)
+        return _train_model(record, data_spec, config, out_dir, resume)
 
 
-def _train_architecture(record: ArchitectureRecord, data_spec: str, config: TrainConfig, out_dir: Path | str,
-                        resume: bool) -> dict[str, Any]:
+def resume_state(checkpoint_path: Path, config: TrainConfig, record_json: dict, parallel: distributed.Parallel) -> dict | None:
+    """The checkpoint to continue from (None: start at epoch 0); read by rank 0, the same on every rank."""
+    def load() -> dict | None:
+        if not checkpoint_path.is_file():
+            return None
+        state = load_checkpoint(checkpoint_path, "training checkpoint")
+        check_resumable(state, config, record_json, checkpoint_path)
+        return state
+
+    return parallel.from_rank0(load)
+
+
+def _train_model(record: ArchitectureRecord, data_spec: str, config: TrainConfig, out_dir: Path | str,
+                 resume: bool) -> tuple[nn.Module, dict[str, Any]]:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     _set_device(config.device)
+    # backend and batch are checked before the rendezvous: a bad request is the same line on every rank
+    parallel = distributed.join(config.device, config.dist_backend, config.batch_size)
+    config = dataclasses.replace(config, device=parallel.device)
     if config.epochs < 1:
         raise NasDeployError(f"epochs must be at least 1, got {config.epochs}; pass e.g. --epochs 10")
+    if parallel.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     input_size = getattr(record.template, "input_size", None)
     train_set, info = load_dataset(data_spec, train=True, input_size=input_size, augment=True, cutout=config.cutout, seed=config.seed)
     test_set, _ = load_dataset(data_spec, train=False, input_size=input_size)
@@ -247,46 +301,53 @@ def _train_architecture(record: ArchitectureRecord, data_spec: str, config: Trai
     record_json = record.to_json()
 
     torch.manual_seed(config.seed)
-    model = trained.build().to(config.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+    net = trained.build().to(config.device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    # reseeded every epoch (shuffle_for_epoch); a DistributedSampler's seed + epoch is then epoch_seed(seed, epoch)
+    train_loader = parallel.loader(train_set, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, 0))
     batches = len(train_loader) if config.max_batches is None else min(len(train_loader), config.max_batches)
     scheduler = make_scheduler(optimizer, config, batches)
     per_batch = scheduler if config.schedule == "linear" else None
-    test_loader = make_loader(test_set, max(config.batch_size, 256), shuffle=False, seed=0)
+    test_loader = make_loader(shard(test_set, parallel), max(config.batch_size, 256), shuffle=False, seed=0)
 
     history: list[dict[str, Any]] = []
     start_epoch, train_time = 0, 0.0
     checkpoint_path = out_dir / CHECKPOINT
-    if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, "training checkpoint")
-        check_resumable(state, config, record_json, checkpoint_path)
-        model.load_state_dict(state["model"])
+    state = resume_state(checkpoint_path, config, record_json, parallel) if resume else None
+    if state is not None:
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch, train_time = state["history"], state["epoch"] + 1, state["train_time_s"]
         log.info("resuming %s from epoch %d/%d", checkpoint_path, start_epoch, config.epochs)
+        if state.get("world_size", 1) != parallel.world_size:
+            log.warning("checkpoint written by %d process(es), resumed by %d: same global batch, but the remaining epochs "
+                        "shuffle and normalise batches differently than an uninterrupted run", state.get("world_size", 1),
+                        parallel.world_size)
     elif resume:
         log.info("no checkpoint in %s; starting from epoch 0", out_dir)
+    model = parallel.wrap(net)  # DDP: rank 0's weights on every rank, gradients averaged in backward
 
     with progress_bar() as bar:
         epochs_task = bar.add_task("retrain", total=config.epochs, completed=start_epoch, info="")
         for epoch in range(start_epoch, config.epochs):
             began = time.perf_counter()
             # reseed everything from (seed, epoch): a resumed epoch equals the uninterrupted one
-            torch.manual_seed(epoch_seed(config.seed, epoch))
-            random.seed(epoch_seed(config.seed, epoch))
-            np.random.seed(epoch_seed(config.seed, epoch) % 2**32)
-            train_loader.generator.manual_seed(epoch_seed(config.seed, epoch))
+            seed = rank_seed(epoch_seed(config.seed, epoch), parallel.rank)
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            shuffle_for_epoch(train_loader, config.seed, epoch)
             set_epoch(train_set, epoch)
-            set_drop_path(model, drop_path_at(epoch, config.epochs, config.drop_path))
+            set_drop_path(net, drop_path_at(epoch, config.epochs, config.drop_path))
             lr = scheduler.get_last_lr()[0]
             batch_task = bar.add_task(f"epoch {epoch + 1}", total=batches, info="")
-            train_stats = train_epoch(model, train_loader, optimizer, config, bar, batch_task, per_batch)
+            train_stats = train_epoch(model, train_loader, optimizer, config, bar, batch_task, per_batch, parallel)
             bar.remove_task(batch_task)
             if per_batch is None:
                 scheduler.step()
-            test_stats = evaluate(model, test_loader, config.device)
+            parallel.broadcast_buffers(net)  # every rank evaluates (and rank 0 saves) the same batch-norm statistics
+            test_stats = evaluate(net, test_loader, config.device, parallel)
             seconds = time.perf_counter() - began
             train_time += seconds
             history.append({
@@ -294,16 +355,18 @@ def _train_architecture(record: ArchitectureRecord, data_spec: str, config: Trai
                 "train_loss": train_stats["loss"], "train_accuracy": train_stats["accuracy"],
                 "test_loss": test_stats["loss"], "test_accuracy": test_stats["accuracy"], "time_s": seconds,
             })
-            atomic_torch_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            checkpoint = {
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "history": history, "train_time_s": train_time,
-                "config": config.to_dict(), "record": record_json,
-            }, checkpoint_path)
+                "config": config.to_dict(), "record": record_json, "world_size": parallel.world_size,
+            }
+            parallel.check_replicas(distributed.state_tensors(checkpoint), "weights")
+            atomic_torch_save(checkpoint, checkpoint_path)  # rank 0 only (io)
             bar.update(epochs_task, advance=1, info=f"test acc {test_stats['accuracy']:.3f}")
             log.info("epoch %d/%d loss %.4f train acc %.4f test acc %.4f (%.1fs)", epoch + 1, config.epochs,
                      train_stats["loss"], train_stats["accuracy"], test_stats["accuracy"], seconds)
 
-    model.eval()
+    net.eval()
     input_shape = (1, info.channels, info.input_size, info.input_size)
     final = history[-1]
     metrics = {
@@ -311,8 +374,8 @@ def _train_architecture(record: ArchitectureRecord, data_spec: str, config: Trai
         "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"],
         "train_accuracy": final["train_accuracy"],
-        "params": inference_params(model),
-        "flops": count_flops(model, input_shape),
+        "params": inference_params(net),
+        "flops": count_flops(net, input_shape),
         "train_time_s": train_time,
         "epochs": history,
         "input_shape": list(input_shape),
@@ -320,17 +383,28 @@ def _train_architecture(record: ArchitectureRecord, data_spec: str, config: Trai
         "config": config.to_dict(),
         "search_metrics": record.metrics,
     }
+    if parallel.active:
+        metrics["distributed"] = {**parallel.describe(), "local_batch": parallel.local_batch(config.batch_size)}
     atomic_torch_save({
         "record": record_json,  # as searched: predicts latency with the search's table
         "train_record": trained.to_json(),  # as built for training: export rebuilds this one
-        "state_dict": model.state_dict(),
+        "state_dict": net.state_dict(),
         "input_shape": list(input_shape),
         "data": {"spec": data_spec, **info.to_dict()},
         "metrics": {k: v for k, v in metrics.items() if k != "epochs"},
     }, out_dir / MODEL)
     atomic_write_json(out_dir / METRICS, metrics)
     log.info("retrained: test accuracy %.4f, %d params -> %s", metrics["test_accuracy"], metrics["params"], out_dir / MODEL)
-    return metrics
+    return net, metrics
+
+
+def shard(dataset, parallel: distributed.Parallel):
+    """Every N-th sample from this rank's index on (no padding: evaluation counts each test image once)."""
+    if not parallel.active:
+        return dataset
+    from torch.utils.data import Subset
+
+    return Subset(dataset, range(parallel.rank, len(dataset), parallel.world_size))
 
 
 def load_trained_model(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
