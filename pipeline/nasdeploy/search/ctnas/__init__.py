@@ -81,6 +81,7 @@ class CTNASRun:
         self.check_budgets()
         self.started = time.monotonic()
         self.graphs: dict[tuple[int, ...], Any] = {}
+        self.explored: tuple[torch.Tensor, torch.Tensor] | None = None  # D as bank indices and labels (mirrors the state)
         self.predicted: dict[tuple[int, ...], float | None] = {}
 
     # -------------------------------------------------------------- budgets
@@ -139,7 +140,6 @@ class CTNASRun:
 
     # -------------------------------------------------------------- phase 1: labels
     def labels(self, saved: dict | None) -> LabelState:
-        labeller = None
         if saved is not None and saved["labels"].epochs_done >= self.config.supernet_epochs:
             return saved["labels"]
         if saved is not None:
@@ -213,10 +213,10 @@ class CTNASRun:
         """NAC steps on C = A ∪ D; once D is not empty, ``explored_share`` of each batch comes from D (§4.2)."""
         rng = torch.Generator().manual_seed(mix_seed(self.ctx.seed, 13, phase, state.iteration))
         loss = None
-        explored = None
-        if state.explored_pairs:
-            explored = torch.tensor([(bank.index[a], bank.index[b]) for a, b in state.explored_pairs], dtype=torch.long)
-            explored_y = torch.tensor(state.explored_labels, dtype=torch.long)
+        if self.explored is None and state.explored_pairs:  # after a resume: D from the state's keys, once
+            self.explored = (torch.tensor([(bank.index[a], bank.index[b]) for a, b in state.explored_pairs], dtype=torch.long),
+                             torch.tensor(state.explored_labels, dtype=torch.long))
+        explored, explored_y = self.explored if self.explored is not None else (None, None)
         batch = self.config.nac_batch_size
         for _ in range(steps):
             n_explored = int(round(self.config.explored_share * batch)) if explored is not None else 0
@@ -272,9 +272,14 @@ class CTNASRun:
         for (a, b), y in zip(found.pairs.tolist(), found.labels.tolist()):
             state.explored_pairs.append((bank.keys[a], bank.keys[b]))
             state.explored_labels.append(int(y))
+        if self.explored is None:
+            self.explored = (found.pairs, found.labels)
+        else:
+            self.explored = (torch.cat([self.explored[0], found.pairs]), torch.cat([self.explored[1], found.labels]))
         overflow = len(state.explored_pairs) - self.config.explored_cap
-        if overflow > 0:
+        if overflow > 0:  # the oldest explored pairs leave C
             del state.explored_pairs[:overflow], state.explored_labels[:overflow]
+            self.explored = (self.explored[0][overflow:], self.explored[1][overflow:])
         return len(found.labels)
 
     def update_baseline(self, state: LoopState, nac, bank, final: bool = False) -> list[int]:

@@ -77,7 +77,7 @@ class Reinforce:
 
     def step(self, samples: Sequence[Sample], scores: Sequence[float]) -> dict[str, float]:
         """``scores`` = NAC(α_j, β) per sample; returns the mean reward (with entropy) and the loss."""
-        rewards = [float(s) + self.entropy_weight * float(sample.entropy) for s, sample in zip(scores, samples)]
+        rewards = [float(s) + self.entropy_weight * float(sample.entropy.detach()) for s, sample in zip(scores, samples)]
         mean = sum(rewards) / len(rewards)
         b = self.baseline if (self.baseline is not None and self.reward_decay > 0) else 0.0
         loss = -sum((r - b) * sample.log_prob for r, sample in zip(rewards, samples)) / len(samples)
