@@ -297,3 +297,23 @@ def test_tiny_search_end_to_end_is_within_budget_and_resumes_to_the_same_result(
     assert again["labels"]["values"] == log["labels"]["values"]
     assert again["result"]["arch"] == log["result"]["arch"]
     assert again["history"] == log["history"] and again["baseline_updates"] == log["baseline_updates"]
+
+
+def test_tiny_mobilenet_search_meets_latency_and_flops_budgets(tmp_path):
+    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+
+    space = get_space("mobilenet")
+    template = space.default_template("tiny")
+    table = hand_made_table("mobilenet", template, tmp_path / "t.json")
+    adapter = make_adapter("mobilenet", search_template_for(space, template, 10, 3), template, table)
+    free = CHOICES.get("mobilenet")(adapter, [])
+    rng = random.Random(0)
+    latencies = sorted(adapter.latency.of(adapter.paths, free.to_path(free.sample_uniform(rng, False))) for _ in range(20))
+    flops_budget = free.cheapest(Limit("flops", adapter.flops, 0.0)) * 1.5
+    request = SearchRequest(space="mobilenet", out_dir=tmp_path / "out", table_path=tmp_path / "t.json",
+                            latency_budget_ms=latencies[5], flops_budget=flops_budget, preset="tiny",
+                            table_policy=TablePolicy(trust=True))
+    record = ArchitectureRecord.load(get_strategy("ctnas").run(request).arch_path)
+    assert record.metrics["predicted_latency_ms"] <= latencies[5]
+    assert record.metrics["flops"] <= flops_budget
+    assert record.metrics["masked_options"] > 0 and record.metrics["over_budget_redraws"] == 0

@@ -29,6 +29,7 @@ Outputs: the common files through the context, ``checkpoint.pt`` (after every su
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ class CTNASRun:
         self.ctx, self.config = ctx, config
         info = ctx.data.info
         search_template = search_template_for(ctx.space, ctx.template, info.num_classes, info.channels)
+        if config.supernet_input_size is not None:  # the supernet only; costs stay on the deployment template
+            search_template = dataclasses.replace(search_template, input_size=config.supernet_input_size)
         self.adapter = make_adapter(ctx.space.name, search_template, ctx.template, ctx.table)
         self.seq: ChoiceSequence = CHOICES.get(ctx.space.name)(self.adapter, self.limits())
         self.check_budgets()

@@ -22,6 +22,7 @@ class CTNASConfig:
     supernet_weight_decay: float = setting(4e-5, "supernet SGD weight decay (SPOS; the paper gives none)")
     supernet_grad_clip: float | None = setting(5.0, "gradient-norm clip of the supernet (None: off)")
     steps_per_epoch: int | None = setting(None, "cap on supernet mini-batches per epoch (None: the whole half)")
+    supernet_input_size: int | None = setting(None, "side the supernet's images are resized to (None: the data's own; the deployment template is unchanged)")
     labelled_archs: int = setting(1000, "M: architectures sampled uniformly (within the budgets) and scored by the supernet (appendix B: 1000)")
     label_epochs: int = setting(10, "label = mean validation accuracy over the last this many supernet epochs (appendix B: 10)")
     val_samples: int | None = setting(None, "cap on validation images per evaluation (None: the whole other half)")
@@ -57,14 +58,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 5e-4, batch 256; 10k controller iterations of batch 1, baseline every 1000, 512 -> 256 explored pairs;
     # entropy 5e-4; 600 retraining epochs (appendix D)
     "paper": {"retrain_epochs": 600},
-    # cpu: `nasdeploy run --strategy ctnas` in <= 15 min on 2 cores with the embedded digits. The supernet gets
-    # 30 epochs (7 batches of 96 each), M = 60 architectures scored over its last 3 epochs on 300 validation
-    # images; the controller 300 iterations of 4 samples (a larger lr: 300 steps instead of 10k), baselines
-    # every 60; NAC and exploration at the paper's settings but 300 warm-up steps.
-    "cpu": {"supernet_epochs": 30, "labelled_archs": 60, "label_epochs": 3, "val_samples": 300, "bn_batches": 2,
+    # cpu: `nasdeploy run --strategy ctnas` in <= 15 min on 2 cores with the embedded digits. The supernet sees
+    # the digits (8x8 scans) at 16x16 and gets 20 epochs (7 batches of 96 each) at lr 0.05 (0.01 left the loss
+    # above chance after 4 epochs), M = 60 architectures scored over its last 3 epochs on 300 validation images;
+    # the controller 300 iterations of 4 samples (a larger lr: 300 steps instead of 10k), baselines every 60;
+    # NAC and exploration at the paper's settings but 300 warm-up steps.
+    "cpu": {"supernet_epochs": 20, "supernet_input_size": 16, "supernet_lr": 0.05, "labelled_archs": 60,
+            "label_epochs": 3, "val_samples": 300, "bn_batches": 2,
             "holdout": 0.25, "nac_warmup_steps": 300, "iterations": 300, "controller_batch": 4, "controller_lr": 5e-3,
             "explore_samples": 16, "explore_pairs": 128, "explore_keep": 64, "baseline_every": 60, "checkpoint_every": 50},
-    "tiny": {"supernet_epochs": 2, "supernet_batch_size": 32, "steps_per_epoch": 2, "labelled_archs": 8, "label_epochs": 1,
+    "tiny": {"supernet_epochs": 2, "supernet_batch_size": 32, "supernet_input_size": 16, "steps_per_epoch": 2, "labelled_archs": 8, "label_epochs": 1,
              "val_samples": 32, "bn_batches": 1, "holdout": 0.25, "nac_hidden": 16, "nac_batch_size": 16,
              "nac_warmup_steps": 5, "iterations": 6, "controller_batch": 2, "controller_hidden": 16, "explore_samples": 4,
              "explore_pairs": 8, "explore_keep": 4, "baseline_every": 3, "checkpoint_every": 2},
@@ -78,7 +81,7 @@ def validate(config: CTNASConfig) -> None:
     for name in positive:
         if getattr(config, name) < 1:
             raise NasDeployError(f"CTNAS setting {name} must be >= 1, got {getattr(config, name)}")
-    for name in ("steps_per_epoch", "val_samples", "retrain_epochs"):
+    for name in ("steps_per_epoch", "val_samples", "retrain_epochs", "supernet_input_size"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise NasDeployError(f"CTNAS setting {name} must be >= 1 or None, got {value}")

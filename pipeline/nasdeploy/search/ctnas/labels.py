@@ -7,7 +7,8 @@ from the architectures within the budgets (rejection sampling; the CTNAS control
 so comparisons outside the budget teach the NAC nothing it uses) before training, and after each of the last
 ``label_epochs`` epochs each is evaluated on the ``val`` half (batch-norm statistics re-estimated on a few
 training batches first, as SPOS does); its label is the mean of those accuracies (appendix B: last 10 epochs).
-Training paths are drawn the same way. The phase checkpoints after every epoch.
+Training paths are drawn the same way. ``supernet_input_size`` resizes the images the supernet sees (cpu preset: the
+digits, 8x8 scans, at 16x16); the deployment template and its costs are unchanged. The phase checkpoints after every epoch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 from nasdeploy.search.ctnas.choices import ChoiceSequence
 from nasdeploy.search.evolution import derive_rng
@@ -85,6 +87,14 @@ def sample_labelled(seq: ChoiceSequence, count: int, seed: int) -> tuple[list[li
     return archs, draws
 
 
+def resized(dataset: TensorDataset, size: int | None) -> TensorDataset:
+    """The images at ``size`` x ``size`` (bilinear, antialiased), labels unchanged; None or the same size: as is."""
+    images, targets = dataset.tensors
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return dataset
+    return TensorDataset(F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True), targets)
+
+
 class SupernetLabels:
     """Trains the supernet and labels ``state.archs``; ``run`` resumes from ``state.epochs_done``."""
 
@@ -96,12 +106,13 @@ class SupernetLabels:
         torch.manual_seed(ctx.seed)
         self.supernet = adapter.build_supernet().to(self.device)
         self.buffers: dict[str, torch.Tensor] = {}
-        self.val_batches = fixed_batches(ctx.data.val, 256, config.val_samples, ctx.seed, self.device)
-        self.bn_batches = fixed_batches(ctx.data.train, config.supernet_batch_size,
+        self.train = resized(ctx.data.train, config.supernet_input_size)
+        self.val_batches = fixed_batches(resized(ctx.data.val, config.supernet_input_size), 256, config.val_samples, ctx.seed, self.device)
+        self.bn_batches = fixed_batches(self.train, config.supernet_batch_size,
                                         config.bn_batches * config.supernet_batch_size, ctx.seed + 1, self.device)
 
     def steps(self) -> int:
-        steps = len(self.ctx.data.train) // self.config.supernet_batch_size
+        steps = len(self.train) // self.config.supernet_batch_size
         return max(1, steps if self.config.steps_per_epoch is None else min(steps, self.config.steps_per_epoch))
 
     def train_epoch(self, state: LabelState, bar, task) -> float:
@@ -110,8 +121,8 @@ class SupernetLabels:
         config, epoch = self.config, state.epochs_done
         rng = derive_rng(self.ctx.seed, "ctnas-supernet", epoch)
         draws = Draws(**state.training_draws)
-        loader = make_loader(self.ctx.data.train, config.supernet_batch_size, shuffle=True,
-                             seed=int(rng.getrandbits(62)), drop_last=len(self.ctx.data.train) >= config.supernet_batch_size)
+        loader = make_loader(self.train, config.supernet_batch_size, shuffle=True,
+                             seed=int(rng.getrandbits(62)), drop_last=len(self.train) >= config.supernet_batch_size)
         steps, total = self.steps(), self.steps() * config.supernet_epochs
         self.supernet.train()
         losses = []
