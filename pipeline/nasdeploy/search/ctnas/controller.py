@@ -86,7 +86,7 @@ class Reinforce:
         self.optimizer.step()
         if self.reward_decay > 0:
             self.baseline = mean if self.baseline is None else self.reward_decay * self.baseline + (1 - self.reward_decay) * mean
-        return {"reward": mean, "loss": float(loss), "reward_baseline": b}
+        return {"reward": mean, "loss": float(loss.detach()), "reward_baseline": b}
 
     def state_dict(self) -> dict:
         return {"controller": self.controller.state_dict(), "optimizer": self.optimizer.state_dict(), "baseline": self.baseline}

@@ -8,7 +8,7 @@ so comparisons outside the budget teach the NAC nothing it uses) before training
 ``label_epochs`` epochs each is evaluated on the ``val`` half (batch-norm statistics re-estimated on a few
 training batches first, as SPOS does); its label is the mean of those accuracies (appendix B: last 10 epochs).
 Training paths are drawn the same way. ``supernet_input_size`` resizes the images the supernet sees (cpu preset: the
-digits, 8x8 scans, at 16x16); the deployment template and its costs are unchanged. The phase checkpoints after every epoch.
+digits at their native 8x8); the deployment template and its costs are unchanged. The phase checkpoints after every epoch.
 """
 
 from __future__ import annotations
