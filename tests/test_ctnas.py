@@ -317,3 +317,15 @@ def test_tiny_mobilenet_search_meets_latency_and_flops_budgets(tmp_path):
     assert record.metrics["predicted_latency_ms"] <= latencies[5]
     assert record.metrics["flops"] <= flops_budget
     assert record.metrics["masked_options"] > 0 and record.metrics["over_budget_redraws"] == 0
+
+
+def test_bad_settings_are_one_line_errors():
+    from nasdeploy.errors import NasDeployError
+
+    strategy = get_strategy("ctnas")
+    with pytest.raises(NasDeployError, match="labelled_archs must be >= 4"):
+        strategy.settings("cpu", {"labelled_archs": "2"})
+    with pytest.raises(NasDeployError, match="label_epochs .* must be <= supernet_epochs"):
+        strategy.settings("tiny", {"label_epochs": "5"})
+    with pytest.raises(NasDeployError, match="ctnas has no setting 'epochs'"):
+        strategy.settings("cpu", {"epochs": "3"})
