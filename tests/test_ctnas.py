@@ -98,7 +98,7 @@ def test_padding_does_not_change_the_embedding_and_eq6_by_hand():
     assert z_small[0].tolist() == pytest.approx([5 / 3, -5 / 3])
     z_big = nac.embed(bank.batch([1]))[0]
     p = nac(bank.batch([0]), bank.batch([1]))  # Eq. 6: σ(0.3·(z_small[0] - z_big[0]))
-    assert float(p) == pytest.approx(float(torch.sigmoid(0.3 * (5 / 3 - z_big[0].detach()))))
+    assert float(p.detach()) == pytest.approx(float(torch.sigmoid(0.3 * (5 / 3 - z_big[0].detach()))))
 
 
 def params_of(space, genotype, template) -> int:
