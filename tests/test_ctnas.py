@@ -158,7 +158,7 @@ def test_controller_never_samples_a_masked_option():
     mask = lambda t, decisions: [o == (3 - t) for o in range(4)]  # noqa: E731
     for seed in range(5):
         sample = controller.sample(mask, torch.Generator().manual_seed(seed))
-        assert sample.decisions == [3, 2] and float(sample.entropy) == 0.0 and sample.masked_options == 6
+        assert sample.decisions == [3, 2] and float(sample.entropy.detach()) == 0.0 and sample.masked_options == 6
 
 
 # ------------------------------------------------------------------------------------------ Algorithms 2 and 3
