@@ -6,11 +6,14 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from nasdeploy.registry import Registry
+
+if TYPE_CHECKING:
+    from nasdeploy.spaces.graph import ArchGraph
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,13 @@ class SearchSpace(ABC):
 
     @abstractmethod
     def arch_from_json(self, d: dict[str, Any]) -> Any: ...
+
+    def arch_graph(self, arch: Any, template: Any) -> "ArchGraph":
+        """``arch`` as a DAG of operations (``spaces.graph.ArchGraph``: adjacency + one-hot node ops, CTNAS §4.1)."""
+        from nasdeploy.errors import NasDeployError
+
+        raise NasDeployError(f"space {self.name!r} cannot encode its architectures as graphs; graph-based "
+                             "strategies (ctnas) need SearchSpace.arch_graph")
 
     def draw(self, arch: Any, template: Any, path: Path, title: str = "") -> Path:
         """Draw ``arch`` as a PNG at ``path`` (written atomically); returns the path."""

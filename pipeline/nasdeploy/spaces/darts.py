@@ -495,6 +495,13 @@ class DartsSpace(SearchSpace):
     def arch_to_json(self, arch: Genotype) -> dict[str, Any]:
         return arch.to_json()
 
+    def arch_graph(self, arch: Genotype, template: DartsTemplate):
+        """Two parts, the normal and the reduction cell (``cell_graph``), encoded by the same vocabulary."""
+        from nasdeploy.spaces.graph import ArchGraph
+
+        ops = op_space_names(template.op_space)
+        return ArchGraph((cell_graph(arch.normal, arch.normal_concat, ops), cell_graph(arch.reduce, arch.reduce_concat, ops)))
+
     def draw(self, arch: Genotype, template: DartsTemplate, path, title: str = ""):
         from nasdeploy.search.cell_plot import plot_cells
 
@@ -502,6 +509,37 @@ class DartsSpace(SearchSpace):
 
     def arch_from_json(self, d: dict[str, Any]) -> Genotype:
         return Genotype.from_json(d)
+
+
+CELL_GRAPH_NODES = ("c_k-2", "c_k-1", "add", "concat")
+
+
+def cell_graph(cell: list[Node], concat: list[int], op_names: Sequence[str]):
+    """One cell as a DAG of operations (CTNAS Fig. 3): the two cell inputs, one node per (op, input) edge of
+    each intermediate node (``none`` edges carry nothing and are left out), an ``add`` node per intermediate
+    node summing its ops, and a ``concat`` output reading the nodes of ``concat``."""
+    from nasdeploy.spaces.graph import GraphPart, dag
+
+    names, edges = ["c_k-2", "c_k-1"], []
+    state = {0: 0, 1: 1}  # cell state index -> graph node
+    for j, node in enumerate(cell):
+        op_nodes = []
+        for op, i in node:
+            if op == "none":
+                continue
+            names.append(op)
+            op_nodes.append(len(names) - 1)
+            edges.append((state[i], len(names) - 1))
+        names.append("add")
+        state[j + 2] = len(names) - 1
+        edges += [(o, state[j + 2]) for o in op_nodes]
+    names.append("concat")
+    edges += [(state[k], len(names) - 1) for k in concat]
+    vocabulary = (*CELL_GRAPH_NODES, *[op for op in op_names if op not in CELL_GRAPH_NODES])
+    unknown = sorted(set(names) - set(vocabulary))
+    if unknown:
+        raise NasDeployError(f"genotype uses op(s) {unknown} outside op space {list(op_names)}; pass a matching --op-space")
+    return GraphPart(dag(len(names), edges), tuple(names), vocabulary)
 
 
 def _distinct(instances: list[OpInstance]) -> list[OpInstance]:

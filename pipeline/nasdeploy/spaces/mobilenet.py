@@ -248,6 +248,18 @@ class MobileNetSpace(SearchSpace):
     def arch_to_json(self, arch: LayerwiseArch) -> dict[str, Any]:
         return {"layers": list(arch.choices)}
 
+    def arch_graph(self, arch: LayerwiseArch, template: MobileNetTemplate):
+        """A chain ``input -> layer_1 -> ... -> layer_n -> output`` whose nodes are the layer-wise choices
+        (``identity`` included, so every architecture of a template has the same nodes); each node also
+        carries a one-hot of its position, since the same block costs and learns differently per stage."""
+        from nasdeploy.spaces.graph import ArchGraph, GraphPart, dag, one_hot_rows
+
+        validate_arch(arch, template)
+        names = ("input", *arch.choices, "output")
+        vocabulary = ("input", "output", *LAYER_CHOICES, "identity")
+        edges = [(k, k + 1) for k in range(len(names) - 1)]
+        return ArchGraph((GraphPart(dag(len(names), edges), names, vocabulary, one_hot_rows(range(len(names)), len(names))),))
+
     def draw(self, arch: LayerwiseArch, template: MobileNetTemplate, path, title: str = ""):
         from nasdeploy.search.arch_plot import plot_layerwise
 
