@@ -16,7 +16,7 @@ from nasdeploy.progress import console, setup_logging
 @app.command()
 def run(
     strategy: Optional[str] = typer.Option(None, help="icdarts | senas (default: the space's, icdarts for darts, senas for mobilenet)."),
-    space: Optional[str] = typer.Option(None, help="Search space: darts | mobilenet (default: the strategy's own, "
+    space: Optional[str] = typer.Option(None, help="Search space: darts | darts_macro | mobilenet (default: the strategy's own, "
                                         "mobilenet for senas, else darts)."),
     latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: derived from the table)."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
