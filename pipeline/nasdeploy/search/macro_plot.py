@@ -1,4 +1,5 @@
-"""PNG drawing of a hierarchical ICDARTS architecture: the macro template (which cell feeds which) above the cells."""
+"""PNG drawing of a hierarchical ICDARTS architecture: the macro template (which cell feeds which, and with version 2
+which normal type sits where) above the cells."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from nasdeploy.io import atomic_write_bytes
 from nasdeploy.search.cell_plot import draw_cell
 
 
-def draw_template(ax, inputs: list[int], reduction: set[int]) -> None:
-    """Stem and cells in a row; an arrow from cell k - 1 into cell k, an arc from its skip source (-1: the stem)."""
+def draw_template(ax, inputs: list[int], reduction: set[int], types: list[int] | None = None) -> None:
+    """Stem and cells in a row; an arrow from cell k - 1 into cell k, an arc from its skip source (-1: the stem).
+    With ``types`` (version 2), each normal cell is labelled with its type (``N3:t2``: cell 3 is normal type 2)."""
     layers = len(inputs)
-    names = ["stem"] + [f"{'R' if k in reduction else 'N'}{k}" for k in range(layers)] + ["out"]
+    label = lambda k: f"R{k}" if k in reduction else f"N{k}" + (f":t{types[k]}" if types else "")  # noqa: E731
+    names = ["stem"] + [label(k) for k in range(layers)] + ["out"]
     x = {i - 1: 1.2 * i for i in range(layers + 2)}  # -1: stem, 0..L-1: cells, L: classifier
     for i, name in enumerate(names):
         colour = "#9ecae1" if i == 0 else "#fdd0a2" if i == layers + 1 else "#fcbba1" if name.startswith("R") else "#c7e9c0"
@@ -44,11 +47,14 @@ def plot_macro(arch, path: Path | str, reduction: set[int] | None = None, title:
     cells, nodes = arch.cells, len(arch.cells.normal)
     layers = len(arch.inputs)
     reduction = reduction if reduction is not None else {layers // 3, 2 * layers // 3}
-    fig, axes = plt.subplots(3, 1, figsize=(max(2.2 + 1.9 * nodes, 1.3 * layers + 2), 10.0),
-                             gridspec_kw={"height_ratios": [1.0, 1.3, 1.3]})
-    draw_template(axes[0], list(arch.inputs), reduction)
-    draw_cell(axes[1], cells.normal, list(cells.normal_concat), "normal cell")
-    draw_cell(axes[2], cells.reduce, list(cells.reduce_concat), "reduction cell")
+    rows = 2 + len(arch.normal_types())
+    fig, axes = plt.subplots(rows, 1, figsize=(max(2.2 + 1.9 * nodes, 1.3 * layers + 2), 3.3 * rows),
+                             gridspec_kw={"height_ratios": [1.0] + [1.3] * (rows - 1)})
+    draw_template(axes[0], list(arch.inputs), reduction, list(arch.types) or None)
+    normals = arch.normal_types()
+    for t, (nodes_t, concat) in enumerate(normals):
+        draw_cell(axes[1 + t], nodes_t, list(concat), f"normal cell type {t}" if len(normals) > 1 else "normal cell")
+    draw_cell(axes[-1], cells.reduce, list(cells.reduce_concat), "reduction cell")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

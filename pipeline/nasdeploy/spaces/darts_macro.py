@@ -18,7 +18,7 @@ Sources of cell ``k``, nearest first (``skip_sources``): ``[k-2, k-3, ..., 0, -1
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,11 +36,13 @@ from nasdeploy.spaces.darts import (
     DartsSpace,
     DartsTemplate,
     Genotype,
+    Node,
     classifier_instance,
     edge_instance,
     genotype_layouts,
     make_stem,
     stem_instance,
+    validate_cell,
     _distinct,
 )
 from nasdeploy.spaces.ops import op_space_names
@@ -60,24 +62,50 @@ def default_inputs(layers: int) -> list[int]:
     return [skip_sources(k)[0] for k in range(layers)]
 
 
+Cell = tuple[list[Node], list[int]]  # (nodes, concat)
+
+
 @dataclass
 class MacroGenotype:
-    """Cells plus the macro template: ``inputs[k]`` is the other input of cell ``k`` (its first is cell ``k - 1``)."""
+    """Cells plus the macro template: ``inputs[k]`` is the other input of cell ``k`` (its first is cell ``k - 1``).
+
+    Version 2 (cell placement): ``extra_normals`` are normal cell types 1, 2, ... (type 0 is ``cells.normal``) and
+    ``types[k]`` the type of normal cell ``k`` (ignored at reduction cells); empty ``types``: type 0 everywhere.
+    """
 
     cells: Genotype
     inputs: list[int]
+    extra_normals: list[Cell] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+
+    def normal_types(self) -> list[Cell]:
+        return [(self.cells.normal, self.cells.normal_concat)] + [(list(n), list(c)) for n, c in self.extra_normals]
+
+    def cell_of(self, layout: CellLayout) -> Cell:
+        """(nodes, concat) of the cell at ``layout``: the reduction cell, or the normal type placed there."""
+        if layout.reduction:
+            return self.cells.reduce, self.cells.reduce_concat
+        return self.normal_types()[self.types[layout.index] if self.types else 0]
 
     def to_json(self) -> dict[str, Any]:
-        return {"cells": self.cells.to_json(), "macro": {"inputs": [int(i) for i in self.inputs]}}
+        d: dict[str, Any] = {"cells": self.cells.to_json(), "macro": {"inputs": [int(i) for i in self.inputs]}}
+        if self.extra_normals or self.types:
+            d["macro"]["types"] = [int(t) for t in self.types]
+            d["extra_normals"] = [{"nodes": [[[op, int(i)] for op, i in node] for node in nodes], "concat": [int(i) for i in concat]}
+                                  for nodes, concat in self.extra_normals]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "MacroGenotype":
         try:
             inputs = [int(i) for i in d["macro"]["inputs"]]
-        except (KeyError, TypeError, ValueError) as exc:
+            types = [int(t) for t in d["macro"].get("types", [])]
+            extra = [([[(str(op), int(i)) for op, i in node] for node in e["nodes"]], [int(i) for i in e["concat"]])
+                     for e in d.get("extra_normals", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise NasDeployError(f"macro template is malformed ({exc!r}); expected {{'cells': ..., 'macro': {{'inputs': "
                                  "[-1, -1, 0, 1, ...]}}}") from None
-        macro = cls(Genotype.from_json(d["cells"]), inputs)
+        macro = cls(Genotype.from_json(d["cells"]), inputs, extra, types)
         macro.validate()
         return macro
 
@@ -90,6 +118,16 @@ class MacroGenotype:
             if source not in skip_sources(k):
                 raise NasDeployError(f"macro template: cell {k} takes input {source}; cell {k} can only take "
                                      f"{', '.join(map(str, sorted(skip_sources(k))))} (-1 is the stem)")
+        for t, (nodes, concat) in enumerate(self.extra_normals, start=1):
+            validate_cell(f"normal type {t}", nodes, concat)
+            if len(concat) != len(self.cells.normal_concat):
+                raise NasDeployError(f"normal type {t} concatenates {len(concat)} nodes, type 0 {len(self.cells.normal_concat)}; "
+                                     "every normal type must output as many channels")
+        if self.types and len(self.types) != len(self.inputs):
+            raise NasDeployError(f"macro template has {len(self.types)} cell types for {len(self.inputs)} cells; give one per cell")
+        for k, t in enumerate(self.types):
+            if not 0 <= t <= len(self.extra_normals):
+                raise NasDeployError(f"macro template: cell {k} has type {t}; types are 0..{len(self.extra_normals)}")
 
 
 def as_macro(arch: Genotype | MacroGenotype, template: DartsTemplate) -> MacroGenotype:
@@ -144,8 +182,7 @@ def second_input_instance(layout: CellLayout) -> OpInstance:
 
 
 def cell_instances(arch: MacroGenotype, layout: CellLayout) -> list[OpInstance]:
-    cells = arch.cells
-    nodes = cells.reduce if layout.reduction else cells.normal
+    nodes, _ = arch.cell_of(layout)
     return [edge_instance(layout, i, op) for node in nodes for op, i in node if op != "none"]
 
 
@@ -179,7 +216,8 @@ class MacroNetwork(nn.Module):
     the search network S_macro does (``search.hicdarts.macro``).
     """
 
-    def __init__(self, cells: Genotype, template: DartsTemplate, sources: Sequence[Sequence[int]]):
+    def __init__(self, cells: Genotype, template: DartsTemplate, sources: Sequence[Sequence[int]],
+                 cell_genes: Sequence[Cell] | None = None):
         super().__init__()
         cells.validate()
         self.drop_path_prob = template.drop_path
@@ -191,10 +229,10 @@ class MacroNetwork(nn.Module):
         self.skips = nn.ModuleList(
             nn.ModuleList(build_skip(skip_instance(layouts, template, s, k)) for s in srcs) for k, srcs in enumerate(self.sources)
         )
+        if cell_genes is None:  # ``cell_genes[k]``: (nodes, concat) of cell k (version 2: the placed normal type)
+            cell_genes = [MacroGenotype(cells, []).cell_of(l) for l in layouts]
         self.cells = nn.ModuleList(
-            DartsCell(cells.reduce if l.reduction else cells.normal, cells.reduce_concat if l.reduction else cells.normal_concat,
-                      l, template.drop_path, preprocess=SecondInput(l))
-            for l in layouts
+            DartsCell(nodes, concat, l, template.drop_path, preprocess=SecondInput(l)) for l, (nodes, concat) in zip(layouts, cell_genes)
         )
         self.aux_index = template.reduction_indices[1]
         self.auxiliary_head = None
@@ -230,7 +268,8 @@ class DartsMacroSpace(DartsSpace):
 
     def build(self, arch, template: DartsTemplate) -> nn.Module:
         macro = as_macro(arch, template)
-        return MacroNetwork(macro.cells, template, [[s] for s in macro.inputs])
+        layouts = genotype_layouts(macro.cells, template)
+        return MacroNetwork(macro.cells, template, [[s] for s in macro.inputs], [macro.cell_of(l) for l in layouts])
 
     def op_instances(self, template: DartsTemplate) -> list[OpInstance]:
         """DARTS' instances plus every skip preprocessing any macro template of ``template`` can contain."""

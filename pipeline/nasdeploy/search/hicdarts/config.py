@@ -21,9 +21,10 @@ VERSIONS = (1, 2)
 
 MACRO_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(macro_epochs=30, macro_lr=3e-3),
-    # cpu: few γ steps, so a larger rate (as ICDARTS' cpu α rate is 20x the paper's)
-    "cpu": dict(macro_epochs=2, macro_lr=3e-2, macro_channels=8),
-    "tiny": dict(macro_epochs=1, macro_lr=1e-1, macro_channels=4),
+    # cpu: few γ steps, so a larger rate (as ICDARTS' cpu α rate is 20x the paper's); S_micro 8 cells deep (the
+    # paper's) so that version 2's four normal types all occur in it (5 cells hold only 3 normal cells)
+    "cpu": dict(macro_epochs=2, macro_lr=3e-2, macro_channels=8, search_layers=8),
+    "tiny": dict(macro_epochs=1, macro_lr=1e-1, macro_channels=4, search_layers=6),
 }
 PRESETS = {name: {**ICDARTS_PRESETS[name], **MACRO_PRESETS[name]} for name in ICDARTS_PRESETS}
 ALIASES = dict(ICDARTS_ALIASES)
@@ -50,8 +51,6 @@ def validate(config: HierarchicalConfig) -> None:
     validate_icdarts(config)
     if config.version not in VERSIONS:
         raise NasDeployError(f"hierarchical-icdarts version must be 1 or 2, got {config.version}; pass --set version=1")
-    if config.version == 2:
-        raise NasDeployError("hierarchical-icdarts version 2 (cell placement) is not implemented yet; pass --set version=1")
     if config.tiers:
         raise NasDeployError("hierarchical-icdarts runs the micro phase without the tournament; drop --set tiers")
     for name in ("macro_epochs", "macro_pretrain_epochs"):

@@ -107,33 +107,63 @@ class MacroLatency:
 
 
 # ------------------------------------------------------------------------------------------ Algorithm 4
-class MacroRun(ICDARTSRun):
-    """Algorithm 4: ``ICDARTSRun``'s loop (epochs, steps, E regeneration, checkpoints) on S_macro and γ."""
+def init_run(run: ICDARTSRun, setup: SearchSetup, out_dir: Path, epochs: int, build_network: Callable[[], nn.Module],
+             label: str, salt: int) -> None:
+    """What ``ICDARTSRun.__init__`` sets, with another search network S: ``ICDARTSRun``'s loop then runs as it is.
 
-    def __init__(self, setup: SearchSetup, out_dir: Path, epochs: int, cells: Genotype, gamma_init: float,
-                 label: str = "macro"):
-        cfg = setup.config
-        self.setup, self.cfg, self.out_dir, self.label = setup, cfg, Path(out_dir), label
-        self.masks = (None, None)
-        self.cells = cells
-        self.total_epochs = cfg.pretrain_epochs + epochs
-        seed_everything(mix_seed(setup.seed, 0x3AC0))
-        self.S = MacroSearchNetwork(cells, setup.search_template, gamma_init).to(setup.device)
-        self.opt_w = torch.optim.SGD(self.S.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                     weight_decay=cfg.w_weight_decay)
-        self.opt_a = torch.optim.Adam(self.S.arch_parameters(), lr=cfg.alpha_lr,  # γ's optimiser (α's settings)
-                                      betas=(cfg.alpha_beta1, cfg.alpha_beta2), weight_decay=cfg.alpha_weight_decay)
-        self.latency_source = None
-        self.latency = MacroLatency(setup.table, cells, setup.deploy_template) if setup.table is not None else None
-        p0 = 1.0
-        if self.latency is not None:
-            with torch.no_grad():
-                p0 = float(self.penalty())  # P(γ_0)
-        control = ControllerConfig(mode=cfg.latency_control, eta=cfg.lambda_eta, margin=cfg.lambda_margin,
-                                   shrink=cfg.lambda_shrink, lambda_init=cfg.lambda_init)
-        self.latency_control = LatencyController(setup.budget_ms if setup.table is not None else None, cfg.delta, p0, control)
-        self.E = self.opt_e = self.genotype_E = None
-        self.epoch, self.step, self.log, self.seconds = 0, 0, [], 0.0
+    S must have ``arch_parameters()`` (Adam with α's settings) and ``weight_parameters()`` (SGD); ``run.penalty()``
+    must work once S exists (it gives P_0, the Lagrangian surrogate's normaliser).
+    """
+    cfg = setup.config
+    run.setup, run.cfg, run.out_dir, run.label = setup, cfg, Path(out_dir), label
+    run.masks = (None, None)
+    run.total_epochs = cfg.pretrain_epochs + epochs
+    seed_everything(mix_seed(setup.seed, salt))
+    run.S = build_network().to(setup.device)
+    run.opt_w = torch.optim.SGD(run.S.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+    run.opt_a = torch.optim.Adam(run.S.arch_parameters(), lr=cfg.alpha_lr, betas=(cfg.alpha_beta1, cfg.alpha_beta2),
+                                 weight_decay=cfg.alpha_weight_decay)
+    run.latency_source = None
+    p0 = 1.0
+    if setup.table is not None:
+        with torch.no_grad():
+            p0 = float(run.penalty())
+    control = ControllerConfig(mode=cfg.latency_control, eta=cfg.lambda_eta, margin=cfg.lambda_margin,
+                               shrink=cfg.lambda_shrink, lambda_init=cfg.lambda_init)
+    run.latency_control = LatencyController(setup.budget_ms if setup.table is not None else None, cfg.delta, p0, control)
+    run.E = run.opt_e = run.genotype_E = None
+    run.epoch, run.step, run.log, run.seconds = 0, 0, [], 0.0
+
+
+class SkipGraph:
+    """Version 1's macro search graph: S_macro, γ̄, P(γ) and the last-resort fix-up for the micro phase's cells."""
+
+    def __init__(self, cells: Genotype, gamma_init: float):
+        self.cells, self.gamma_init = cells, gamma_init
+
+    def network(self, template) -> MacroSearchNetwork:
+        return MacroSearchNetwork(self.cells, template, self.gamma_init)
+
+    def arch(self, network: MacroSearchNetwork) -> MacroGenotype:
+        return MacroGenotype(self.cells, discretize_skips(network.gammas))
+
+    def latency(self, table, template) -> MacroLatency:
+        return MacroLatency(table, self.cells, template)
+
+    def fit(self, arch: MacroGenotype, budget_ms: float, predict, table, template) -> "SkipFit":
+        return fit_skips_to_budget(arch, budget_ms, predict, table, template)
+
+    def describe(self, arch: MacroGenotype) -> dict[str, Any]:
+        return {"inputs": list(arch.inputs)}
+
+
+class MacroRun(ICDARTSRun):
+    """Algorithm 4: ``ICDARTSRun``'s loop (epochs, steps, E regeneration, checkpoints) on S_macro and γ of ``graph``."""
+
+    def __init__(self, setup: SearchSetup, out_dir: Path, epochs: int, graph, label: str = "macro"):
+        self.graph = graph
+        self.latency = graph.latency(setup.table, setup.deploy_template) if setup.table is not None else None
+        init_run(self, setup, out_dir, epochs, lambda: graph.network(setup.search_template), label, 0x3AC0)
 
     def penalty(self) -> torch.Tensor:
         """P(γ) (module docstring), in ms."""
@@ -141,14 +171,14 @@ class MacroRun(ICDARTSRun):
 
     def genotype(self, stage: str = "retraining") -> MacroGenotype:
         """γ̄: the micro phase's cells in the template the current γ discretises to (the same for E and the result)."""
-        return MacroGenotype(self.cells, discretize_skips(self.S.gammas))
+        return self.graph.arch(self.S)
 
     def epoch_record(self, epoch: int, phase: str, lr: float, means: dict[str, float], seconds: float) -> dict[str, Any]:
         from nasdeploy.latency.predictor import predict_latency_ms
 
         record = {"epoch": epoch, "phase": phase, "lr": lr, "delta": self.latency_control.coefficient, **means,
-                  "inputs": self.genotype().inputs,
-                  "inputs_E": self.genotype_E.inputs if self.genotype_E is not None else None}
+                  **self.graph.describe(self.genotype()),
+                  "E": self.graph.describe(self.genotype_E) if self.genotype_E is not None else None}
         if self.setup.table is not None:
             with torch.no_grad():
                 record["expected_latency_ms"] = float(self.penalty())
