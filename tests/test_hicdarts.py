@@ -1,6 +1,6 @@
-"""Hierarchical ICDARTS (Herron 2023, ch. 6) version 1: γ̄ by hand, E_macro's module graph and ONNX parity, the
-macro expected latency P(γ) and the LUT prediction by hand on a 3-cell graph, FLOPs, the op set, the search end to
-end with a budget, and resume after a kill in the macro phase."""
+"""Hierarchical ICDARTS (Herron 2023, ch. 6) versions 1 and 2: γ̄ by hand, E_macro's module graph and ONNX parity,
+the macro expected latency P(γ) and the LUT prediction by hand on a 3-cell graph, FLOPs, the op set, the search end
+to end with a budget, and resume after a kill in the macro phase."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from nasdeploy.latency.table import LatencyTable, save_table
 from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.search.base import SearchRequest, get_strategy
 from nasdeploy.search.hicdarts.macro import MacroLatency, discretize_skips, fit_skips_to_budget, initial_gamma
+from nasdeploy.search.hicdarts.placement import PlacementGraph, PlacementLatency, alternating_types, discretize_types
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.darts import DartsCell, Genotype
 from nasdeploy.spaces.darts_macro import MacroGenotype, MacroNetwork, default_inputs, skip_sources
@@ -81,9 +82,20 @@ def test_gamma_discretisation_version_1_by_hand():
     assert discretize_skips([initial_gamma(k, 0.5) for k in range(8)]) == default_inputs(8) == [-1, -1, 0, 1, 2, 3, 4, 5]
 
 
-def test_version_2_and_bad_encodings_fail_with_one_line():
-    with pytest.raises(NasDeployError, match="version=1"):
-        get_strategy("hierarchical-icdarts").settings("tiny", {"version": 2})
+def test_gamma_discretisation_version_2_by_hand():
+    gammas = [torch.tensor([0.1, 0.4, 0.3, 0.2]), torch.tensor([0.0]),  # cell 1 is a reduction cell
+              torch.tensor([0.7, 0.7, 0.1, 0.0]),  # tie between types 0 and 1 -> the lower, 0
+              torch.tensor([5.0]), torch.tensor([-1.0, -2.0, -3.0, -0.5])]
+    assert discretize_types(gammas, {1, 3}) == [1, 0, 0, 0, 3]
+    # Figure 6.3: the normal cells alternate over the four types; reduction cells (2, 5) read 0
+    assert alternating_types(SPACE.default_template("cpu")) == [0, 1, 0, 2, 3, 0, 0, 1]
+
+
+def test_version_2_and_bad_encodings_fail_with_one_line(table_path, tmp_path):
+    with pytest.raises(NasDeployError, match="version must be 1 or 2"):
+        get_strategy("hierarchical-icdarts").settings("tiny", {"version": 3})
+    with pytest.raises(NasDeployError, match="search_layers=6"):
+        run(request(tmp_path, table_path, version=2, search_layers=5))
     with pytest.raises(NasDeployError, match="cell 3 can only take"):
         MacroGenotype(sep3_cells(), [-1, -1, 0, 2, 0]).validate()
     with pytest.raises(NasDeployError, match="one input per cell"):
@@ -157,6 +169,41 @@ def test_flops_count_the_skip_preprocessing_by_hand():
     assert count_flops(default, (1, 3, 32, 32)) - count_flops(macro, (1, 3, 32, 32)) == 2 * 16 * 16 * 4 * (16 - 12)
 
 
+TYPE_OPS = ("sep_conv_3x3", "max_pool_3x3", "dil_conv_3x3", "avg_pool_3x3")  # normal type t: every edge TYPE_OPS[t]
+
+
+def typed(types: list[int]) -> MacroGenotype:
+    """Four normal types told apart by their op, placed by ``types`` in DARTS' template."""
+    def cell(op):
+        return [[(op, 0), (op, 1)] for _ in range(4)], [2, 3, 4, 5]
+
+    normal, concat = cell(TYPE_OPS[0])
+    genotype = Genotype(normal, concat, cell("skip_connect")[0], list(concat))
+    return MacroGenotype(genotype, default_inputs(len(types)), [cell(op) for op in TYPE_OPS[1:]], types)
+
+
+def test_version_2_e_macro_from_a_hand_written_encoding_places_the_types_and_exports(tmp_path):
+    from nasdeploy.export.onnx_export import export_onnx
+    from nasdeploy.spaces.darts import cell_layouts
+    from nasdeploy.spaces.ops import build_op
+
+    template = SPACE.default_template("tiny", C=4)  # reductions at 1 and 3
+    arch = typed([3, 0, 2, 0, 1])
+    net = SPACE.build(arch, template)
+    assert feeds(net) == {0: ("stem", "stem"), 1: ("stem", "cells.0"), 2: ("cells.0", "cells.1"),
+                          3: ("cells.1", "cells.2"), 4: ("cells.2", "cells.3")}  # DARTS' connections
+    expected = {0: TYPE_OPS[3], 1: "skip_connect", 2: TYPE_OPS[2], 3: "skip_connect", 4: TYPE_OPS[1]}
+    for k, op in expected.items():
+        layout = cell_layouts(template)[k]
+        reference = build_op(op, layout.c, layout.c, 2 if layout.reduction else 1)
+        assert all(type(m) is type(reference) for node in net.cells[k].ops for m in node[:1]), (k, op)
+    x = torch.randn(2, 3, 32, 32)
+    assert export_onnx(net, (1, 3, 32, 32), tmp_path / "v2.onnx", real_inputs=x).passed
+    assert SPACE.arch_from_json(SPACE.arch_to_json(arch)) == arch
+    flops = {t: count_flops(SPACE.build(typed([t, 0, t, 0, t]), template), (1, 3, 32, 32)) for t in range(4)}
+    assert flops[1] == flops[3] < flops[2] < flops[0]  # pools count nothing, dil conv < sep conv (two convs per op)
+
+
 # ------------------------------------------------------------------------------------------ latency by hand
 def three_cell_table(overhead: dict | None = None):
     """3 cells (reductions at 1 and 2): every instance 1 ms, except cell 2's two skip choices: 2 ms from cell 0,
@@ -209,6 +256,46 @@ def test_macro_expected_latency_by_hand_on_3_cells():
         predict_latency_ms(table, MacroGenotype(cells, [-1, -1, -1]), SPACE, template), rel=1e-6)
 
 
+def test_version_2_expected_latency_and_prediction_by_hand_on_3_cells():
+    template = SPACE.default_template("tiny", C=4, layers=3)  # cell 0 normal, cells 1 and 2 reductions
+    table = new_table(template)
+    for inst in SPACE.op_instances(template):
+        put(table, inst, 1.0)
+    price = {"sep_conv_3x3": 1.0, "max_pool_3x3": 0.5, "dil_conv_3x3": 2.0, "avg_pool_3x3": 0.25}
+    layout0 = genotype_layouts_of(template)[0]
+    from nasdeploy.spaces.darts import edge_instance
+
+    for op, ms in price.items():
+        for i in (0, 1):
+            put(table, edge_instance(layout0, i, op), ms)
+    arch = typed([0, 0, 0])
+    # F (every instance 1 ms): stem, classifier, 3 first-input and 3 second-input preprocessings, 2 reduction
+    # cells × 8 skip_connects (from the cell inputs, stride 2)
+    fixed = [i for i in SPACE.arch_op_instances(arch, template) if i.op != "sep_conv_3x3"]
+    assert len(fixed) == 1 + 1 + 3 + 3 + 16
+    f_ms = 24.0
+    gamma0 = torch.tensor([0.2, -0.1, 0.4, 0.0])
+    w = torch.softmax(gamma0, 0)
+    weights = [w, torch.ones(1), torch.ones(1)]
+    expected = f_ms + 8 * sum(float(w[t]) * price[TYPE_OPS[t]] for t in range(4))
+    latency = PlacementLatency(table, arch, template)
+    assert float(latency(weights)) == pytest.approx(expected, rel=1e-6)
+    for t in range(4):  # one-hot γ: the LUT prediction of that E_macro, by hand: F + 8 ops of type t
+        one_hot = [torch.nn.functional.one_hot(torch.tensor(t), 4).float(), torch.ones(1), torch.ones(1)]
+        by_hand = f_ms + 8 * price[TYPE_OPS[t]]
+        assert float(latency(one_hot)) == pytest.approx(by_hand)
+        assert predict_latency_ms(table, typed([t, 0, 0]), SPACE, template) == pytest.approx(by_hand)
+    fit = PlacementGraph(arch).fit(typed([2, 0, 0]), f_ms + 8 * 1.0, lambda a: predict_latency_ms(table, a, SPACE, template),
+                                   table, template)
+    assert fit.arch.types == [3, 0, 0] and fit.replacements[0]["from_type"] == 2  # dearest type -> cheapest type
+
+
+def genotype_layouts_of(template):
+    from nasdeploy.spaces.darts import cell_layouts
+
+    return cell_layouts(template)
+
+
 def test_skip_fixup_moves_the_costliest_skip_to_its_cheapest_source():
     template, table = three_cell_table()
     arch = MacroGenotype(sep3_cells(), [-1, -1, -1])  # 36 ms; from cell 0 it would be 33 ms
@@ -220,28 +307,38 @@ def test_skip_fixup_moves_the_costliest_skip_to_its_cheapest_source():
 
 
 # ------------------------------------------------------------------------------------------ the search
-def test_search_end_to_end_under_a_budget(table_path, tmp_path):
-    free = run(request(tmp_path / "free", table_path, delta=0.0))
-    cheapest = free.record.metrics["cheapest_latency_ms"]
-    budget = cheapest + 0.5 * (free.record.metrics["predicted_latency_ms"] - cheapest)
-    result = run(request(tmp_path / "tight", table_path, budget))
+@pytest.mark.parametrize("version", [1, 2])
+def test_search_end_to_end_under_a_budget(table_path, tmp_path, version):
+    strategy = get_strategy("hierarchical-icdarts")
+    req = request(tmp_path / "tight", table_path, version=version)
+    from nasdeploy.search.context import build_context
+
+    cheapest = strategy.cheapest_latency_ms(build_context(strategy, req, strategy.settings("tiny", req.options)),
+                                            strategy.settings("tiny", req.options))
+    budget = 1.3 * cheapest
+    result = run(dataclasses.replace(req, latency_budget_ms=budget))
     m = result.record.metrics
     assert isinstance(result.record.arch, MacroGenotype) and len(result.record.arch.inputs) == 5
-    assert m["predicted_latency_ms"] <= budget and m["micro_predicted_latency_ms"] <= budget
+    assert m["predicted_latency_ms"] <= budget and m["version"] == version
     assert m["macro_fixup_replacements"] == len(m["macro_budget_fallback"])
     assert m["micro_seconds"] > 0 and m["macro_seconds"] > 0
     log = __import__("json").loads(result.log_path.read_text())
     assert log["macro"]["epochs"] and log["micro"]["epochs"]
-    assert all(len(g) == len(skip_sources(k)) for k, g in enumerate(log["macro"]["epochs"][-1]["gamma"]))
+    gamma = log["macro"]["epochs"][-1]["gamma"]
+    sizes = [len(skip_sources(k)) for k in range(5)] if version == 1 else [4, 1, 4, 1, 4]
+    assert [len(g) for g in gamma] == sizes
+    if version == 2:
+        assert len(result.record.arch.extra_normals) == 3 and len(result.record.arch.types) == 5
     assert (tmp_path / "tight" / "architecture.png").stat().st_size > 0
     loaded = ArchitectureRecord.load(result.arch_path)
     assert loaded.arch == result.record.arch and loaded.build().eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_resume_after_a_kill_in_the_macro_phase_gives_the_same_result(table_path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("version", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_after_a_kill_in_the_macro_phase_gives_the_same_result(table_path, tmp_path, monkeypatch, version):
     import nasdeploy.search.icdarts as icdarts
 
-    options = {"macro_epochs": 2, "macro_update_every": 2, "steps_per_epoch": 1, "macro_lr": 0.3}  # E_macro lives across epochs
+    options = {"macro_epochs": 2, "macro_update_every": 2, "steps_per_epoch": 1, "macro_lr": 0.3, "version": version}
     whole = run(request(tmp_path / "whole", table_path, **options))
     real_write = icdarts.atomic_write_json
 
@@ -262,4 +359,5 @@ def test_resume_after_a_kill_in_the_macro_phase_gives_the_same_result(table_path
     b = torch.load(tmp_path / "split" / "macro" / "checkpoint.pt", weights_only=False)["state"]["S"]
     gammas = [k for k in a if k.startswith("gammas.")]
     assert len(gammas) == 5 and all(torch.equal(a[k], b[k]) for k in gammas)
-    assert not all(torch.equal(a[k], initial_gamma(int(k.split(".")[1]), 0.5)) for k in gammas)  # γ moved
+    first = torch.load(tmp_path / "whole" / "macro" / "checkpoint.pt", weights_only=False)["state"]["log"][0]["gamma"]
+    assert [[round(float(v), 5) for v in torch.softmax(a[k], 0)] for k in gammas] != first  # γ moved in epoch 2
