@@ -45,7 +45,8 @@ class HierarchicalICDARTS(SearchStrategy):
     config_class = HierarchicalConfig
     presets = PRESETS
     aliases = ALIASES
-    summary = "ICDARTS cells, then the network template (cell-to-cell skip inputs) by Algorithm 4; Herron 2023 ch. 6"
+    summary = ("ICDARTS cells, then the network template by Algorithm 4 (v1: cell-to-cell skip inputs, v2: cell "
+               "placement); Herron 2023 ch. 6")
 
     def validate(self, config: HierarchicalConfig) -> None:
         validate(config)
@@ -130,8 +131,8 @@ def outcome(ctx: SearchContext, config: HierarchicalConfig, micro: SearchOutcome
             metrics["macro_expected_latency_ms"] = float(macro_run.penalty())
         budget = ctx.latency_budget_ms
         if budget is not None and metrics["gamma_only_latency_ms"] > budget:
-            log.warning("the γ-discretised template is predicted %.3f ms > budget %.3f ms: moving skips to the cheapest "
-                        "sources (last resort)", metrics["gamma_only_latency_ms"], budget)
+            log.warning("the γ-discretised template is predicted %.3f ms > budget %.3f ms: moving the dearest choices to "
+                        "the cheapest (last resort)", metrics["gamma_only_latency_ms"], budget)
             fit = macro_run.graph.fit(arch, budget, ctx.predict_latency_ms, ctx.table, ctx.template)
             arch, fallback = fit.arch, fit.replacements
             if fit.predicted_ms > budget:
