@@ -46,7 +46,7 @@ def main() -> None:
     micro_report = export_checkpoint(out / "train" / "model.pt", "model.onnx", out / "export", options)
     rows = [("micro phase (E_micro's cells / types, DARTS template)", micro, micro_train, micro_report),
             ("macro phase (E_macro, searched template)", macro, macro_train, macro_report)]
-    table = [f"| network | arch | predicted ms | measured ms (ORT) | params | test accuracy | epochs |",
+    table = ["| network | arch | predicted ms | measured ms (ORT) | params | test accuracy | epochs |",
              "|---|---|---|---|---|---|---|"]
     for name, record, train, report in rows:
         arch = record.arch

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
+from nasdeploy.errors import NasDeployError
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
 from nasdeploy.search.hicdarts.config import ALIASES, PRESETS, HierarchicalConfig, validate
-from nasdeploy.errors import NasDeployError
 from nasdeploy.search.hicdarts.macro import MacroRun, SkipGraph, macro_setup
 from nasdeploy.search.hicdarts.placement import PlacementGraph, TypedMicroRun
 from nasdeploy.search.icdarts import ICDARTS, ICDARTSRun, finish, icdarts_setup
