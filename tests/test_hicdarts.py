@@ -160,6 +160,17 @@ def test_default_template_is_darts_and_the_op_set_covers_every_template():
         assert {i.key() for i in SPACE.arch_op_instances(MacroGenotype(cells, list(inputs)), template)} <= known
 
 
+def test_the_profiler_can_build_and_run_every_skip_shape():
+    from nasdeploy.latency.profiler import op_input_shape
+
+    template = SPACE.default_template("tiny")
+    skips = [i for i in SPACE.op_instances(template) if i.op == "factorized_reduce"]
+    assert {i.stride for i in skips} == {2, 4}  # across one and across both reduction cells
+    for inst in skips:
+        out = SPACE.build_op(inst).eval()(torch.zeros(op_input_shape(inst, 1)))
+        assert out.shape == (1, inst.c_out, math.ceil(inst.h / inst.stride), math.ceil(inst.w / inst.stride))
+
+
 def test_flops_count_the_skip_preprocessing_by_hand():
     template = SPACE.default_template("tiny", C=4)
     default = SPACE.build(MacroGenotype(sep3_cells(), default_inputs(5)), template)
