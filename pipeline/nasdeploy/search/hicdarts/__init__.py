@@ -28,7 +28,7 @@ from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
 from nasdeploy.search.hicdarts.config import ALIASES, PRESETS, HierarchicalConfig, validate
 from nasdeploy.search.hicdarts.macro import MacroRun, SkipGraph, macro_setup
-from nasdeploy.search.hicdarts.placement import PlacementGraph, TypedMicroRun
+from nasdeploy.search.hicdarts.placement import PlacementGraph, TypedMicroRun, fit_types_to_budget
 from nasdeploy.search.icdarts import ICDARTS, ICDARTSRun, finish, icdarts_setup
 from nasdeploy.spaces.darts_macro import cheapest_inputs
 
@@ -101,14 +101,21 @@ def check_types_fit(search_template) -> None:
 
 
 def finish_typed(setup, run: TypedMicroRun) -> SearchOutcome:
-    """Version 2's micro result: the four types alternating. No op fix-up here: the macro phase's is the last resort."""
+    """Version 2's micro result: the four types alternating; over the budget, ICDARTS' greedy op fix-up per type
+    (last resort, counted) so that the macro phase starts from a network that meets it."""
     arch = run.genotype("retraining")
     metrics: dict[str, Any] = {"delta_final": run.latency_control.coefficient, "discretization": setup.config.discretization,
                                "zero_config": setup.zero.name, "op_space": str(setup.deploy_template.op_space)}
+    fallback: list[dict] = []
     if setup.table is not None:
         metrics["alpha_only_latency_ms"] = setup.ctx.predict_latency_ms(arch)
         with torch.no_grad():
             metrics["expected_latency_ms"] = float(run.penalty())
+        if setup.budget_ms is not None and metrics["alpha_only_latency_ms"] > setup.budget_ms:
+            log.warning("the α-discretised types are predicted %.3f ms > budget %.3f ms: greedy fix-up (last resort)",
+                        metrics["alpha_only_latency_ms"], setup.budget_ms)
+            arch, fallback = fit_types_to_budget(run, arch, setup.budget_ms, setup.ctx.predict_latency_ms)
+    metrics.update({"budget_fallback": fallback, "fixup_replacements": sum(1 for r in fallback if "from" in r)})
     log_extra = {"op_names": setup.op_names, "search_template": setup.search_template.to_dict(),
                  "eval_template": setup.eval_template.to_dict(), "delta_rule": run.latency_control.describe(),
                  "latency_control": run.latency_control.state_dict(), "epochs": run.log}

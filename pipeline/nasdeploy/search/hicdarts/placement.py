@@ -115,6 +115,41 @@ class TypedMicroRun(ICDARTSRun):
         return record
 
 
+def fit_types_to_budget(run: TypedMicroRun, arch: MacroGenotype, budget_ms: float, predict) -> tuple[MacroGenotype, list[dict]]:
+    """Last resort for the micro result: ICDARTS' greedy op replacement (``budget.fit_to_budget``, ranked by each
+    type's α) on one normal type (with the reduction cell) at a time, dearest type first, until it fits."""
+    from nasdeploy.search.budget import cheapest_genotype, edge_costs, fit_to_budget
+    from nasdeploy.search.discretize import mixing_weights
+
+    setup, cfg = run.setup, run.cfg
+    template, table = setup.deploy_template, setup.table
+    costs = {"normal": edge_costs(table, template, setup.op_names, False), "reduce": edge_costs(table, template, setup.op_names, True)}
+    cheapest = cheapest_genotype(table, template, setup.op_names, cfg.discretization, setup.zero, cfg.k)
+    alphas = [a.detach() for a in run.S.type_alphas()]
+    reduce_w = mixing_weights(run.S.alpha_reduce.detach(), template.nodes, cfg.discretization)
+    layouts = genotype_layouts(arch.cells, template)
+    placed = [t for k, t in enumerate(arch.types) if not layouts[k].reduction]
+    replacements: list[dict] = []
+    for t in sorted(set(placed), key=lambda t: -placed.count(t)):
+        normals = arch.normal_types()
+
+        def with_type(genotype: Genotype, t: int = t) -> MacroGenotype:
+            types = [(genotype.normal, genotype.normal_concat) if u == t else normals[u] for u in range(len(normals))]
+            cells = Genotype(types[0][0], types[0][1], genotype.reduce, genotype.reduce_concat)
+            return MacroGenotype(cells, arch.inputs, types[1:], arch.types)
+
+        current = Genotype(normals[t][0], normals[t][1], arch.cells.reduce, arch.cells.reduce_concat)
+        weights = {"normal": mixing_weights(alphas[t], template.nodes, cfg.discretization), "reduce": reduce_w}
+        fit = fit_to_budget(current, budget_ms, lambda g: predict(with_type(g)), costs, weights, setup.op_names, setup.zero,
+                            cheapest)
+        arch = with_type(fit.genotype)
+        replacements += [{"type": t, **r} for r in fit.replacements] + ([{"type": t, "used_cheapest_genotype": True}]
+                                                                        if fit.used_cheapest else [])
+        if fit.predicted_ms <= budget_ms:
+            break
+    return arch, replacements
+
+
 # ------------------------------------------------------------------------------------------ macro phase
 class PlacementSearchNetwork(nn.Module):
     """S_macro of version 2 (Figure 6.4, left): every normal depth holds one cell of each type; γ mixes them."""
