@@ -23,7 +23,7 @@ def make_template(space_name: str, preset: str, op_space: Optional[str], input_s
     space = get_space(space_name)
     overrides: dict[str, Any] = {}
     if op_space is not None:
-        if space_name != "darts":
+        if not hasattr(space.default_template(preset), "op_space"):
             raise NasDeployError(f"--op-space applies to the darts space only, not {space_name!r}; drop it")
         overrides["op_space"] = op_space
     if input_size is not None:
@@ -38,7 +38,7 @@ def profile(
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     runtime: str = typer.Option("onnxruntime", help="onnxruntime | torch | tensorrt (default: onnxruntime, the runtime "
                                 "'search', 'run' and 'export' deploy to)."),
-    space: str = typer.Option("darts", help="Search space: darts | mobilenet."),
+    space: str = typer.Option("darts", help="Search space: darts | darts_macro | mobilenet."),
     op_space: Optional[str] = typer.Option(None, help="DARTS operation space 1 | 2 | 3 | 4 | combined (preset default if unset)."),
     input_size: Optional[int] = typer.Option(None, help="Input height = width (preset default if unset)."),
     batch: int = typer.Option(1, help="Batch size the table is measured at."),

@@ -15,8 +15,8 @@ from nasdeploy.progress import console, setup_logging
 
 @app.command()
 def run(
-    strategy: Optional[str] = typer.Option(None, help="icdarts | senas | csnas | ctnas (nasdeploy strategies; default: the space's, icdarts for darts, senas for mobilenet)."),
-    space: Optional[str] = typer.Option(None, help="Search space: darts | mobilenet (default: the strategy's own, "
+    strategy: Optional[str] = typer.Option(None, help="icdarts | senas | csnas | ctnas | hierarchical-icdarts (nasdeploy strategies; default: the space's, icdarts for darts, senas for mobilenet)."),
+    space: Optional[str] = typer.Option(None, help="Search space: darts | darts_macro | mobilenet (default: the strategy's own, "
                                         "mobilenet for senas, else darts)."),
     latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: derived from the table)."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
@@ -33,9 +33,12 @@ def run(
                                                          "for the tiny preset's smoke-test tables)."),
     recalibrate: bool = recalibrate_option(),
     trust_table: bool = trust_option(),
+    settings: list[str] = typer.Option([], "--set", help="A search-strategy setting as key=value (repeatable; nasdeploy "
+                                       "strategies NAME), e.g. --set version=2."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Profile the machine, search under the budget, retrain, export to ONNX with parity and re-measure."""
+    from nasdeploy.cli.search import parse_settings
     from nasdeploy.pipeline import RunConfig, run_pipeline
     from nasdeploy.units import parse_latency
 
@@ -46,6 +49,7 @@ def run(
         out=out, space=space, strategy=strategy, latency_budget_ms=parse_latency(latency_budget) if latency_budget else None,
         data=data, preset=preset, device=device, runtime=runtime, seed=seed, table=table, train_epochs=epochs,
         spot_check_tolerance=spot_check_tolerance, recalibrate=recalibrate, trust_table=trust_table,
+        search_options=parse_settings(settings),
     )
     state = run_pipeline(config, on_stage=lambda stage, result: console.print(
         f"[bold]{stage}[/]: {result.status}" + (f" in {result.seconds:.1f} s" if result.status == "done" else " (already finished)")))

@@ -32,7 +32,7 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
 @app.command()
 def search(
     strategy: Optional[str] = typer.Option(None, help="Search strategy (nasdeploy strategies lists them; default: the space's)."),
-    space: Optional[str] = typer.Option(None, help="Search space: darts | mobilenet (default: the strategy's first)."),
+    space: Optional[str] = typer.Option(None, help="Search space: darts | darts_macro | mobilenet (default: the strategy's first)."),
     table: Optional[Path] = typer.Option(None, help="Latency table (LUT) JSON; default: this machine's table for the space "
                                                     "and runtime (profiled first if there is none)."),
     latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms."),

@@ -290,6 +290,8 @@ def expected_latency_layerwise(probs: Sequence[torch.Tensor], template: Any, tab
 def cheapest_architecture(table: LatencyTable, space_name: str, template: Any, op_names: Sequence[str] | None = None) -> Any:
     """The architecture with the smallest sum of entries (DARTS: 2 inputs per node, one genotype for all cells of a type)."""
     space = get_space(space_name)
+    if hasattr(space, "cheapest_architecture"):  # a space that knows its own (darts_macro)
+        return space.cheapest_architecture(table, template, op_names)
     if space_name == "darts":
         return cheapest_genotype(table, template, op_names)
     from nasdeploy.spaces.mobilenet import LayerwiseArch, layer_instance, layer_layouts

@@ -93,13 +93,14 @@ class FactorizedReduce(nn.Module):
     """DARTS stride-2 identity: two offset 1x1 stride-2 convs, concatenated, then BN.
 
     Odd inputs are padded by one on the right/bottom before the offset path, so both paths give ``ceil(H/2)``.
+    ``stride`` 4 (hierarchical ICDARTS: a skip input across two reduction cells) gives ``ceil(H/4)`` the same way.
     """
 
-    def __init__(self, c_in: int, c_out: int, affine: bool = True):
+    def __init__(self, c_in: int, c_out: int, affine: bool = True, stride: int = 2):
         super().__init__()
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, padding=0, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=stride, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=stride, padding=0, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

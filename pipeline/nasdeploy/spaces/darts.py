@@ -369,9 +369,11 @@ def cell_forward(s0: torch.Tensor, s1: torch.Tensor, preprocess: nn.Module, node
 class DartsCell(nn.Module):
     """A discrete cell: x_j = Σ_{(o, i) ∈ node j} o(x_i); output = concat(x_k for k in concat) (DARTS Eq. 1)."""
 
-    def __init__(self, nodes: list[Node], concat: list[int], layout: CellLayout, drop_path: float = 0.0):
+    def __init__(self, nodes: list[Node], concat: list[int], layout: CellLayout, drop_path: float = 0.0,
+                 preprocess: nn.Module | None = None):
         super().__init__()
-        self.preprocess = CellPreprocess(layout)
+        # ``preprocess``: how the inputs reach ``c`` channels (default: DARTS'; hierarchical ICDARTS passes its own)
+        self.preprocess = CellPreprocess(layout) if preprocess is None else preprocess
         self.inputs = [[i for _, i in node] for node in nodes]
         self.concat = list(concat)
         self.drop_path = drop_path
