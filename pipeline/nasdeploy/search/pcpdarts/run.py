@@ -50,13 +50,15 @@ def alpha_objective(net: SearchNetwork, x: torch.Tensor, y: torch.Tensor, ssf: f
 
     The cross-entropy forward runs first, so the random channel choices it draws are the same as a plain
     cross-entropy step's; at ssf = 0 the Barlow Twins forward is skipped and α's gradient is exactly L_CE's.
+    The two views go through the network in one batch: both twins see the same random channel choice, i.e. they
+    are one network, as Barlow Twins' "two identical networks" (§III-D); it also saves a forward pass.
     """
     logits = net(x)
     ce = F.cross_entropy(logits, y)
     parts = {"loss_CE_val": float(ce.detach())}
     if ssf == 0.0:
         return Objective(ce, parts, logits)
-    z_a, z_b = projector(net.features(views[0])), projector(net.features(views[1]))
+    z_a, z_b = projector(net.features(torch.cat(views))).chunk(2)
     bt = barlow_twins_terms(z_a, z_b, bt_lambda)
     parts.update({"loss_BT_val": float(bt.loss.detach()), "bt_invariance": float(bt.invariance.detach()),
                   "bt_redundancy": float(bt.redundancy.detach())})
