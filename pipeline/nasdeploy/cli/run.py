@@ -15,7 +15,7 @@ from nasdeploy.progress import console, setup_logging
 
 @app.command()
 def run(
-    strategy: Optional[str] = typer.Option(None, help="icdarts | senas | csnas | ctnas | hierarchical-icdarts (nasdeploy strategies; default: the space's, icdarts for darts, senas for mobilenet)."),
+    strategy: Optional[str] = typer.Option(None, help="A registered strategy, see nasdeploy strategies (default: the space's, icdarts for darts, senas for mobilenet)."),
     space: Optional[str] = typer.Option(None, help="Search space: darts | darts_macro | mobilenet (default: the strategy's own, "
                                         "mobilenet for senas, else darts)."),
     latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: derived from the table)."),

@@ -107,7 +107,8 @@ def edge_offset(node: int) -> int:
     return node * (node + 3) // 2
 
 
-def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts") -> torch.Tensor:
+def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts",
+                      edge_weights: torch.Tensor | None = None) -> torch.Tensor:
     """w_{k,o}: α normalised over each node's incoming (edge k, op o) pairs as ``rule`` normalises them.
 
     * ``idarts`` / ``xdarts``: one softmax over all of node j's pairs, as their search network mixes and their
@@ -120,7 +121,15 @@ def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts") -> t
 
     The weights of each node sum to 1. Masked α (-1e4, ``search.discretize.masked_alpha``) get weight 0. A zero
     op mixed in the search (V0, V2-V4) counts in an edge's strength even where the rule may not select it.
+
+    ``edge_weights`` ([E], PC-DARTS edge normalisation: softmax of β over each node's edges, summing to 1 per
+    node) replace the edge-strength softmax: w_{k,o} = softmax_o(α_k)_o · softmax_k(β)_k, exactly how the
+    edge-normalised network mixes node j's inputs, differentiable in α and β (``darts`` rule only).
     """
+    if edge_weights is not None:
+        if rule != "darts":
+            raise NasDeployError(f"edge normalisation is defined for the darts rule, not {rule!r}; pass discretization=darts")
+        return torch.softmax(alpha, dim=-1) * edge_weights.unsqueeze(-1)  # PC-DARTS §3.2 with Eq. 3.1
     if rule != "darts":
         from nasdeploy.search.discretize import mixing_weights
 
@@ -134,7 +143,8 @@ def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts") -> t
     return torch.cat(rows, dim=0)
 
 
-def cell_expected_latency(alpha: torch.Tensor, edge_costs: torch.Tensor, nodes: int, rule: str = "darts") -> torch.Tensor:
+def cell_expected_latency(alpha: torch.Tensor, edge_costs: torch.Tensor, nodes: int, rule: str = "darts",
+                          edge_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The maximum expected latency of one cell (the inner loops of Algorithm 3).
 
     ``alpha`` and ``edge_costs`` are [num_edges, num_ops]: architecture weights and each op's cost on that
@@ -143,7 +153,7 @@ def cell_expected_latency(alpha: torch.Tensor, edge_costs: torch.Tensor, nodes: 
     of edges (shallow k < 2 against deep k ≥ 2) gets a gradient, not only the choice of ops.
     The cell's value is Σ_j l^c_j softmax(l^c)_j.
     """
-    weights = node_pair_weights(alpha, nodes, rule)
+    weights = node_pair_weights(alpha, nodes, rule, edge_weights)
     node_latency: list[torch.Tensor] = []
     for j in range(nodes):
         rows = slice(edge_offset(j), edge_offset(j) + j + 2)
@@ -170,7 +180,7 @@ def darts_edge_costs(layout, op_names: Sequence[str], nodes: int, table: Latency
 
 def expected_latency_darts(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, op_names: Sequence[str],
                            template: Any, table: LatencyTable | None, include_fixed: bool = True, rule: str = "darts",
-                           source: Any = None) -> torch.Tensor:
+                           source: Any = None, edge_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Algorithm 3 (Herron 2023, §4.3): the search network's expected latency P(α), differentiable in α.
 
     Each cell of ``cell_layouts(template)`` (normal cells use ``alpha_normal``, reduction cells
@@ -180,13 +190,15 @@ def expected_latency_darts(alpha_normal: torch.Tensor, alpha_reduce: torch.Tenso
     weights of Table 4.6: P is then unitless, as in the paper, and no fixed parts are added), else from
     ``table`` in ms; then ``include_fixed`` adds the constant latency of the fixed parts (stem,
     preprocessing, classifier) so that P is in ms. The overhead model is never applied (Algorithm 3 is not
-    a sum of the network's ops).
+    a sum of the network's ops). ``edge_weights`` = (normal, reduce) [E] edge-normalisation weights (PC-DARTS
+    §3.2, softmax of β per node) folded into w (``node_pair_weights``), or None.
     """
     costs, fixed = darts_costs(table, template, tuple(op_names), alpha_normal.dtype, alpha_normal.device, source)
     total = alpha_normal.new_zeros(())
     for reduction, edge_costs in costs:
         alpha = alpha_reduce if reduction else alpha_normal
-        total = total + cell_expected_latency(alpha, edge_costs, template.nodes, rule)  # P += C_i · (Σ l^c softmax(l^c))
+        edges = None if edge_weights is None else edge_weights[1 if reduction else 0]
+        total = total + cell_expected_latency(alpha, edge_costs, template.nodes, rule, edges)  # P += C_i · (Σ l^c softmax(l^c))
     if include_fixed and source is None:
         total = total + fixed
     return total

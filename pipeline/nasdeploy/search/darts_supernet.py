@@ -15,11 +15,20 @@ Two PC-DARTS (Xu et al. 2020) options, both off by default (then S is exactly IC
   with K groups, so the next edge sees other channels.
 * ``edge_normalisation`` (§3.2): each edge has a weight β; node j weights its incoming edges by a softmax of β
   over them, x_j = Σ_i softmax(β_j)_i · ō^(i,j)(x_i). β is an architecture parameter next to α.
+
+Two options for SS PCP-DARTS (Deevi et al. 2024, ``search.pcpdarts``), also off by default:
+
+* ``random_channels`` (§III-B): the C/K channels that enter the ops are sampled at random at every forward in
+  training (the sampling mask S_{i,j} of the paper's f^PC), not the first C/K; the ops' outputs and the
+  untouched rest are concatenated and channel-shuffled as above. In eval mode the first C/K are taken.
+* skip-connect dropout (P-DARTS §3.3, ``set_skip_dropout``): in training, dropout of rate p on the output of
+  every stride-1 ``skip_connect`` of a mixed op, a search-space regulariser against early skip dominance.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nasdeploy.errors import NasDeployError
@@ -43,7 +52,8 @@ from nasdeploy.spaces.ops import build_op
 class MixedOp(nn.Module):
     """Eq. 3.1: ō(x) = Σ_o w_o · o(x) over the ops present on this edge, on 1/K of the channels (PC-DARTS)."""
 
-    def __init__(self, op_names: list[str], present: list[bool], c: int, stride: int, partial_channels: int = 1):
+    def __init__(self, op_names: list[str], present: list[bool], c: int, stride: int, partial_channels: int = 1,
+                 random_channels: bool = False):
         super().__init__()
         if partial_channels < 1 or c % partial_channels:
             raise NasDeployError(
@@ -52,19 +62,35 @@ class MixedOp(nn.Module):
             )
         self.stride = stride
         self.partial_channels = partial_channels
+        self.random_channels = random_channels
+        self.skip_dropout = 0.0  # P-DARTS' dropout on skip_connect outputs (``SearchNetwork.set_skip_dropout``)
         c_ops = c // partial_channels
         self.index = [o for o, keep in enumerate(present) if keep]
         self.ops = nn.ModuleList(build_op(op_names[o], c_ops, c_ops, stride) for o in self.index)
+        self.is_skip = [op_names[o] == "skip_connect" and stride == 1 for o in self.index]
+
+    def op_output(self, slot: int, x: torch.Tensor) -> torch.Tensor:
+        h = self.ops[slot](x)
+        if self.is_skip[slot] and self.training and self.skip_dropout > 0:
+            h = F.dropout(h, self.skip_dropout)  # P-DARTS §3.3: operation-level dropout on skip-connect
+        return h
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(weights[o] * op(x) for o, op in zip(self.index, self.ops))  # Eq. 3.1
+        return sum(weights[o] * self.op_output(slot, x) for slot, o in enumerate(self.index))  # Eq. 3.1
+
+    def channel_choice(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(channels into the ops, channels that bypass them): the first C/K, or a random C/K in training."""
+        c, c_ops = x.shape[1], x.shape[1] // self.partial_channels
+        if not (self.random_channels and self.training):
+            return x[:, :c_ops], x[:, c_ops:]
+        order = torch.randperm(c, device=x.device)  # S_{i,j}: a fresh sampling mask at every forward (§III-B)
+        return x[:, order[:c_ops]], x[:, order[c_ops:]]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         k = self.partial_channels
         if k == 1:
             return self.mix(x, weights)
-        c_ops = x.shape[1] // k
-        through, bypass = x[:, :c_ops], x[:, c_ops:]  # PC-DARTS: only C/K channels enter the ops
+        through, bypass = self.channel_choice(x)  # PC-DARTS: only C/K channels enter the ops
         if self.stride == 2:
             bypass = half_size_max_pool(bypass)
         return channel_shuffle(torch.cat([self.mix(through, weights), bypass], dim=1), k)
@@ -73,7 +99,8 @@ class MixedOp(nn.Module):
 class SearchCell(nn.Module):
     """A continuous cell: preprocess both inputs, mixed edges into each node, concatenate the nodes."""
 
-    def __init__(self, layout, nodes: int, op_names: list[str], mask: torch.Tensor, partial_channels: int = 1):
+    def __init__(self, layout, nodes: int, op_names: list[str], mask: torch.Tensor, partial_channels: int = 1,
+                 random_channels: bool = False):
         super().__init__()
         self.reduction = bool(layout.reduction)
         self.nodes = nodes
@@ -81,7 +108,8 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList()
         for edges in node_edge_ranges(nodes):
             for i, row in enumerate(edges):
-                self.edges.append(MixedOp(op_names, mask[row].tolist(), layout.c, edge_stride(layout, i), partial_channels))
+                self.edges.append(MixedOp(op_names, mask[row].tolist(), layout.c, edge_stride(layout, i), partial_channels,
+                                          random_channels))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,11 +129,11 @@ class SearchNetwork(nn.Module):
     ``alpha_normal`` / ``alpha_reduce`` are ``[num_edges, len(op_names)]`` parameters (α), initialised
     as 1e-3·N(0, 1) as in DARTS; with ``edge_normalisation``, ``beta_normal`` / ``beta_reduce`` are
     ``[num_edges]`` parameters (β, same initialisation as PC-DARTS). ``weight_parameters()`` are w_S
-    (everything else).
+    (everything else). ``random_channels``: random partial-channel sampling (module docstring).
     """
 
     def __init__(self, template, op_names: list[str], rule: str = "darts", masks=(None, None), *,
-                 partial_channels: int = 1, edge_normalisation: bool = False):
+                 partial_channels: int = 1, edge_normalisation: bool = False, random_channels: bool = False):
         super().__init__()
         self.op_names, self.rule, self.nodes = list(op_names), rule, template.nodes
         self.partial_channels, self.edge_normalisation = partial_channels, edge_normalisation
@@ -118,7 +146,8 @@ class SearchNetwork(nn.Module):
         self.stem = make_stem(template)
         layouts = cell_layouts(template)
         self.cells = nn.ModuleList(
-            SearchCell(layout, self.nodes, self.op_names, mask_r if layout.reduction else mask_n, partial_channels)
+            SearchCell(layout, self.nodes, self.op_names, mask_r if layout.reduction else mask_n, partial_channels,
+                       random_channels)
             for layout in layouts
         )
         self.classifier = Classifier(layouts[-1].c_out, template.num_classes)
@@ -152,7 +181,14 @@ class SearchNetwork(nn.Module):
             return None, None
         return node_softmax(self.beta_normal, self.nodes), node_softmax(self.beta_reduce, self.nodes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_skip_dropout(self, p: float) -> None:
+        """P-DARTS' skip-connect dropout rate for every mixed op (0 switches it off)."""
+        for module in self.modules():
+            if isinstance(module, MixedOp):
+                module.skip_dropout = float(p)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled last-cell features the classifier's linear layer reads (a projector's input)."""
         weights_normal, weights_reduce = self.mixing_weights()
         edges_normal, edges_reduce = self.edge_weights()
         s0 = s1 = self.stem(x)
@@ -161,4 +197,7 @@ class SearchNetwork(nn.Module):
                 s0, s1 = s1, cell(s0, s1, weights_reduce, edges_reduce)
             else:
                 s0, s1 = s1, cell(s0, s1, weights_normal, edges_normal)
-        return self.classifier(s1)
+        return torch.flatten(self.classifier.pool(s1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.linear(self.features(x))  # = Classifier.forward: pool, flatten, linear

@@ -165,10 +165,18 @@ def discretize_cell(
     stage: str = "retraining",
     k: int = 2,
     mask: torch.Tensor | None = None,
+    edge_weights: torch.Tensor | None = None,
 ) -> list[list[tuple[str, int]]]:
-    """One cell's ``[(op, input_index), ...]`` per node under ``rule``, zero ops mapped for ``stage``."""
+    """One cell's ``[(op, input_index), ...]`` per node under ``rule``, zero ops mapped for ``stage``.
+
+    ``edge_weights`` ([E], PC-DARTS edge normalisation, softmax of β per node): each edge's weights are scaled
+    by its edge weight before the rule ranks them, so the ``darts`` rule keeps per edge the op of largest α and
+    per node the k edges of largest (max_o α)·β (PC-DARTS §3.2; SS PCP-DARTS §IV-A.3).
+    """
     with torch.no_grad():
         weights = mixing_weights(alpha.detach().float(), nodes, rule, mask)
+        if edge_weights is not None:
+            weights = weights * edge_weights.detach().float().unsqueeze(-1)
     choices = DISCRETIZATIONS.get(rule)(weights, selectable_ops(op_names, zero, mask, alpha.shape[0]), nodes, k)
     return [[(stage_op(op_names[o], zero, stage), i) for o, i in node] for node in choices]
 
@@ -183,14 +191,15 @@ def discretize(
     stage: str = "retraining",
     k: int = 2,
     masks: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    edge_weights: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ):
-    """ᾱ: a ``spaces.darts.Genotype`` from both cells' α (§3.1.1 / §4.2)."""
+    """ᾱ: a ``spaces.darts.Genotype`` from both cells' α (§3.1.1 / §4.2), edge-normalised by ``edge_weights``."""
     from nasdeploy.spaces.darts import Genotype
 
     concat = list(range(2, nodes + 2))
     return Genotype(
-        normal=discretize_cell(alpha_normal, op_names, nodes, rule, zero, stage, k, masks[0]),
+        normal=discretize_cell(alpha_normal, op_names, nodes, rule, zero, stage, k, masks[0], edge_weights[0]),
         normal_concat=concat,
-        reduce=discretize_cell(alpha_reduce, op_names, nodes, rule, zero, stage, k, masks[1]),
+        reduce=discretize_cell(alpha_reduce, op_names, nodes, rule, zero, stage, k, masks[1], edge_weights[1]),
         reduce_concat=concat,
     )

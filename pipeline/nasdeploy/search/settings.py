@@ -17,7 +17,9 @@ from nasdeploy.errors import NasDeployError
 
 
 def setting(default: Any, help: str) -> Any:
-    """A dataclass field with a help line (shown by ``nasdeploy strategies NAME``)."""
+    """A dataclass field with a help line (shown by ``nasdeploy strategies NAME``); a list default is copied per config."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 

@@ -11,6 +11,10 @@ A recipe turns a schedule preset ("tiny", "cpu", "paper") into a :class:`TrainCo
   lr·(1 − e/T), 240 epochs (300k iterations); no cutout, drop-path or auxiliary tower (MobileNet-like nets).
   SE-NAS on the DARTS space retrains "following the training setting of [36]" (P-DARTS), which is the DARTS
   recipe: ``SENAS.retrain_recipe`` returns ``icdarts`` there.
+* ``pcp-darts`` — Deevi et al. (2024) §IV-A, for ``pcp-darts`` and ``ss-pcp-darts``: Adam lr 6e-4, β = (0.5, 0.999)
+  "with weight decay" (the value is not given: DARTS' 3e-4 here), cross-entropy with the auxiliary tower (0.4),
+  cutout; epochs, batch, drop-path and clipping as the DARTS recipe (not stated in the paper). Adam's rate is not
+  scaled with the batch on the cpu preset.
 
 The cpu preset keeps each recipe's optimiser and schedule but uses batch 64 (more steps on a small data set) and
 the learning rate scaled linearly with the batch (Goyal et al. 2017) where the paper's batch is larger.
@@ -56,6 +60,15 @@ register(Recipe(
                drop_path=0.0, auxiliary_weight=0.0, grad_clip=5.0),
     cpu=dict(epochs=3, batch_size=64, lr=0.5 * 64 / 1024),
     tiny=dict(epochs=1, batch_size=32, lr=0.5 * 32 / 1024, max_batches=8),
+))
+
+
+register(Recipe(
+    "pcp-darts", "Deevi et al. 2024 §IV-A (SS PCP-DARTS training stage): Adam 6e-4, betas (0.5, 0.999), auxiliary tower",
+    paper=dict(epochs=600, batch_size=128, lr=6e-4, optimizer="adam", adam_betas=(0.5, 0.999), weight_decay=3e-4,
+               schedule="cosine", cutout=16, drop_path=0.3, auxiliary_weight=0.4, grad_clip=5.0),
+    cpu=dict(epochs=3, batch_size=64),
+    tiny=dict(epochs=1, batch_size=32, max_batches=8),
 ))
 
 

@@ -54,6 +54,8 @@ class TrainConfig:
 
     recipe: str = "icdarts"
     schedule: str = "cosine"  # "cosine" (per epoch, to lr_min) | "linear" (per iteration, lr·(1 − e/T))
+    optimizer: str = "sgd"  # "sgd" (momentum, weight_decay) | "adam" (adam_betas, weight_decay; SS PCP-DARTS §IV-A)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
     epochs: int = 600
     batch_size: int = 128
     lr: float = 0.025
@@ -79,6 +81,19 @@ def preset_config(preset: str = "paper", recipe: str = "icdarts", **overrides: A
     from nasdeploy.train.recipes import recipe_config
 
     return recipe_config(recipe, preset, **overrides)
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(model, config: TrainConfig):
+    """The recipe's optimiser: SGD with momentum (DARTS family) or Adam (SS PCP-DARTS' retraining, §IV-A)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.adam_betas),
+                                weight_decay=config.weight_decay)
+    if config.optimizer != "sgd":
+        raise NasDeployError(f"unknown optimizer {config.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def make_scheduler(optimizer, config: TrainConfig, batches_per_epoch: int):
@@ -225,7 +240,7 @@ def train_epoch(model, loader, optimizer, config: TrainConfig, bar=None, task=No
 
 # settings that change the trained weights: a checkpoint or result made with other values is not reused
 RESUME_KEYS = ("recipe", "schedule", "epochs", "batch_size", "lr", "seed", "cutout", "drop_path", "auxiliary_weight",
-               "weight_decay")
+               "weight_decay", "optimizer")
 
 
 def check_resumable(state: dict, config: TrainConfig, record_json: dict, path: Path) -> None:
@@ -302,7 +317,7 @@ def _train_model(record: ArchitectureRecord, data_spec: str, config: TrainConfig
 
     torch.manual_seed(config.seed)
     net = trained.build().to(config.device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(net, config)
     # reseeded every epoch (shuffle_for_epoch); a DistributedSampler's seed + epoch is then epoch_seed(seed, epoch)
     train_loader = parallel.loader(train_set, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, 0))
     batches = len(train_loader) if config.max_batches is None else min(len(train_loader), config.max_batches)
