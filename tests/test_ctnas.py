@@ -8,10 +8,8 @@ import random
 import pytest
 import torch
 
-from nasdeploy.hardware.base import MeasureMethod
 from nasdeploy.io import read_json
 from nasdeploy.latency.predictor import predict_latency_ms
-from nasdeploy.latency.table import LatencyTable, save_table
 from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.search.base import SearchRequest, get_strategy
 from nasdeploy.search.ctnas import nac as nac_lib
@@ -21,6 +19,7 @@ from nasdeploy.search.ctnas.curriculum import comparison_scores, explore, sample
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.graph import ArchGraph, GraphPart, dag
 from nasdeploy.spaces.record import ArchitectureRecord
+from test_senas_search import hand_made_table  # the FLOPs-priced table
 
 
 # ------------------------------------------------------------------------------------------ graphs
@@ -190,21 +189,6 @@ def test_sampled_pairs_are_distinct_and_off_the_diagonal():
 
 
 # ------------------------------------------------------------------------------------------ budgets
-def hand_made_table(space_name, template, path):
-    """A LUT whose entries are a deterministic function of each op's FLOPs (0.05 ms + 1 ms per MFLOP)."""
-    from nasdeploy.spaces.flops import count_flops
-
-    space = get_space(space_name)
-    table = LatencyTable(space=space_name, template=template.to_dict(), runtime="torch", device="cpu",
-                         fingerprint={}, versions={}, method=MeasureMethod().to_dict())
-    for inst in space.op_instances(template):
-        flops = count_flops(space.build_op(inst), (1, inst.c_in, inst.h, inst.w))
-        ms = 0.0 if inst.op in ("identity", "none") else 0.05 + flops / 1e6
-        table.add(inst, {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "iqr_ms": 0.0, "n": 1})
-    save_table(table, path)
-    return table
-
-
 @pytest.fixture(scope="module")
 def darts_lut(tmp_path_factory):
     space = get_space("darts")

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.latency.table import LatencyTable, save_table
 from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.search.barlow_twins import barlow_twins_loss, barlow_twins_terms, cross_correlation
 from nasdeploy.search.base import SearchRequest, get_strategy
@@ -23,10 +22,9 @@ from nasdeploy.search.pcpdarts.progressive import drop_ops, end_of_search, skip_
 from nasdeploy.search.pcpdarts.run import alpha_objective
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.darts import num_edges
+from test_icdarts_search import make_table  # the COST-priced tiny table
 
 OPS = ["skip_connect", "max_pool_3x3", "sep_conv_3x3", "dil_conv_3x3"]
-COST = {"sep_conv_3x3": 3.0, "sep_conv_5x5": 5.0, "dil_conv_3x3": 1.5, "dil_conv_5x5": 2.5,
-        "max_pool_3x3": 0.2, "avg_pool_3x3": 0.25, "skip_connect": 0.05}
 
 
 # ---- Barlow Twins ------------------------------------------------------------------------------------
@@ -196,19 +194,6 @@ def test_ssf_zero_gives_exactly_the_cross_entropy_alpha_gradient():
 
 
 # ---- Algorithm 3 with β --------------------------------------------------------------------------------------
-
-def make_table(path: Path, preset: str = "tiny") -> Path:
-    """A LatencyTable for the preset's template with every op priced from COST (no overhead model)."""
-    space = get_space("darts")
-    template = space.default_template(preset)
-    table = LatencyTable(space="darts", template=template.to_dict(), runtime="torch", device="cpu", fingerprint={},
-                         versions={}, method={"warmup": 1, "repeats": 1, "threads": 1, "dtype": "float32", "batch": 1})
-    for inst in space.op_instances(template):
-        ms = COST.get(inst.op, 0.5) * (1 + inst.c_in * inst.h * inst.w / 1000)
-        table.add(inst, {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "iqr_ms": 0.0, "n": 1})
-    save_table(table, path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory) -> Path:
