@@ -55,12 +55,11 @@ def initial_gamma(cell: int, gamma_init: float) -> torch.Tensor:
     return -gamma_init * torch.arange(len(skip_sources(cell)), dtype=torch.float32)
 
 
-class MacroSearchNetwork(MacroNetwork):
-    """S_macro: every cell mixes all its skip sources with softmax(γ_k) (Figure 6.2, left)."""
+class GammaParameters:
+    """γ as the architecture parameters of a macro search network (``self.gammas``, one vector per choice point);
+    every other parameter is a weight. Softmax(γ) weights the choices (Eqs. 6.1–6.4 train γ like α)."""
 
-    def __init__(self, cells: Genotype, template, gamma_init: float):
-        super().__init__(cells, template, [skip_sources(k) for k in range(template.layers)])
-        self.gammas = nn.ParameterList(nn.Parameter(initial_gamma(k, gamma_init)) for k in range(template.layers))
+    gammas: nn.ParameterList
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.gammas)
@@ -71,6 +70,14 @@ class MacroSearchNetwork(MacroNetwork):
 
     def gamma_weights(self) -> list[torch.Tensor]:
         return [torch.softmax(g, dim=0) for g in self.gammas]
+
+
+class MacroSearchNetwork(GammaParameters, MacroNetwork):
+    """S_macro: every cell mixes all its skip sources with softmax(γ_k) (Figure 6.2, left)."""
+
+    def __init__(self, cells: Genotype, template, gamma_init: float):
+        super().__init__(cells, template, [skip_sources(k) for k in range(template.layers)])
+        self.gammas = nn.ParameterList(nn.Parameter(initial_gamma(k, gamma_init)) for k in range(template.layers))
 
     def forward(self, x: torch.Tensor):
         return super().forward(x, self.gamma_weights())

@@ -28,7 +28,7 @@ from nasdeploy.latency.overhead import apply_overhead
 from nasdeploy.latency.predictor import cell_expected_latency, darts_costs, overhead_coef, sum_and_count
 from nasdeploy.search.darts_supernet import SearchNetwork
 from nasdeploy.search.discretize import discretize_cell
-from nasdeploy.search.hicdarts.macro import SkipFit, init_run
+from nasdeploy.search.hicdarts.macro import GammaParameters, SkipFit, init_run
 from nasdeploy.search.icdarts import ICDARTSRun, SearchSetup
 from nasdeploy.spaces.darts import CellPreprocess, Classifier, DartsCell, Genotype, genotype_layouts, make_stem, num_edges
 from nasdeploy.spaces.darts_macro import MacroGenotype, cell_instances, default_inputs, second_input_instance, skip_instance
@@ -151,7 +151,7 @@ def fit_types_to_budget(run: TypedMicroRun, arch: MacroGenotype, budget_ms: floa
 
 
 # ------------------------------------------------------------------------------------------ macro phase
-class PlacementSearchNetwork(nn.Module):
+class PlacementSearchNetwork(GammaParameters, nn.Module):
     """S_macro of version 2 (Figure 6.4, left): every normal depth holds one cell of each type; γ mixes them."""
 
     def __init__(self, arch: MacroGenotype, template):
@@ -166,16 +166,6 @@ class PlacementSearchNetwork(nn.Module):
                                              for nodes, concat in genes))
         self.gammas = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(cells))) for cells in self.layers)
         self.classifier = Classifier(layouts[-1].c_out, template.num_classes)
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.gammas)
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(p) for p in self.gammas}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def gamma_weights(self) -> list[torch.Tensor]:
-        return [torch.softmax(g, dim=0) for g in self.gammas]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
