@@ -11,6 +11,20 @@ from typing import Any
 from nasdeploy.errors import NasDeployError
 
 
+def save_figure(fig: Any, path: Path | str, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG file, tight layout, written atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 

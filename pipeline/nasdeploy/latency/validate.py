@@ -134,14 +134,12 @@ def drift_anchors(table: LatencyTable, count: int = 3) -> list[dict]:
 
 def scatter_plot(rows: list[dict], metrics: dict[str, float], path: Path, title: str = "") -> Path:
     """Predicted vs measured latency with the y = x line and the ±10 % band."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nasdeploy.io import atomic_write_bytes
+    from nasdeploy.io import save_figure
 
     measured = np.array([r["measured_ms"] for r in rows])
     predicted = np.array([r["predicted_ms"] for r in rows])
@@ -154,11 +152,7 @@ def scatter_plot(rows: list[dict], metrics: dict[str, float], path: Path, title:
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)", ylabel="predicted latency (ms)")
     ax.set_title(f"{title}\n{metrics['within_10pct']:.0%} within ±10 %, RMSE {metrics['rmse_pct']:.1f} %, τ {metrics['kendall_tau']:.2f}", fontsize=9)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
     return path
 
 

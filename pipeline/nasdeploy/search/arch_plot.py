@@ -7,12 +7,11 @@ DARTS genotypes are drawn as cells by ``search.cell_plot.plot_cells``.
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Sequence
 
-from nasdeploy.io import atomic_write_bytes
+from nasdeploy.io import save_figure
 
 KERNEL_COLOURS = {3: "#2ca02c", 5: "#ff7f0e", 7: "#1f77b4"}
 MB_PATTERN = re.compile(r"mb(\d+)_e(\d+)")
@@ -52,9 +51,4 @@ def plot_layerwise(choices: Sequence[str], strides: Sequence[int], path: Path | 
     legend.append(Patch(facecolor="white", edgecolor="black", label="identity"))
     ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=4, fontsize=7, frameon=False)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path, dpi=120)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from nasdeploy.io import atomic_write_bytes
+from nasdeploy.io import save_figure
 
 
 def _positions(nodes: int) -> dict[str, tuple[float, float]]:
@@ -66,9 +65,4 @@ def plot_cells(genotype, path: Path | str, title: str = "") -> Path:
     draw_cell(axes[1], genotype.reduce, list(genotype.reduce_concat), "reduction cell")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path, dpi=110)

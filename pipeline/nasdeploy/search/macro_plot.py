@@ -3,10 +3,9 @@ which normal type sits where) above the cells."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from nasdeploy.io import atomic_write_bytes
+from nasdeploy.io import save_figure
 from nasdeploy.search.cell_plot import draw_cell
 
 
@@ -57,9 +56,4 @@ def plot_macro(arch, path: Path | str, reduction: set[int] | None = None, title:
     draw_cell(axes[-1], cells.reduce, list(cells.reduce_concat), "reduction cell")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path, dpi=110)
