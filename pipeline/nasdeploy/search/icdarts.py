@@ -124,33 +124,47 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 class ICDARTSRun:
-    """One ICDARTS search phase (Algorithm 1), checkpointed at every epoch boundary."""
+    """One ICDARTS search phase (Algorithm 1), checkpointed at every epoch boundary.
+
+    A phase on another search network S (hierarchical ICDARTS' macro and typed micro phases) subclasses it and
+    overrides ``seed_salt``, ``build_search_network``, ``stem_repeat_source`` and ``penalty``; the loop runs as it is.
+    """
+
+    seed_salt = 0xA1FA  # S's initialisation seed is mix_seed(seed, seed_salt)
 
     def __init__(self, setup: SearchSetup, out_dir: Path, epochs: int, masks=(None, None), label: str = "icdarts"):
         cfg = setup.config
         self.setup, self.cfg, self.out_dir, self.label = setup, cfg, Path(out_dir), label
         self.masks = masks
         self.total_epochs = cfg.pretrain_epochs + epochs
-        seed_everything(mix_seed(setup.seed, 0xA1FA))
-        self.S = SearchNetwork(setup.search_template, setup.op_names, cfg.discretization, masks).to(setup.device)
+        seed_everything(mix_seed(setup.seed, self.seed_salt))
+        self.S = self.build_search_network().to(setup.device)
         self.opt_w = torch.optim.SGD(self.S.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay)
         self.opt_a = torch.optim.Adam(self.S.arch_parameters(), lr=cfg.alpha_lr,
                                       betas=(cfg.alpha_beta1, cfg.alpha_beta2), weight_decay=cfg.alpha_weight_decay)
-        self.latency_source = None  # Algorithm 3's costs: the table (ms), or Table 4.6-style stem-repeat weights
-        if cfg.latency_weights is not None:
-            from nasdeploy.latency.stem_repeat import load_stem_repeat_weights
-
-            self.latency_source = load_stem_repeat_weights(cfg.latency_weights)
+        self.latency_source = self.stem_repeat_source()
         p0 = 1.0
         if setup.table is not None:
             with torch.no_grad():
                 p0 = float(self.penalty())  # P(α_0): the Lagrangian surrogate's normaliser
-        control = ControllerConfig(mode=cfg.latency_control, eta=cfg.lambda_eta, margin=cfg.lambda_margin,
-                                   shrink=cfg.lambda_shrink, lambda_init=cfg.lambda_init)
-        self.latency_control = LatencyController(setup.budget_ms if setup.table is not None else None, cfg.delta, p0, control)
+        budget = setup.budget_ms if setup.table is not None else None
+        self.latency_control = LatencyController(budget, cfg.delta, p0, ControllerConfig.from_settings(cfg))
         self.E = self.opt_e = self.genotype_E = None
         self.epoch, self.step, self.log, self.seconds = 0, 0, [], 0.0
+
+    def build_search_network(self) -> torch.nn.Module:
+        """S: needs ``arch_parameters()`` (Adam with α's settings) and ``weight_parameters()`` (SGD)."""
+        setup = self.setup
+        return SearchNetwork(setup.search_template, setup.op_names, self.cfg.discretization, self.masks)
+
+    def stem_repeat_source(self):
+        """Algorithm 3's costs: None = the table (ms), or Table 4.6-style stem-repeat weights (``latency_weights``)."""
+        if self.cfg.latency_weights is None:
+            return None
+        from nasdeploy.latency.stem_repeat import load_stem_repeat_weights
+
+        return load_stem_repeat_weights(self.cfg.latency_weights)
 
     # ---------------------------------------------------------------- pieces of Algorithm 1
     def penalty(self) -> torch.Tensor:

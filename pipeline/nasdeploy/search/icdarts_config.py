@@ -96,5 +96,4 @@ def validate(config: ICDARTSConfig) -> None:
         raise NasDeployError(f"ICDARTS option delta must be >= 0, got {config.delta}")
     from nasdeploy.search.latency_control import ControllerConfig
 
-    ControllerConfig(mode=config.latency_control, eta=config.lambda_eta, margin=config.lambda_margin,
-                     shrink=config.lambda_shrink, lambda_init=config.lambda_init)  # raises on bad values
+    ControllerConfig.from_settings(config)  # raises on bad values

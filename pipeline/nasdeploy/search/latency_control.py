@@ -68,6 +68,13 @@ class ControllerConfig:
             raise NasDeployError(f"latency control needs eta >= 0, lambda_init >= 0, 0 <= margin < 1 and 0 <= shrink <= 1; "
                                  f"got eta={self.eta}, lambda_init={self.lambda_init}, margin={self.margin}, shrink={self.shrink}")
 
+    @classmethod
+    def from_settings(cls, settings) -> "ControllerConfig":
+        """From a strategy's settings ``latency_control``, ``lambda_eta``, ``lambda_margin``, ``lambda_shrink`` and
+        ``lambda_init`` (the names every budget-controlled DARTS strategy shares); raises on bad values."""
+        return cls(mode=settings.latency_control, eta=settings.lambda_eta, margin=settings.lambda_margin,
+                   shrink=settings.lambda_shrink, lambda_init=settings.lambda_init)
+
 
 class LatencyController:
     """Sets the weight of the latency term in α's loss: λ by dual ascent, a fixed δ, or nothing (module docstring).

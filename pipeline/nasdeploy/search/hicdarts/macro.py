@@ -33,9 +33,7 @@ from torch import nn
 
 from nasdeploy.latency.predictor import op_latency_ms, overhead_coef, sum_and_count
 from nasdeploy.latency.overhead import apply_overhead
-from nasdeploy.search.context import mix_seed, seed_everything
 from nasdeploy.search.icdarts import ICDARTSRun, SearchSetup
-from nasdeploy.search.latency_control import ControllerConfig, LatencyController
 from nasdeploy.spaces.darts import Genotype, genotype_layouts
 from nasdeploy.spaces.darts_macro import (
     MacroGenotype,
@@ -114,34 +112,6 @@ class MacroLatency:
 
 
 # ------------------------------------------------------------------------------------------ Algorithm 4
-def init_run(run: ICDARTSRun, setup: SearchSetup, out_dir: Path, epochs: int, build_network: Callable[[], nn.Module],
-             label: str, salt: int) -> None:
-    """What ``ICDARTSRun.__init__`` sets, with another search network S: ``ICDARTSRun``'s loop then runs as it is.
-
-    S must have ``arch_parameters()`` (Adam with α's settings) and ``weight_parameters()`` (SGD); ``run.penalty()``
-    must work once S exists (it gives P_0, the Lagrangian surrogate's normaliser).
-    """
-    cfg = setup.config
-    run.setup, run.cfg, run.out_dir, run.label = setup, cfg, Path(out_dir), label
-    run.masks = (None, None)
-    run.total_epochs = cfg.pretrain_epochs + epochs
-    seed_everything(mix_seed(setup.seed, salt))
-    run.S = build_network().to(setup.device)
-    run.opt_w = torch.optim.SGD(run.S.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
-    run.opt_a = torch.optim.Adam(run.S.arch_parameters(), lr=cfg.alpha_lr, betas=(cfg.alpha_beta1, cfg.alpha_beta2),
-                                 weight_decay=cfg.alpha_weight_decay)
-    run.latency_source = None
-    p0 = 1.0
-    if setup.table is not None:
-        with torch.no_grad():
-            p0 = float(run.penalty())
-    control = ControllerConfig(mode=cfg.latency_control, eta=cfg.lambda_eta, margin=cfg.lambda_margin,
-                               shrink=cfg.lambda_shrink, lambda_init=cfg.lambda_init)
-    run.latency_control = LatencyController(setup.budget_ms if setup.table is not None else None, cfg.delta, p0, control)
-    run.E = run.opt_e = run.genotype_E = None
-    run.epoch, run.step, run.log, run.seconds = 0, 0, [], 0.0
-
-
 class SkipGraph:
     """Version 1's macro search graph: S_macro, γ̄, P(γ) and the last-resort fix-up for the micro phase's cells."""
 
@@ -167,10 +137,18 @@ class SkipGraph:
 class MacroRun(ICDARTSRun):
     """Algorithm 4: ``ICDARTSRun``'s loop (epochs, steps, E regeneration, checkpoints) on S_macro and γ of ``graph``."""
 
+    seed_salt = 0x3AC0
+
     def __init__(self, setup: SearchSetup, out_dir: Path, epochs: int, graph, label: str = "macro"):
         self.graph = graph
         self.latency = graph.latency(setup.table, setup.deploy_template) if setup.table is not None else None
-        init_run(self, setup, out_dir, epochs, lambda: graph.network(setup.search_template), label, 0x3AC0)
+        super().__init__(setup, out_dir, epochs, label=label)
+
+    def build_search_network(self) -> nn.Module:
+        return self.graph.network(self.setup.search_template)
+
+    def stem_repeat_source(self) -> None:
+        return None  # P(γ) prices skip preprocessings from the table; op weights do not apply
 
     def penalty(self) -> torch.Tensor:
         """P(γ) (module docstring), in ms."""

@@ -28,7 +28,7 @@ from nasdeploy.latency.overhead import apply_overhead
 from nasdeploy.latency.predictor import cell_expected_latency, darts_costs, overhead_coef, sum_and_count
 from nasdeploy.search.darts_supernet import SearchNetwork
 from nasdeploy.search.discretize import discretize_cell
-from nasdeploy.search.hicdarts.macro import GammaParameters, SkipFit, init_run
+from nasdeploy.search.hicdarts.macro import GammaParameters, SkipFit
 from nasdeploy.search.icdarts import ICDARTSRun, SearchSetup
 from nasdeploy.spaces.darts import CellPreprocess, Classifier, DartsCell, Genotype, genotype_layouts, make_stem, num_edges
 from nasdeploy.spaces.darts_macro import MacroGenotype, cell_instances, default_inputs, second_input_instance, skip_instance
@@ -87,9 +87,13 @@ class TypedMicroRun(ICDARTSRun):
     """Version 2's micro phase: Algorithm 1 on ``TypedSearchNetwork`` (four normal types alternating)."""
 
     def __init__(self, setup: SearchSetup, out_dir, epochs: int, label: str = "micro"):
-        cfg = setup.config
-        init_run(self, setup, out_dir, epochs,
-                 lambda: TypedSearchNetwork(setup.search_template, setup.op_names, cfg.discretization), label, 0xA1FA)
+        super().__init__(setup, out_dir, epochs, label=label)
+
+    def build_search_network(self) -> nn.Module:
+        return TypedSearchNetwork(self.setup.search_template, self.setup.op_names, self.cfg.discretization)
+
+    def stem_repeat_source(self) -> None:
+        return None  # this phase's penalty prices each type's ops from the table
 
     def penalty(self) -> torch.Tensor:
         """Algorithm 3 with each cell's own α: Σ_cells (cell's maximum expected latency) + the fixed parts."""

@@ -125,8 +125,7 @@ def validate(config: PCPDARTSConfig) -> None:
         raise NasDeployError(f"steps_per_epoch must be positive, got {config.steps_per_epoch}")
     if config.latency_control == "fixed":
         raise NasDeployError("pcp-darts has no fixed δ; use latency_control=lagrangian (with --latency-budget) or off")
-    ControllerConfig(mode=config.latency_control, eta=config.lambda_eta, margin=config.lambda_margin,
-                     shrink=config.lambda_shrink, lambda_init=config.lambda_init)  # raises on bad values
+    ControllerConfig.from_settings(config)  # raises on bad values
     if isinstance(config, SSPCPDARTSConfig):
         if not 0.0 <= config.ssf <= 1.0:
             raise NasDeployError(f"ssf must be in [0, 1], got {config.ssf}; pass e.g. --set ssf=0.75")

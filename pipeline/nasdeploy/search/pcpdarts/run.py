@@ -103,8 +103,7 @@ class PCPSearch:
         self.phase_history: list[dict[str, Any]] = []
         self.views = self.ctx.data.two_views("val") if self.ssf > 0 else None
         self.build_phase()
-        control = ControllerConfig(mode=self.cfg.latency_control, eta=self.cfg.lambda_eta, margin=self.cfg.lambda_margin,
-                                   shrink=self.cfg.lambda_shrink, lambda_init=self.cfg.lambda_init)
+        control = ControllerConfig.from_settings(self.cfg)
         p0 = 1.0
         if self.ctx.table is not None:
             with torch.no_grad():
