@@ -327,7 +327,7 @@ def test_tournament_runs_algorithm_2(table_path, tmp_path):
 def test_budget_fallback_replaces_costliest_ops_until_it_fits(table_path):
     from nasdeploy.latency.predictor import predict_latency_ms
     from nasdeploy.latency.table import load_table
-    from nasdeploy.search.budget import cheapest_genotype, edge_costs, fit_to_budget
+    from nasdeploy.search.budget import cell_edge_costs, cheapest_genotype, edge_costs, fit_genotype, fit_to_budget
     from nasdeploy.search.discretize import ZERO_CONFIGS, discretize, num_edges
     from nasdeploy.spaces.ops import OP_SPACES
 
@@ -352,6 +352,12 @@ def test_budget_fallback_replaces_costliest_ops_until_it_fits(table_path):
     # a budget only the cheapest structure meets falls back to it
     tight = fit_to_budget(genotype, floor, predict, costs, weights, ops, zero, cheapest)
     assert tight.predicted_ms <= floor + 1e-9
+    # the strategies' wrapper: the same fit from the table's edge costs, its record, and one line below the floor
+    fitted, fallback = fit_genotype(genotype, budget, predict, table, template, ops, zero, weights, "darts", 2)
+    assert fitted == fit.genotype and fallback == fit.replacements
+    assert all(torch.equal(a, b) for a, b in zip(cell_edge_costs(table, template, ops).values(), costs.values()))
+    with pytest.raises(NasDeployError, match="could not fit the latency budget"):
+        fit_genotype(genotype, floor * 0.5, predict, table, template, ops, zero, weights, "darts", 2)
 
 
 def test_cli_search_writes_the_genotype(table_path, tmp_path):

@@ -110,3 +110,23 @@ def fit_to_budget(genotype, budget_ms, predict, costs, weights, op_names, zero, 
                  cell, j, i, old_op, cells[cell][j][s][0], predicted, new_predicted)
         predicted = new_predicted
     return BudgetFit(current, predicted, replacements)
+
+
+def cell_edge_costs(table, template, op_names: list[str]) -> dict[str, torch.Tensor]:
+    """``edge_costs`` of the normal and the reduction cell, keyed as ``fit_to_budget`` reads them."""
+    return {"normal": edge_costs(table, template, op_names, False), "reduce": edge_costs(table, template, op_names, True)}
+
+
+def fit_genotype(genotype, budget_ms: float, predict, table, template, op_names, zero, weights, rule: str, k: int):
+    """``fit_to_budget`` with the table's edge costs and the rule's cheapest genotype as the final fallback;
+    returns the fitted genotype and the fallback record (every replacement, and whether the cheapest genotype
+    was used). One line and exit 2 when even that misses the budget."""
+    from nasdeploy.errors import NasDeployError
+
+    cheapest = cheapest_genotype(table, template, op_names, rule, zero, k)
+    fit = fit_to_budget(genotype, budget_ms, predict, cell_edge_costs(table, template, op_names), weights, op_names, zero,
+                        cheapest)
+    if fit.predicted_ms > budget_ms:
+        raise NasDeployError(f"could not fit the latency budget {budget_ms:.3f} ms (best {fit.predicted_ms:.3f} ms); "
+                             "raise the budget")
+    return fit.genotype, list(fit.replacements) + ([{"used_cheapest_genotype": True}] if fit.used_cheapest else [])

@@ -42,7 +42,8 @@ from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_write_json
 from nasdeploy.progress import progress_bar
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
-from nasdeploy.search.budget import cheapest_genotype, edge_costs, fit_to_budget
+from nasdeploy.search import budget
+from nasdeploy.search.budget import cheapest_genotype
 from nasdeploy.search.darts_supernet import SearchNetwork
 from nasdeploy.search.discretize import (
     ZERO_OPS,
@@ -148,8 +149,8 @@ class ICDARTSRun:
         if setup.table is not None:
             with torch.no_grad():
                 p0 = float(self.penalty())  # P(α_0): the Lagrangian surrogate's normaliser
-        budget = setup.budget_ms if setup.table is not None else None
-        self.latency_control = LatencyController(budget, cfg.delta, p0, ControllerConfig.from_settings(cfg))
+        budget_ms = setup.budget_ms if setup.table is not None else None
+        self.latency_control = LatencyController(budget_ms, cfg.delta, p0, ControllerConfig.from_settings(cfg))
         self.E = self.opt_e = self.genotype_E = None
         self.epoch, self.step, self.log, self.seconds = 0, 0, [], 0.0
 
@@ -508,18 +509,11 @@ def genotype_changes(before, after) -> int:
 
 
 def fit_genotype(setup: SearchSetup, run: ICDARTSRun, genotype, predict):
-    """``fit_to_budget``: replace the costliest chosen ops (ranked by α) until the prediction fits."""
-    table, template, cfg = setup.table, setup.deploy_template, setup.config
+    """``budget.fit_genotype``: replace the costliest chosen ops (ranked by α) until the prediction fits."""
+    cfg = setup.config
     weights = dict(zip(("normal", "reduce"), (w.detach() for w in run.S.mixing_weights())))
-    costs = {"normal": edge_costs(table, template, setup.op_names, False),
-             "reduce": edge_costs(table, template, setup.op_names, True)}
-    cheapest = cheapest_genotype(table, template, setup.op_names, cfg.discretization, setup.zero, cfg.k)
-    fit = fit_to_budget(genotype, setup.budget_ms, predict, costs, weights, setup.op_names, setup.zero, cheapest)
-    fallback = list(fit.replacements) + ([{"used_cheapest_genotype": True}] if fit.used_cheapest else [])
-    if fit.predicted_ms > setup.budget_ms:
-        raise NasDeployError(f"could not fit the latency budget {setup.budget_ms:.3f} ms (best {fit.predicted_ms:.3f} ms); "
-                             "raise the budget")
-    return fit.genotype, fallback
+    return budget.fit_genotype(genotype, setup.budget_ms, predict, setup.table, setup.deploy_template, setup.op_names,
+                               setup.zero, weights, cfg.discretization, cfg.k)
 
 
 @STRATEGIES.register("icdarts")

@@ -122,12 +122,12 @@ class TypedMicroRun(ICDARTSRun):
 def fit_types_to_budget(run: TypedMicroRun, arch: MacroGenotype, budget_ms: float, predict) -> tuple[MacroGenotype, list[dict]]:
     """Last resort for the micro result: ICDARTS' greedy op replacement (``budget.fit_to_budget``, ranked by each
     type's α) on one normal type (with the reduction cell) at a time, dearest type first, until it fits."""
-    from nasdeploy.search.budget import cheapest_genotype, edge_costs, fit_to_budget
+    from nasdeploy.search.budget import cell_edge_costs, cheapest_genotype, fit_to_budget
     from nasdeploy.search.discretize import mixing_weights
 
     setup, cfg = run.setup, run.cfg
     template, table = setup.deploy_template, setup.table
-    costs = {"normal": edge_costs(table, template, setup.op_names, False), "reduce": edge_costs(table, template, setup.op_names, True)}
+    costs = cell_edge_costs(table, template, setup.op_names)
     cheapest = cheapest_genotype(table, template, setup.op_names, cfg.discretization, setup.zero, cfg.k)
     alphas = [a.detach() for a in run.S.type_alphas()]
     reduce_w = mixing_weights(run.S.alpha_reduce.detach(), template.nodes, cfg.discretization)

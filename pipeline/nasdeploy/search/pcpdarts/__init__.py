@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from nasdeploy.errors import NasDeployError
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
 from nasdeploy.search.pcpdarts.config import PRESETS, SS_PRESETS, PCPDARTSConfig, SSPCPDARTSConfig, validate
@@ -32,23 +31,16 @@ log = logging.getLogger(__name__)
 
 
 def fit_genotype(setup: PCPSetup, search: PCPSearch, genotype):
-    """``budget.fit_to_budget`` with α·β-scaled weights (the last resort; every replacement is logged)."""
-    from nasdeploy.search.budget import cheapest_genotype, edge_costs, fit_to_budget
+    """``budget.fit_genotype`` with α·β-scaled weights (the last resort; every replacement is logged)."""
+    from nasdeploy.search.budget import fit_genotype as fit
 
     ctx = setup.ctx
     with torch.no_grad():
         mixing = search.S.mixing_weights()
         edges = search.edge_weights()
     weights = {"normal": mixing[0] * edges[0].unsqueeze(-1), "reduce": mixing[1] * edges[1].unsqueeze(-1)}
-    costs = {"normal": edge_costs(ctx.table, ctx.template, setup.op_names, False),
-             "reduce": edge_costs(ctx.table, ctx.template, setup.op_names, True)}
-    cheapest = cheapest_genotype(ctx.table, ctx.template, setup.op_names, "darts", setup.zero, 2)
-    fit = fit_to_budget(genotype, ctx.latency_budget_ms, ctx.predict_latency_ms, costs, weights, setup.op_names,
-                        setup.zero, cheapest)
-    if fit.predicted_ms > ctx.latency_budget_ms:
-        raise NasDeployError(f"could not fit the latency budget {ctx.latency_budget_ms:.3f} ms (best "
-                             f"{fit.predicted_ms:.3f} ms); raise the budget")
-    return fit.genotype, list(fit.replacements) + ([{"used_cheapest_genotype": True}] if fit.used_cheapest else [])
+    return fit(genotype, ctx.latency_budget_ms, ctx.predict_latency_ms, ctx.table, ctx.template, setup.op_names,
+               setup.zero, weights, "darts", 2)
 
 
 def finish(setup: PCPSetup, search: PCPSearch, name: str) -> SearchOutcome:
