@@ -2,7 +2,7 @@
 32x32, batch 1), validate each on random architectures end to end, and measure the noise floor.
 
     PYTHONPATH=pipeline python3 benchmarks/lut_fidelity.py [--samples 100] [--spaces darts mobilenet]
-        [--runtimes torch onnxruntime] [--root latency_tables] [--rebuild] [--noise 10]
+        [--runtimes torch onnxruntime] [--root latency_tables] [--rebuild] [--noise 10] [--retest]
 
 Prints the build time of each table, the fidelity table (share within ±5 / ±10 %, RMSE, Kendall τ, drift) against
 the targets (≥ 99 % within ±10 %, RMSE ≤ 3 %, τ ≥ 0.9), and the noise floor: the first validation network measured
@@ -10,6 +10,10 @@ the targets (≥ 99 % within ±10 %, RMSE ≤ 3 %, τ ≥ 0.9), and the noise fl
 spread ((max − min) / median) and relative standard deviation bound what any table can reach on the machine as it is.
 Tables go to <root>/<machine>/<runtime>/, reports next to them (``...-fidelity/``); a table already complete at its
 path and made on this machine is reused (``--rebuild`` profiles afresh, to time a full build).
+
+``--retest`` measures the validation networks a second time, after all tables are validated, and scores the first
+measurement as a "prediction" of the second: the fidelity a perfect table would show on the machine as it is
+(test-retest), the ceiling the targets are to be read against; written to ``...-fidelity/retest.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 
 from nasdeploy.hardware import MeasureMethod, get_backend
+from nasdeploy.io import atomic_write_json
 from nasdeploy.latency.profiler import DEFAULT_FIT_SAMPLES, PROFILE_DEFAULTS, measure_networks, network_input_shape, profile_space
 from nasdeploy.latency.table import default_table_path
 from nasdeploy.latency.validate import fidelity_table, validate_table
@@ -46,6 +51,18 @@ def noise_floor(table, seed: int, repeats: int) -> dict:
             "std_pct": 100 * statistics.pstdev(medians) / statistics.fmean(medians)}
 
 
+def retest(table, report: dict) -> dict:
+    """The validation networks of ``report`` measured again with the table's method: metrics of first vs second."""
+    from nasdeploy.latency.validate import fidelity_metrics, table_backend
+
+    space, template, _, backend, shape = table_backend(table)
+    rows = report["samples"]
+    networks = [lambda arch=space.arch_from_json(r["arch"]): space.build(arch, template) for r in rows]
+    again = measure_networks(backend, networks, shape, [{} for _ in rows], f"retest {table.runtime}")
+    first, second = [r["measured_ms"] for r in rows], [r["median_ms"] for r in again]
+    return {"metrics": fidelity_metrics(first, second), "machine_drift_ratio": statistics.median(b / a for a, b in zip(first, second))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=100)
@@ -58,12 +75,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fit-samples", type=int, default=DEFAULT_FIT_SAMPLES)
     parser.add_argument("--noise", type=int, default=10, help="measurements of one network for the noise floor (0: skip)")
+    parser.add_argument("--retest", action="store_true", help="measure the validation networks again: the test-retest ceiling")
     parser.add_argument("--root", type=Path, default=Path("latency_tables"))
     parser.add_argument("--rebuild", action="store_true", help="profile afresh (resume=False), to time a full build")
     args = parser.parse_args()
     setup_logging()
 
-    reports, builds, noise = [], [], []
+    reports, builds, noise, tables = [], [], [], []
     for space_name in args.spaces:
         template = get_space(space_name).default_template("cpu")
         for runtime in args.runtimes:
@@ -73,19 +91,26 @@ def main() -> None:
             started = time.perf_counter()
             table = profile_space(space_name, template, runtime, "cpu", backend.method, path, resume=not args.rebuild,
                                   backend=backend, fit_samples=args.fit_samples)
-            builds.append((f"{space_name} {runtime}", len(table.entries), time.perf_counter() - started, path))
+            fitted = len((table.overhead or {}).get("samples", []))  # more than --fit-samples when corrections were learned
+            builds.append((f"{space_name} {runtime}", len(table.entries), fitted, time.perf_counter() - started, path))
             report = validate_table(table, args.samples, args.seed, path.with_name(path.stem + "-fidelity"))
             reports.append((f"{space_name} {runtime} cpu ({method.threads} thread)", report))
+            tables.append(table)
             if args.noise:
                 noise.append((f"{space_name} {runtime}", noise_floor(table, args.seed, args.noise)))
-    for name, entries, seconds, path in builds:
-        console.print(f"[bold]{name}[/] table: {entries} entries + {args.fit_samples} fit networks in {seconds:.1f} s -> {path}")
+    for name, entries, fitted, seconds, path in builds:
+        console.print(f"[bold]{name}[/] table: {entries} entries + {fitted} fit networks in {seconds:.1f} s -> {path}")
     console.print(fidelity_table(reports))
     for name, report in reports:
         m = report["metrics"]
         missed = [f"{k} {m[k]:.3g}" for k, target in TARGETS.items() if (m[k] > target if k == "rmse_pct" else m[k] < target)]
         console.print(f"{name}: {'meets the targets' if not missed else 'misses ' + ', '.join(missed)}"
                       f" (≥ 99 % within ±10 %, RMSE ≤ 3 %, τ ≥ 0.9; n = {m['n']})")
+    if args.retest:  # after every table is validated, so the two measurements of a network are minutes apart
+        ceilings = [(f"{name} retest", retest(table, report)) for table, (name, report) in zip(tables, reports)]
+        for table, (_, ceiling) in zip(tables, ceilings):
+            atomic_write_json(table.path.with_name(table.path.stem + "-fidelity") / "retest.json", ceiling)
+        console.print(fidelity_table(ceilings, title="test-retest: the same networks measured twice (first as the prediction of second)"))
     for name, floor in noise:
         console.print(f"noise floor {name}: one network measured {len(floor['medians_ms'])} times: spread {floor['spread_pct']:.1f} %, "
                       f"std {floor['std_pct']:.2f} % (medians {', '.join(f'{v:.3f}' for v in floor['medians_ms'])} ms)")

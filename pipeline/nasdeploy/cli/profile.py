@@ -54,7 +54,7 @@ def profile(
     fit_samples: int = typer.Option(DEFAULT_FIT_SAMPLES, help="Sampled networks measured end to end to fit the overhead model."),
     more_fit_samples: Optional[int] = typer.Option(None, help="Fit networks in all when the overhead model misses the first "
                                                    "ones by more than 6 % (leave-one-out), to learn per-op corrections "
-                                                   "(default 100 when --fit-samples is at least 20; 0: never)."),
+                                                   "(default 200 when --fit-samples is at least 20; 0: never)."),
     resume: bool = typer.Option(True, help="Skip entries already in OUT (continue an interrupted run)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:

@@ -156,11 +156,11 @@ def scatter_plot(rows: list[dict], metrics: dict[str, float], path: Path, title:
     return path
 
 
-def fidelity_table(reports: list[tuple[str, dict]]):
+def fidelity_table(reports: list[tuple[str, dict]], title: str = "latency table fidelity (predicted vs measured end to end)"):
     """A rich table with one row per (name, ``validate_table`` report)."""
     from rich.table import Table
 
-    rows = Table(title="latency table fidelity (predicted vs measured end to end)")
+    rows = Table(title=title)
     for column in ("backend", "n", "±5 %", "±10 %", "RMSE (ms)", "RMSE (%)", "mean err (%)", "Kendall τ", "drift", "±10 % drift-corr.", "plot"):
         rows.add_column(column, justify="left" if column in ("backend", "plot") else "right")
     for name, report in reports:
