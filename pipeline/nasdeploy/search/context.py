@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,6 @@ from torch.utils.data import Dataset, TensorDataset
 from nasdeploy import distributed
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
-
-log = logging.getLogger(__name__)
 
 # keys every strategy's search_log.json and arch.json metrics carry
 COMMON_KEYS = ("strategy", "search_seconds", "latency_budget_ms", "flops_budget", "predicted_latency_ms", "flops",
@@ -386,18 +383,15 @@ def discover_table(request, space_name: str, template):
     from nasdeploy.latency.table import load_table
     from nasdeploy.latency.trust import table_for_search
 
-    path = table_for_search(space_name, template, request.runtime, request.device, root=Path(request.table_root))
-    log.info("latency table: %s (this machine's %s table for %s)", path, request.runtime, space_name)
+    path = table_for_search(space_name, template, request.runtime, request.device, root=Path(request.table_root))  # names it
     return load_table(path, space=space_name, template=template)
 
 
 def check_table(table, request) -> dict[str, Any]:
-    """Spot-check a table on this machine before it drives the search (``latency.trust``)."""
+    """Spot-check a table on this machine before it drives the search (``latency.trust``; it logs the result)."""
     from nasdeploy.latency.trust import spot_check
 
-    result = spot_check(table, request.table_policy)
-    log.info("%s", result["summary"])
-    return result
+    return spot_check(table, request.table_policy)
 
 
 def check_overrides(template, overrides: dict[str, Any]) -> None:
