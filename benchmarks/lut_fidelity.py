@@ -25,10 +25,15 @@ import time
 from pathlib import Path
 
 from nasdeploy.hardware import MeasureMethod, get_backend
-from nasdeploy.io import atomic_write_json
-from nasdeploy.latency.profiler import DEFAULT_FIT_SAMPLES, PROFILE_DEFAULTS, measure_networks, network_input_shape, profile_space
+from nasdeploy.latency.profiler import (
+    DEFAULT_FIT_SAMPLES,
+    PROFILE_DEFAULTS,
+    measure_networks,
+    network_input_shape,
+    profile_space,
+)
 from nasdeploy.latency.table import default_table_path
-from nasdeploy.latency.validate import fidelity_table, validate_table
+from nasdeploy.latency.validate import fidelity_table, retest_table, validate_table
 from nasdeploy.progress import console, setup_logging
 from nasdeploy.spaces.base import get_space
 
@@ -49,18 +54,6 @@ def noise_floor(table, seed: int, repeats: int) -> dict:
     middle = statistics.median(medians)
     return {"medians_ms": medians, "spread_pct": 100 * (max(medians) - min(medians)) / middle,
             "std_pct": 100 * statistics.pstdev(medians) / statistics.fmean(medians)}
-
-
-def retest(table, report: dict) -> dict:
-    """The validation networks of ``report`` measured again with the table's method: metrics of first vs second."""
-    from nasdeploy.latency.validate import fidelity_metrics, table_backend
-
-    space, template, _, backend, shape = table_backend(table)
-    rows = report["samples"]
-    networks = [lambda arch=space.arch_from_json(r["arch"]): space.build(arch, template) for r in rows]
-    again = measure_networks(backend, networks, shape, [{} for _ in rows], f"retest {table.runtime}")
-    first, second = [r["measured_ms"] for r in rows], [r["median_ms"] for r in again]
-    return {"metrics": fidelity_metrics(first, second), "machine_drift_ratio": statistics.median(b / a for a, b in zip(first, second))}
 
 
 def main() -> None:
@@ -107,9 +100,8 @@ def main() -> None:
         console.print(f"{name}: {'meets the targets' if not missed else 'misses ' + ', '.join(missed)}"
                       f" (≥ 99 % within ±10 %, RMSE ≤ 3 %, τ ≥ 0.9; n = {m['n']})")
     if args.retest:  # after every table is validated, so the two measurements of a network are minutes apart
-        ceilings = [(f"{name} retest", retest(table, report)) for table, (name, report) in zip(tables, reports)]
-        for table, (_, ceiling) in zip(tables, ceilings):
-            atomic_write_json(table.path.with_name(table.path.stem + "-fidelity") / "retest.json", ceiling)
+        ceilings = [(f"{name} retest", retest_table(table, report, table.path.with_name(table.path.stem + "-fidelity")))
+                    for table, (name, report) in zip(tables, reports)]
         console.print(fidelity_table(ceilings, title="test-retest: the same networks measured twice (first as the prediction of second)"))
     for name, floor in noise:
         console.print(f"noise floor {name}: one network measured {len(floor['medians_ms'])} times: spread {floor['spread_pct']:.1f} %, "

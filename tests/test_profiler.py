@@ -183,3 +183,24 @@ def test_fit_networks_include_the_cheapest_architecture(torch_table):
     sums = [sum_and_count(torch_table, space.arch_op_instances(space.arch_from_json(s["arch"]), template), corrected=False)[0]
             for s in samples]
     assert sums[0] == min(sums) and all(s["median_ms"] > 0 for s in samples)
+
+
+def test_retest_measures_the_validation_networks_again(torch_table, tmp_path):
+    """The ceiling a table is read against: the first measurement scored as the prediction of a second one."""
+    from nasdeploy.latency.validate import fidelity_metrics, retest_table, validate_table
+
+    report = validate_table(torch_table, samples=3, seed=0)
+    again = retest_table(torch_table, report, tmp_path)
+    first = [s["measured_ms"] for s in report["samples"]]
+    assert again["first_ms"] == first and len(again["second_ms"]) == 3 and all(t > 0 for t in again["second_ms"])
+    assert again["metrics"] == fidelity_metrics(first, again["second_ms"])
+    ratios = sorted(b / a for a, b in zip(first, again["second_ms"]))
+    assert again["machine_drift_ratio"] == pytest.approx(ratios[1])
+    assert json.loads((tmp_path / "retest.json").read_text())["second_ms"] == again["second_ms"]
+
+
+def test_cli_validate_lut_retest(torch_table, tmp_path):
+    result = run_cli("validate-lut", "--table", str(torch_table.path), "--samples", "2", "--out", str(tmp_path), "--retest")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "retest.json").read_text())
+    assert saved["metrics"]["n"] == 2 and "test-retest" in result.stdout + result.stderr  # rich writes to stderr

@@ -129,11 +129,13 @@ def validate_lut(
     seed: int = typer.Option(0, help="Seed of the first sampled architecture."),
     out: Optional[Path] = typer.Option(None, help="Folder for lut_fidelity.json and .png (default: next to the table)."),
     allow_other_machine: bool = typer.Option(False, help="Measure even if this machine's fingerprint differs from the table's."),
+    retest: bool = typer.Option(False, help="Measure the same networks again and score the first measurement against the "
+                                "second: the fidelity a perfect table could reach on this machine as it is (retest.json)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Predict and measure random architectures end to end; report ±5/±10 % shares, RMSE and Kendall τ."""
     from nasdeploy.latency.table import load_table
-    from nasdeploy.latency.validate import validate_table
+    from nasdeploy.latency.validate import retest_table, validate_table
 
     setup_logging(verbose)
     if samples < 2:
@@ -142,6 +144,9 @@ def validate_lut(
     out = out or table.with_name(table.stem + "-fidelity")
     report = validate_table(lut, samples, seed, out, allow_other_machine)
     print_fidelity([(f"{lut.runtime} {lut.device}", report)])
+    if retest:
+        again = retest_table(lut, report, out)
+        print_fidelity([(f"{lut.runtime} {lut.device} retest", again)], title="the same networks measured again (test-retest)")
     drift = report["machine_drift_ratio"] - 1
     if report["mismatches"]:
         console.print(f"[bold yellow]this table was made on another machine or setup:[/] {'; '.join(report['mismatches'])}")
@@ -154,7 +159,7 @@ def validate_lut(
                       "refit it here with --recalibrate")
 
 
-def print_fidelity(reports: list[tuple[str, dict]]) -> None:
+def print_fidelity(reports: list[tuple[str, dict]], title: str = "latency table fidelity (predicted vs measured end to end)") -> None:
     from nasdeploy.latency.validate import fidelity_table
 
-    console.print(fidelity_table(reports))
+    console.print(fidelity_table(reports, title))

@@ -123,6 +123,30 @@ def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_di
     return report
 
 
+def retest_table(table: LatencyTable, report: dict[str, Any], out_dir: Path | str | None = None) -> dict[str, Any]:
+    """The networks of a ``validate_table`` report measured a second time, scored like a table: the first
+    measurement as the "prediction" of the second (test-retest).
+
+    What a perfect table could show on this machine as it is now: on a shared VM the same networks measured
+    minutes apart differ by several per cent, and no table can predict them closer than they predict themselves.
+    Written to ``out_dir/retest.json`` when given.
+    """
+    space, template, _, backend, shape = table_backend(table, allow_other_machine=True)  # validate_table checked it
+    rows = report["samples"]
+    networks = [lambda arch=space.arch_from_json(r["arch"]): space.build(arch, template) for r in rows]
+    again = measure_networks(backend, networks, shape, [{} for _ in rows], f"retest {table.runtime} {table.device}")
+    first, second = [r["measured_ms"] for r in rows], [r["median_ms"] for r in again]
+    result = {
+        "table": report.get("table"), "metrics": fidelity_metrics(first, second),
+        # the second measurement over the first: how much the machine moved between them
+        "machine_drift_ratio": float(np.median(np.array(second) / np.array(first))),
+        "first_ms": first, "second_ms": second,
+    }
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / "retest.json", result)
+    return result
+
+
 def drift_anchors(table: LatencyTable, count: int = 3) -> list[dict]:
     """The cheapest, middle and most expensive fit networks of the table (those fully measured)."""
     samples = [s for s in (table.overhead or {}).get("samples", []) if "median_ms" in s]
