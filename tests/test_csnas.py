@@ -296,9 +296,11 @@ def test_run_pipeline_with_csnas_end_to_end(lut, tmp_path):
     """``nasdeploy run --strategy csnas`` (tiny preset): search, retrain, export like every strategy."""
     from nasdeploy.pipeline import STAGES, RunConfig, run_pipeline, stage_search
 
-    config = RunConfig(out=tmp_path / "run", strategy="csnas", preset="tiny", table=lut)
+    # the hand-made table prices ops, not this machine: its spot check is skipped on purpose (as in `request`)
+    config = RunConfig(out=tmp_path / "run", strategy="csnas", preset="tiny", table=lut, trust_table=True)
     state = run_pipeline(config)
     assert [state["stages"][s]["status"] for s in STAGES] == ["done"] * 4
+    assert state["summary"]["spot_check"] == "spot check: not run (--trust-table)"
     record = ArchitectureRecord.load(tmp_path / "run" / "search" / "arch.json")
     assert record.metrics["strategy"] == "csnas" and record.metrics["predicted_latency_ms"] <= state["budget_ms"]
     assert state["summary"]["parity_max_abs_diff"] <= 1e-4
