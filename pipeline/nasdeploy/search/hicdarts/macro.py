@@ -203,19 +203,30 @@ def fit_skips_to_budget(arch: MacroGenotype, budget_ms: float, predict: Callable
     meets it too: this ends under the budget whenever the micro phase did.
     """
     layouts = genotype_layouts(arch.cells, template)
-    inputs, replacements = list(arch.inputs), []
 
     def cost(k: int, s: int) -> float:
         return op_latency_ms(table, skip_instance(layouts, template, s, k))
 
-    predicted = predict(MacroGenotype(arch.cells, inputs))
+    return greedy_fit(arch.inputs, range(len(arch.inputs)), skip_sources, cost,
+                      lambda inputs: MacroGenotype(arch.cells, inputs), predict, budget_ms, ("from", "to"))
+
+
+def greedy_fit(choices: list[int], slots, options: Callable[[int], Any], cost: Callable[[int, int], float],
+               build: Callable[[list[int]], MacroGenotype], predict: Callable[[MacroGenotype], float], budget_ms: float,
+               keys: tuple[str, str]) -> SkipFit:
+    """The greedy both last-resort fix-ups share (v1 skips, v2 cell types): while ``predict(build(choices))`` is over
+    the budget, move the slot whose choice costs most above its cheapest option (``cost(slot, option)``) to that
+    option; stop when no slot saves anything. Each move is recorded as ``{"cell", keys[0], keys[1], "saved_ms"}``."""
+    choices, replacements = list(choices), []
+    current = build(list(choices))
+    predicted = predict(current)
     while predicted > budget_ms:
-        savings = [(cost(k, s) - min(cost(k, t) for t in skip_sources(k)), k) for k, s in enumerate(inputs)]
-        saving, k = max(savings)
+        saving, k = max((cost(k, choices[k]) - min(cost(k, t) for t in options(k)), k) for k in slots)
         if saving <= 0:
             break
-        cheapest = min(skip_sources(k), key=lambda t: cost(k, t))
-        replacements.append({"cell": k, "from": inputs[k], "to": cheapest, "saved_ms": round(saving, 6)})
-        inputs[k] = cheapest
-        predicted = predict(MacroGenotype(arch.cells, inputs))
-    return SkipFit(MacroGenotype(arch.cells, inputs), predicted, replacements)
+        cheapest = min(options(k), key=lambda t: cost(k, t))
+        replacements.append({"cell": k, keys[0]: choices[k], keys[1]: cheapest, "saved_ms": round(saving, 6)})
+        choices[k] = cheapest
+        current = build(list(choices))
+        predicted = predict(current)
+    return SkipFit(current, predicted, replacements)

@@ -28,7 +28,7 @@ from nasdeploy.latency.overhead import apply_overhead
 from nasdeploy.latency.predictor import cell_expected_latency, darts_costs, overhead_coef, sum_and_count
 from nasdeploy.search.darts_supernet import SearchNetwork
 from nasdeploy.search.discretize import discretize_cell
-from nasdeploy.search.hicdarts.macro import GammaParameters, SkipFit
+from nasdeploy.search.hicdarts.macro import GammaParameters, SkipFit, greedy_fit
 from nasdeploy.search.icdarts import ICDARTSRun, SearchSetup
 from nasdeploy.spaces.darts import CellPreprocess, Classifier, DartsCell, Genotype, genotype_layouts, make_stem, num_edges
 from nasdeploy.spaces.darts_macro import MacroGenotype, cell_instances, default_inputs, second_input_instance, skip_instance
@@ -238,7 +238,6 @@ class PlacementGraph:
     def fit(self, arch: MacroGenotype, budget_ms: float, predict, table, template) -> SkipFit:
         """Last resort: move the depth whose type costs most above its cheapest type to that type, until it fits."""
         layouts = genotype_layouts(arch.cells, template)
-        types, replacements = list(arch.types), []
 
         def cost(k: int, t: int) -> float:
             placed = MacroGenotype(arch.cells, [], arch.extra_normals, [t] * template.layers)
@@ -246,19 +245,9 @@ class PlacementGraph:
 
         normal = [k for k, layout in enumerate(layouts) if not layout.reduction]
         count = len(arch.normal_types())
-        current = MacroGenotype(arch.cells, arch.inputs, arch.extra_normals, types)
-        predicted = predict(current)
-        while predicted > budget_ms:
-            savings = [(cost(k, types[k]) - min(cost(k, t) for t in range(count)), k) for k in normal]
-            saving, k = max(savings)
-            if saving <= 0:
-                break
-            cheapest = min(range(count), key=lambda t: cost(k, t))
-            replacements.append({"cell": k, "from_type": types[k], "to_type": cheapest, "saved_ms": round(saving, 6)})
-            types[k] = cheapest
-            current = MacroGenotype(arch.cells, arch.inputs, arch.extra_normals, list(types))
-            predicted = predict(current)
-        return SkipFit(current, predicted, replacements)
+        return greedy_fit(arch.types, normal, lambda k: range(count), cost,
+                          lambda types: MacroGenotype(arch.cells, arch.inputs, arch.extra_normals, types), predict,
+                          budget_ms, ("from_type", "to_type"))
 
     def describe(self, arch: MacroGenotype) -> dict[str, Any]:
         return {"types": list(arch.types)}
