@@ -38,15 +38,27 @@ def test_cpu_fingerprint_fields_and_id():
     fp = fingerprint("cpu", threads=2)
     assert fp["cpu_model"] and fp["logical_cores"] >= 1 and fp["threads"] == 2 and "gpu" not in fp
     fid = fingerprint_id(fp)
-    assert re.fullmatch(r"cpu-[a-z0-9-]+-2t", fid)
+    assert re.fullmatch(r"cpu-[a-z0-9-]+-2t-[0-9a-f]{6}", fid)
     assert fid == fingerprint_id(fingerprint("cpu", threads=2))  # stable
-    assert fingerprint_id(fingerprint("cpu", threads=1)).endswith("-1t")
+    assert re.fullmatch(r"cpu-[a-z0-9-]+-1t-[0-9a-f]{6}", fingerprint_id(fingerprint("cpu", threads=1)))
 
 
-def test_gpu_fingerprint_id_is_the_gpu_name():
-    fp = {"cpu_model": "x", "threads": 1, "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
-    assert fingerprint_id(fp) == "nvidia-h100-80gb-hbm3"
-    assert fingerprint_id({"cpu_model": "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz", "threads": 4}) == "cpu-intel-xeon-platinum-8480-4t"
+def test_fingerprint_id_tells_apart_two_machines_with_one_cpu_model_string():
+    one = {"cpu_model": "AMD EPYC", "threads": 1, "logical_cores": 2, "machine": "x86_64", "cache_kb": {"L1d": 32, "L2": 512},
+           "isa_flags": ["avx2"], "memory_mb": 24 * 1024, "kernel": "6.1.0"}
+    assert fingerprint_id(one).startswith("cpu-amd-epyc-1t-")
+    for field, other in (("cache_kb", {"L1d": 32, "L2": 1024}), ("logical_cores", 4), ("isa_flags", ["avx2", "avx512f"]),
+                         ("memory_mb", 32 * 1024), ("kernel", "6.18.44")):
+        assert fingerprint_id(dict(one, **{field: other})) != fingerprint_id(one), field
+    assert fingerprint_id(dict(one, memory_mb=24 * 1024 - 3)) == fingerprint_id(one)  # MemTotal jitter of a few MB
+
+
+def test_gpu_fingerprint_id_is_the_gpu_name_and_a_hash_of_its_setup():
+    fp = {"cpu_model": "x", "threads": 1, "gpu": {"name": "NVIDIA H100 80GB HBM3", "driver": "580.1", "memory_mb": 81559}}
+    assert re.fullmatch(r"nvidia-h100-80gb-hbm3-[0-9a-f]{6}", fingerprint_id(fp))
+    newer_driver = {**fp, "gpu": {**fp["gpu"], "driver": "590.2"}}
+    assert fingerprint_id(newer_driver) != fingerprint_id(fp)
+    assert fingerprint_id({"cpu_model": "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz", "threads": 4}).startswith("cpu-intel-xeon-platinum-8480-4t-")
 
 
 def test_time_host_counts_warmup_and_repeats():

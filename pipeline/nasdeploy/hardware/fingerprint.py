@@ -1,14 +1,16 @@
 """Which machine a latency was measured on: CPU model, caches, instruction sets, kernel, threads; GPU details.
 
 Every latency table and report stores ``fingerprint(device)``; ``fingerprint_id`` turns it into the
-folder name under ``latency_tables/`` (CPU model and threads, or GPU name: stable for one machine).
-Two VMs can report the same CPU model string, so the folder name cannot tell them apart; the other
-fields (cache sizes, ISA flags, kernel, cores; GPU driver and memory) can, and
-:func:`machine_mismatches` names every one that differs between a table's machine and this one.
+folder name of the machine's tables (CPU model and threads, or GPU name, plus a short hash of the fields
+that tell two machines with the same model string apart: cores, cache sizes, ISA flags, memory, kernel;
+GPU memory, compute capability and driver). :func:`machine_mismatches` names every field that differs
+between a table's machine and this one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import re
@@ -166,11 +168,26 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
 
 
+# What the short hash of a fingerprint id covers: two VMs that report the same CPU model string (a cloud's
+# "AMD EPYC") differ in one of these, and a table from one must never be taken for the other's.
+ID_HASH_FIELDS = ("logical_cores", "machine", "cache_kb", "isa_flags", "memory_gb", "kernel")
+ID_HASH_GPU_FIELDS = ("memory_mb", "compute_capability", "driver")
+
+
 def fingerprint_id(fp: dict[str, Any]) -> str:
-    """``cpu-amd-epyc-1t`` or ``nvidia-h100-80gb-hbm3``: stable for one machine and thread count."""
+    """``cpu-amd-epyc-1t-3f9a1c`` or ``nvidia-h100-80gb-hbm3-5be20d``: the model slug (and threads), then a short
+    hash of the fields that tell two machines with the same model string apart; stable for one machine."""
     if fp.get("gpu"):
-        return slug(fp["gpu"].get("name", "gpu"))
-    return f"cpu-{slug(fp.get('cpu_model', 'unknown'))}-{fp.get('threads', 1)}t"
+        gpu = fp["gpu"]
+        return f"{slug(gpu.get('name', 'gpu'))}-{_short_hash({k: gpu.get(k) for k in ID_HASH_GPU_FIELDS})}"
+    fields = {k: fp.get(k) for k in ID_HASH_FIELDS if k != "memory_gb"}
+    # memory rounded to GiB: MemTotal moves by a few MB between kernels' reservations, not between machines
+    fields["memory_gb"] = round(fp["memory_mb"] / 1024) if fp.get("memory_mb") else None
+    return f"cpu-{slug(fp.get('cpu_model', 'unknown'))}-{fp.get('threads', 1)}t-{_short_hash(fields)}"
+
+
+def _short_hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
 # Fields that must agree for two fingerprints to be the same machine (threads: the same measuring setup).
