@@ -323,10 +323,11 @@ def test_search_table_method_is_reused_for_measurement(tmp_path):
     table.write_text(json.dumps({"method": {"warmup": 3, "repeats": 7, "threads": 1}}))
     record = darts_record()
     record.metrics["table"] = str(table)
-    predicted, method, name = predicted_latency(record, None)
-    assert (predicted, method["repeats"], name) == (1.0, 7, str(table))
+    found = predicted_latency(record, None)
+    assert (found["predicted_ms"], found["method"]["repeats"], found["table"]) == (1.0, 7, str(table))
+    assert found["spot_check"] is None  # a file that does not read as a table: the search's prediction, unchecked
     record.metrics["table"] = str(tmp_path / "gone.json")
-    assert predicted_latency(record, None)[1] is None  # table gone: the default method
+    assert predicted_latency(record, None)["method"] is None  # table gone: the default method
 
 
 # ---------------------------------------------------------------- TensorRT

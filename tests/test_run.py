@@ -40,7 +40,7 @@ def test_profile_stage_fills_and_reuses_cache_and_derives_budget(tmp_path, table
     assert result.status == "done" and (config.out / "profile" / "table.json").is_file()
     source = Path(result.outputs["source"])
     assert source.is_relative_to(tables) and source.is_file()
-    assert result.outputs["spot_check"]["summary"].startswith("spot check: 5 nets, median |err| ")
+    assert result.outputs["spot_check"]["summary"].startswith("spot check: 8 nets, median |err| ")
 
     # the machine's table cache is reused: a second run folder copies it without profiling (and without measuring
     # the spot check again: it is cached for this table and boot)
@@ -206,7 +206,7 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     # the CLI uses the default table root, but the profile stage is already finished, so nothing is profiled
     assert result.exit_code == 0, result.output
     assert result.output.count("already finished") == 4
-    assert "test accuracy" in result.output and "PyTorch" in result.output and "spot check: 5 nets" in result.output
+    assert "test accuracy" in result.output and "PyTorch" in result.output and "spot check: 8 nets" in result.output
 
     # the searched architecture measured on its table's own backend, next to its prediction
     arch, table_json = out / "search" / "arch.json", out / "profile" / "table.json"
@@ -217,7 +217,14 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert measured.exit_code == 0, measured.output
     m = json.loads((tmp_path / "m.json").read_text())
     rounds = json.loads(table_json.read_text())["method"]["rounds"]
-    assert m["predicted_ms"] == pytest.approx(json.loads(arch.read_text())["metrics"]["predicted_latency_ms"])
+    from nasdeploy.latency.predictor import predict_latency_ms
+    from nasdeploy.latency.table import load_table
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    # predicted in today's ms: the table's own prediction times the drift this measurement's spot check found
+    lut = load_table(table_json)
+    assert m["predicted_table_ms"] == pytest.approx(predict_latency_ms(lut, ArchitectureRecord.load(arch).arch))
+    assert m["predicted_ms"] == pytest.approx(m["predicted_table_ms"] * m["speed_ratio"]) and m["speed_ratio"] > 0
     assert m["measured_p10_ms"] <= m["measured_median_ms"] <= m["measured_p90_ms"] and len(m["rounds"]) == rounds
     assert m["measured_median_ms"] == min(r["median_ms"] for r in m["rounds"])
     assert m["prediction_error"] == pytest.approx((m["predicted_ms"] - m["measured_median_ms"]) / m["measured_median_ms"])
@@ -246,6 +253,24 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert stage_search(config, out, state["budget_ms"] * 1.5).status == "done"
     record = json.loads((out / "search" / "arch.json").read_text())
     assert record["metrics"]["latency_budget_ms"] == pytest.approx(state["budget_ms"] * 1.5)
+
+
+def test_tables_a_run_profiles_go_to_the_user_cache_not_the_checkout(tmp_path, monkeypatch):
+    """``git status`` stays clean after ``nasdeploy run``: with no --table-root the table goes to the cache folder."""
+    from nasdeploy.latency.table import TABLE_ROOT_ENV
+    from nasdeploy.pipeline import stage_profile
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(TABLE_ROOT_ENV, raising=False)
+    monkeypatch.setenv("NASDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    result = stage_profile(RunConfig(out=tmp_path / "run", preset="tiny"), tmp_path / "run")
+    source = Path(result.outputs["source"])
+    assert source.is_relative_to(tmp_path / "cache" / "latency_tables") and source.is_file()
+    assert not (tmp_path / "latency_tables").exists()
+    monkeypatch.setenv(TABLE_ROOT_ENV, str(tmp_path / "elsewhere"))
+    from nasdeploy.latency.table import table_root
+
+    assert table_root() == tmp_path / "elsewhere" and table_root(tmp_path / "given") == tmp_path / "given"
 
 
 @pytest.mark.slow

@@ -60,8 +60,9 @@ def test_fingerprint_records_caches_isa_flags_and_kernel_and_keeps_its_id():
     assert fp["kernel"] == platform.release() and isinstance(fp["isa_flags"], list) and isinstance(fp["cache_kb"], dict)
     if Path("/sys/devices/system/cpu/cpu0/cache").is_dir():
         assert fp["cache_kb"] and all(size > 0 for size in fp["cache_kb"].values())
-    # the folder name still comes from the CPU model and threads only: stable for one machine
-    assert fingerprint_id(fp) == fingerprint_id({"cpu_model": fp["cpu_model"], "threads": 1})
+    # the folder name comes from the CPU model, threads and a hash of the rest: stable for one machine, not for a twin VM
+    assert fingerprint_id(fp) == fingerprint_id(fingerprint("cpu", threads=1))
+    assert fingerprint_id(fp) != fingerprint_id(dict(fp, kernel="5.4.0-other"))
     assert machine_mismatches(fp, fingerprint("cpu", threads=1)) == []
     other_vm = dict(fp, kernel="5.4.0-other", cache_kb={"L1d": 32, "L2": 512})
     found = machine_mismatches(other_vm, fp)
@@ -76,9 +77,13 @@ def test_fingerprint_records_caches_isa_flags_and_kernel_and_keeps_its_id():
 
 def test_spot_check_measures_reports_and_is_cached_per_table_and_boot(table_path, tmp_path, monkeypatch):
     first = spot_check(table_path, TablePolicy(tolerance=0.5))
-    assert first["nets"] == 5 and not first["cached"] and first["passed"] and first["machine_match"]
-    assert first["summary"] == f"spot check: 5 nets, median |err| {first['median_abs_err_pct']:.1f} %"
-    assert len(first["measured_ms"]) == 5 and first["seconds"] > 0 and first["mismatches"] == []
+    assert first["nets"] == trust.SPOT_NETS == 8 and not first["cached"] and first["passed"] and first["machine_match"]
+    assert first["summary"] == (f"spot check: 8 nets, median |err| {first['median_abs_err_pct']:.1f} % after drift "
+                                f"({first['raw_median_abs_err_pct']:.1f} % raw); drift {100 * (first['drift_ratio'] - 1):+.1f} %, "
+                                f"predictions scaled by {first['drift_ratio']:.3f}")
+    assert len(first["measured_ms"]) == 8 and first["seconds"] > 0 and first["mismatches"] == []
+    assert len(first["anchors"]) == 4  # the tiny table's 4 fit networks are its reference networks
+    assert first["drift_ratio"] == pytest.approx(sorted(a["now_ms"] / a["then_ms"] for a in first["anchors"])[1:3][0], rel=0.5)
     assert not first["recalibrated"] and not first["trusted_override"]
 
     def no_measuring(*args, **kwargs):
@@ -87,6 +92,8 @@ def test_spot_check_measures_reports_and_is_cached_per_table_and_boot(table_path
     monkeypatch.setattr(trust, "measure_spot_check", no_measuring)
     again = spot_check(table_path, TablePolicy(tolerance=0.5))
     assert again["cached"] and again["measured_ms"] == first["measured_ms"]
+    # the shape is cached, the drift is not: the reference networks were timed again for this use
+    assert again["drift_measured_at"] and [a["now_ms"] for a in again["anchors"]] != [a["now_ms"] for a in first["anchors"]]
     # a copy (as `nasdeploy run` keeps in its folder) has the same content, so the same cached check
     copy = tmp_path / "run" / "profile" / "table.json"
     copy.parent.mkdir(parents=True)
@@ -94,16 +101,49 @@ def test_spot_check_measures_reports_and_is_cached_per_table_and_boot(table_path
     assert spot_check(copy, TablePolicy(tolerance=0.5))["cached"]
 
 
+def profiled_on_a_faster_machine(source: Path, target: Path, factor: float) -> Path:
+    """The table as a machine ``factor`` times as fast would have profiled it: entries, fit networks and overhead model
+    all scaled (pure drift: the same shape)."""
+    from nasdeploy.latency.profiler import fit_table_overhead
+
+    data = json.loads(source.read_text())
+    for entry in data["entries"].values():
+        for key in ("median_ms", "p10_ms", "p90_ms", "mean_ms"):
+            entry[key] *= factor
+    samples = [dict(s, median_ms=s["median_ms"] * factor) for s in data["overhead"]["samples"]]
+    table = LatencyTable.from_json(data)
+    fit_table_overhead(table, samples)
+    save_table(table, target)
+    return target
+
+
+def test_pure_drift_is_measured_and_scales_predictions_but_is_never_refused(table_path, tmp_path):
+    from nasdeploy.latency.predictor import predict_latency_ms
+
+    drifted = load_table(profiled_on_a_faster_machine(table_path, tmp_path / "fast.json", factor=0.5))
+    arch = get_space("darts").sample(TINY, random.Random(7))
+    unscaled = predict_latency_ms(drifted, arch)
+    result = spot_check(drifted, TablePolicy(tolerance=0.3))
+    # the machine runs ~2x slower than the table says: drift ~+100 %, raw errors ~-50 %, shape within 30 %
+    assert result["passed"] and 1.5 < result["drift_ratio"] < 2.7, result["summary"]
+    assert result["raw_median_abs_err_pct"] > 30 and result["median_abs_err_pct"] <= 30
+    assert drifted.speed_ratio == result["drift_ratio"]
+    assert predict_latency_ms(drifted, arch) == pytest.approx(unscaled * result["drift_ratio"])
+    assert predict_latency_ms(drifted, arch, scaled=False) == pytest.approx(unscaled)
+    assert f"predictions scaled by {result['drift_ratio']:.3f}" in result["summary"]
+
+
 def test_scaled_table_exits_2_naming_the_fixes_and_recalibrate_brings_it_back(table_path, tmp_path):
     from nasdeploy.spaces.record import ArchitectureRecord
 
-    scaled = scaled_copy(table_path, tmp_path / "scaled.json")
+    scaled = scaled_copy(table_path, tmp_path / "scaled.json")  # entries edited, its reference networks not: wrong shape
     arch = tmp_path / "arch.json"
     ArchitectureRecord("darts", TINY, get_space("darts").sample(TINY, random.Random(0)), {}).save(arch)
     refused = run_cli("measure", str(arch), "--table", str(scaled))
     assert refused.returncode == 2, refused.stderr
     line = refused.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: latency table") and "does not predict this machine: spot check: 5 nets" in line
+    assert line.startswith("error: latency table") and "does not predict this machine: spot check: 8 nets" in line
+    assert "after drift" in line
     assert f"nasdeploy profile --device cpu --runtime torch --space darts" in line and f"--no-resume --out {scaled}" in line
     assert "--recalibrate" in line and "--trust-table" in line and "Traceback" not in refused.stderr
 
@@ -117,8 +157,22 @@ def test_scaled_table_exits_2_naming_the_fixes_and_recalibrate_brings_it_back(ta
     assert "after --recalibrate on 16 nets" in fixed["summary"]
     note = load_table(scaled).overhead["calibrations"][-1]
     assert note["networks"] == trust.RECALIBRATE_NETS and note["where"] == fingerprint_id(fingerprint("cpu", 1)) and note["when"]
-    assert note["spot_check_before"].startswith("spot check: 5 nets") and note["previous_coef"]
+    assert note["spot_check_before"].startswith("spot check: 8 nets") and note["previous_coef"]
     assert spot_check(scaled)["passed"]  # the recalibrated table passes from now on (its own check, cached)
+
+
+def test_a_table_profiled_here_this_boot_is_reported_but_never_refused(table_path, tmp_path):
+    from nasdeploy.latency.table import mark_profiled_here
+
+    scaled = load_table(scaled_copy(table_path, tmp_path / "own.json", factor=1.6))
+    with pytest.raises(NasDeployError, match="does not predict this machine"):
+        spot_check(scaled)
+    mark_profiled_here(scaled)  # as the profiler does when it finishes a table
+    result = spot_check(scaled)
+    assert not result["passed"] and result["own_table"] and "used: profiled here this boot" in result["summary"]
+    scaled.entries[next(iter(scaled.entries))]["median_ms"] *= 2  # edited afterwards: no longer what was profiled
+    with pytest.raises(NasDeployError, match="does not predict this machine"):
+        spot_check(scaled)
 
 
 def test_another_onnxruntime_version_in_the_header_is_flagged(table_path, tmp_path):

@@ -58,7 +58,7 @@ class RunConfig:
     runtime: str = "onnxruntime"  # latency table and deployment runtime
     seed: int = 0
     table: Path | None = None  # a ready latency table; None: the machine's cached table, profiled if absent
-    table_root: Path = Path("latency_tables")
+    table_root: Path | None = None  # None: latency.table.table_root() (the user cache, never the checkout)
     train_epochs: int | None = None  # None: the preset's schedule (cpu: scaled by the network's cost, run_train_epochs)
     search_options: dict[str, Any] = field(default_factory=dict)
     # how a reused table is checked (latency.trust): spot-check tolerance, --recalibrate, --trust-table
@@ -464,6 +464,26 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def run_budget(config: RunConfig, run_dir: Path, state: dict[str, Any]) -> tuple[float, str]:
+    """The derived budget in today's ms (the table's predictions scaled by the profile stage's drift); derived once per
+    table and kept in run.json, so a continued run searches for the same budget."""
+    from nasdeploy.latency.table import load_table, table_sha256
+    from nasdeploy.latency.trust import apply_drift
+
+    space, template = space_and_template(config)
+    table = load_table(stage_dir(run_dir, "profile") / "table.json", config.space, template)
+    sha = table_sha256(table)
+    if state.get("budget_table_sha256") == sha and str(state.get("budget_source", "")).startswith("derived"):
+        return state["budget_ms"], state["budget_source"]
+    apply_drift(table, state.get("spot_check"))
+    budget, source = derive_budget(table, space, template, config.seed)
+    if table.speed_ratio != 1.0:
+        source += f"; predictions scaled by the drift {table.speed_ratio:.3f}"
+    state["budget_table_sha256"] = sha
+    log.info("no --latency-budget given: using %.3f ms (%s)", budget, source)
+    return budget, source
+
+
 def run_pipeline(config: RunConfig, on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, Any]:
     """Run (or continue) every stage; returns the final run.json contents."""
     run_dir = Path(config.out)
@@ -496,13 +516,9 @@ def run_pipeline(config: RunConfig, on_stage: Callable[[str, StageResult], None]
     state["spot_check"] = state["stages"]["profile"]["outputs"].get("spot_check")
     if config.latency_budget_ms is not None:
         budget, source = config.latency_budget_ms, "given"
+        state.pop("budget_table_sha256", None)
     else:
-        from nasdeploy.latency.table import load_table
-
-        space, template = space_and_template(config)
-        table = load_table(stage_dir(run_dir, "profile") / "table.json", config.space, template)
-        budget, source = derive_budget(table, space, template, config.seed)
-        log.info("no --latency-budget given: using %.3f ms (%s)", budget, source)
+        budget, source = run_budget(config, run_dir, state)
     state.update({"budget_ms": budget, "budget_source": source})
     record("search", lambda: stage_search(config, run_dir, budget))
     record("train", lambda: stage_train(config, run_dir))

@@ -157,7 +157,8 @@ def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional
     result = {**measure_architecture(lut, record, allow_other_machine), "spot_check": check}
     table = Table(title=f"latency of {arch_path}", show_header=False)
     table.add_row("runtime / device", f"{result['runtime']} / {result['device']}")
-    table.add_row("LUT-predicted (ms)", f"{result['predicted_ms']:.4f}")
+    table.add_row("LUT-predicted (ms)", f"{result['predicted_ms']:.4f} (table {result['predicted_table_ms']:.4f} × drift "
+                  f"{result['speed_ratio']:.3f})")
     table.add_row("measured median (ms)", f"{result['measured_median_ms']:.4f} (p10 {result['measured_p10_ms']:.4f}, "
                   f"p90 {result['measured_p90_ms']:.4f})")
     table.add_row("prediction error", f"{100 * result['prediction_error']:+.1f} %")

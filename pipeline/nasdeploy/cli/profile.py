@@ -49,12 +49,18 @@ def profile(
     threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads / ORT intra-op); default 1."),
     dtype: str = typer.Option("float32", help="float32 | float16 (GPU)."),
     clock: str = typer.Option("auto", help="auto | thread | wall: auto times CPU runs with one thread by thread CPU time (immune to other processes), else wall clock."),
-    out: Optional[Path] = typer.Option(None, help="Table path (default latency_tables/<machine>/<runtime>/<space>-<template>-b<batch>.json)."),
+    reference: bool = typer.Option(PROFILE_DEFAULTS["reference"], help="Time a fixed reference network before every op and "
+                                   "network and express each at the reference's quiet-state speed (removes the machine's "
+                                   "slow phases from the table)."),
+    out: Optional[Path] = typer.Option(None, help="Table path (default: <table root>/<machine>/<runtime>/<space>-<template>-b<batch>.json, "
+                                       "where 'search' and 'run' look for it)."),
+    table_root: Optional[Path] = typer.Option(None, help="Folder of this machine's tables (default: $NASDEPLOY_TABLE_ROOT, else "
+                                              "~/.cache/nasdeploy/latency_tables; the repository's latency_tables/ holds references)."),
     method: str = typer.Option("isolated", help="isolated: every op alone + overhead fit; stem-repeat: Table 4.6-style op weights (ICDARTS §4.3)."),
     fit_samples: int = typer.Option(DEFAULT_FIT_SAMPLES, help="Sampled networks measured end to end to fit the overhead model."),
     more_fit_samples: Optional[int] = typer.Option(None, help="Fit networks in all when the overhead model misses the first "
                                                    "ones by more than 6 % (leave-one-out), to learn per-op corrections "
-                                                   "(default 200 when --fit-samples is at least 20; 0: never)."),
+                                                   "(default 80 when --fit-samples is at least 40; 0: never)."),
     resume: bool = typer.Option(True, help="Skip entries already in OUT (continue an interrupted run)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -66,7 +72,8 @@ def profile(
         raise NasDeployError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
     if batch < 1 or repeats < 1 or rounds < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise NasDeployError("--batch, --repeats, --rounds and --threads must be positive and --warmup not negative; e.g. --repeats 40")
-    measure = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch, rounds=rounds, clock=clock)
+    measure = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch, rounds=rounds, clock=clock,
+                            reference=reference)
     backend = get_backend(runtime, device, measure)  # fails at once if the device or runtime is absent
     template = make_template(space, preset, op_space, input_size)
     started = time.perf_counter()
@@ -79,6 +86,7 @@ def profile(
     from nasdeploy.latency.profiler import profile_space
 
     table = profile_space(space, template, runtime, device, backend.method, out, resume, backend=backend, fit_samples=fit_samples,
+                          root=table_root,
                           more_fit_samples=more_fit_samples)
     print_profile(table, time.perf_counter() - started)
 
@@ -105,6 +113,9 @@ def print_profile(table, seconds: float) -> None:
         if table.overhead.get("corrections"):
             summary.add_row("per-op corrections", f"{len(table.overhead['corrections'])} op instances (leave-one-out "
                             f"{table.overhead['loo_rmse_pct_without_corrections']:.1f} % without them)")
+    if table.reference:
+        summary.add_row("reference network", f"timed {len(table.reference['medians'])} times next to the ops and networks, "
+                        f"quiet-state median {table.reference['canonical_ms']:.3f} ms")
     summary.add_row("method", ", ".join(f"{k}={v}" for k, v in table.method.items()))
     summary.add_row("time", f"{seconds:.1f} s")
     console.print(summary)
@@ -150,13 +161,15 @@ def validate_lut(
     drift = report["machine_drift_ratio"] - 1
     if report["mismatches"]:
         console.print(f"[bold yellow]this table was made on another machine or setup:[/] {'; '.join(report['mismatches'])}")
-    if abs(drift) > 0.10 or report["metrics"]["within_10pct"] < 0.9:
+    console.print(f"drift {drift:+.1%}: this machine runs {abs(drift):.1%} {'slower' if drift > 0 else 'faster'} than when the "
+                  "table was profiled; search, run, export and measure scale its predictions by that")
+    corrected = report["metrics_drift_corrected"]["within_10pct"]
+    if corrected < 0.9:
         from nasdeploy.latency.table import profile_command
 
-        console.print(f"[bold red]this table does not fit this machine[/] (its fit networks run {drift:+.1%} vs when profiled, "
-                      f"{report['metrics']['within_10pct']:.0%} of nets within ±10 %): re-profile with "
-                      f"'{profile_command(lut, lut.path).replace(' --out ', ' --no-resume --out ')}', or let a command "
-                      "refit it here with --recalibrate")
+        console.print(f"[bold red]this table does not fit this machine[/] ({corrected:.0%} of nets within ±10 % after the drift "
+                      f"correction): re-profile with '{profile_command(lut, lut.path).replace(' --out ', ' --no-resume --out ')}', "
+                      "or let a command refit it here with --recalibrate")
 
 
 def print_fidelity(reports: list[tuple[str, dict]], title: str = "latency table fidelity (predicted vs measured end to end)") -> None:

@@ -26,6 +26,8 @@ def run(
     device: str = typer.Option("cpu", help="cpu | cuda:N (search, training and measurement)."),
     runtime: str = typer.Option("onnxruntime", help="Runtime the table is profiled on and the net deployed to."),
     table: Optional[Path] = typer.Option(None, help="Use this latency table instead of the machine's cached/profiled one."),
+    table_root: Optional[Path] = typer.Option(None, help="Folder of this machine's tables (default: $NASDEPLOY_TABLE_ROOT, else "
+                                              "~/.cache/nasdeploy/latency_tables)."),
     epochs: Optional[int] = typer.Option(None, help="Retraining epochs (default: the preset's)."),
     seed: int = typer.Option(0, help="Random seed for every stage."),
     spot_check_tolerance: Optional[float] = typer.Option(None, "--spot-check-tolerance", help="Median |error| of the latency "
@@ -47,7 +49,8 @@ def run(
     out = out or default_run_folder(space, strategy, preset)
     config = RunConfig(
         out=out, space=space, strategy=strategy, latency_budget_ms=parse_latency(latency_budget) if latency_budget else None,
-        data=data, preset=preset, device=device, runtime=runtime, seed=seed, table=table, train_epochs=epochs,
+        data=data, preset=preset, device=device, runtime=runtime, seed=seed, table=table, table_root=table_root,
+        train_epochs=epochs,
         spot_check_tolerance=spot_check_tolerance, recalibrate=recalibrate, trust_table=trust_table,
         search_options=parse_settings(settings),
     )

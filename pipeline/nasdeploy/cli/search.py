@@ -46,7 +46,8 @@ def search(
                                            "cuda:LOCAL_RANK."),
     dist_backend: str = typer.Option("auto", help="Under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo."),
     runtime: str = typer.Option("onnxruntime", help="Runtime of the table looked up without --table: onnxruntime | torch | tensorrt."),
-    table_root: Path = typer.Option(Path("latency_tables"), help="Where this machine's tables are looked up and profiled."),
+    table_root: Optional[Path] = typer.Option(None, help="Where this machine's tables are looked up and profiled "
+                                              "(default: $NASDEPLOY_TABLE_ROOT, else ~/.cache/nasdeploy/latency_tables)."),
     spot_check_tolerance: float = tolerance_option(),
     recalibrate: bool = recalibrate_option(),
     trust_table: bool = trust_option(),

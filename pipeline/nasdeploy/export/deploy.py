@@ -70,41 +70,57 @@ def real_batch(data_spec: str, input_size: int, count: int) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(count)])
 
 
-def predicted_latency(record: ArchitectureRecord, table_path: Path | None) -> tuple[float | None, dict[str, Any] | None, str | None]:
-    """(LUT-predicted ms, the table's method, table path) — from ``table_path`` or the search's own record."""
-    if table_path is None:
-        # the search's own prediction; measure with its table's method when that table is still here
-        searched_table = record.metrics.get("table")
-        method = None
-        if searched_table and Path(searched_table).is_file():
-            try:
-                method = read_json(searched_table, "latency table").get("method")
-            except (NasDeployError, AttributeError):
-                method = None
-        return record.metrics.get("predicted_latency_ms"), method, searched_table
+def predicted_latency(record: ArchitectureRecord, table_path: Path | None, policy=None) -> dict[str, Any]:
+    """The LUT prediction in today's ms, from ``table_path`` or else the search's own table, after that table's spot check
+    (which measures the machine's drift and scales the prediction by it; a refused table stops here).
+
+    Keys: ``predicted_ms``, ``predicted_table_ms`` (as profiled), ``speed_ratio``, ``method`` (the table's), ``table``,
+    ``spot_check``. When no table is here any more, the search's recorded prediction, unchecked.
+    """
     from nasdeploy.latency.predictor import predict_latency_ms
-    from nasdeploy.latency.table import load_table
-
-    table = load_table(table_path, space=record.space, template=record.template)
-    predicted = predict_latency_ms(table, record.arch, record.search_space, record.template)
-    return predicted, dict(table.method), str(table_path)
-
-
-def prediction_spot_check(table_name: str | None, policy=None) -> dict[str, Any] | None:
-    """The spot check of the table behind the prediction (None when that table is not here any more)."""
-    from nasdeploy.latency.table import load_table
     from nasdeploy.latency.trust import TablePolicy, spot_check
 
+    table = given_table(record, table_path) if table_path is not None else searched_table(record)
+    if table is None:
+        name = record.metrics.get("table")
+        return {"predicted_ms": record.metrics.get("predicted_latency_ms"), "predicted_table_ms": None, "speed_ratio": None,
+                "method": recorded_method(name), "table": name, "spot_check": None}
+    check = spot_check(table, policy or TablePolicy())
+    return {"predicted_ms": predict_latency_ms(table, record.arch, record.search_space, record.template),
+            "predicted_table_ms": predict_latency_ms(table, record.arch, record.search_space, record.template, scaled=False),
+            "speed_ratio": table.speed_ratio, "method": dict(table.method), "table": str(table.path), "spot_check": check}
+
+
+def recorded_method(table_name: str | None) -> dict[str, Any] | None:
+    """The measurement method a table file records, even when the file no longer reads as a whole table."""
     if not table_name or not Path(table_name).is_file():
-        if table_name:
-            log.warning("latency table %s is not here any more: the prediction is reported without a spot check", table_name)
         return None
     try:
-        table = load_table(table_name)
-    except NasDeployError as exc:
-        log.warning("the prediction is reported without a spot check: %s", exc)
+        return read_json(table_name, "latency table").get("method")
+    except (NasDeployError, AttributeError):
         return None
-    return spot_check(table, policy or TablePolicy())
+
+
+def given_table(record: ArchitectureRecord, table_path: Path):
+    from nasdeploy.latency.table import load_table
+
+    return load_table(table_path, space=record.space, template=record.template)
+
+
+def searched_table(record: ArchitectureRecord):
+    """The table the search predicted with, when it is still here and still reads; else None (logged)."""
+    from nasdeploy.latency.table import load_table
+
+    name = record.metrics.get("table")
+    if not name or not Path(name).is_file():
+        if name:
+            log.warning("latency table %s is not here any more: the search's prediction is reported without a spot check", name)
+        return None
+    try:
+        return load_table(name, space=record.space, template=record.template)
+    except NasDeployError as exc:
+        log.warning("the search's prediction is reported without a spot check: %s", exc)
+        return None
 
 
 def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: str,
@@ -134,9 +150,9 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     input_shape = tuple(payload["input_shape"])
     data_spec = options.data or payload["data"]["spec"]
     real = real_batch(data_spec, input_shape[-1], options.real_inputs)
-    # the prediction's table is spot-checked before anything is exported: a refused table stops here
-    predicted, table_method, table_name = predicted_latency(record, options.table)
-    check = prediction_spot_check(table_name, options.table_policy)
+    # the prediction's table is spot-checked (drift and shape) before anything is exported: a refused table stops here
+    prediction = predicted_latency(record, options.table, options.table_policy)
+    predicted, table_method, table_name = prediction["predicted_ms"], prediction["method"], prediction["table"]
 
     onnx_path = out_dir / Path(onnx_name).name
     parity = [export_onnx(model, input_shape, onnx_path, options.atol, real, options.exporter, options.dynamic_batch).to_dict()]
@@ -164,7 +180,8 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
         name=out_dir.name, files=files, budget_ms=budget, predicted_ms=predicted, measurement=measurement,
         parity=parity, model_metrics=payload.get("metrics", {}), comparisons=comparisons, table=table_name,
         extra={"space": record.space, "arch": record.to_json()["arch"], "input_shape": list(input_shape),
-               "checkpoint_sha256": file_sha256(checkpoint), "spot_check": check},
+               "checkpoint_sha256": file_sha256(checkpoint), "spot_check": prediction["spot_check"],
+               "predicted_table_ms": prediction["predicted_table_ms"], "speed_ratio": prediction["speed_ratio"]},
     )
     json_path, md_path = write_report(report, out_dir)
     files.update({"report_json": str(json_path), "report_md": str(md_path)})

@@ -88,13 +88,21 @@ def _count(value: float | None, unit: str = "") -> str:
     return f"{value:.0f}{unit}"
 
 
+def drift_note(report: dict[str, Any]) -> str:
+    """`` (table 0.702 ms × drift 1.031)`` when the prediction was scaled by the machine's measured drift."""
+    ratio, table_ms = report.get("speed_ratio"), report.get("predicted_table_ms")
+    if ratio is None or table_ms is None:
+        return ""
+    return f" (table {table_ms:.3f} ms × drift {ratio:.3f}: the machine runs {100 * (ratio - 1):+.1f} % vs when profiled)"
+
+
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs shared by the Markdown report and the terminal table."""
     budget_state = {True: "within budget", False: "OVER budget", None: "no budget"}[report.get("within_budget")]
     rows = [
         ("test accuracy", "—" if report.get("test_accuracy") is None else f"{report['test_accuracy'] * 100:.2f} %"),
         ("latency budget", _ms(report.get("budget_ms"))),
-        ("LUT-predicted latency", _ms(report.get("predicted_latency_ms"))),
+        ("LUT-predicted latency", _ms(report.get("predicted_latency_ms")) + drift_note(report)),
         (f"measured median ({report.get('runtime')}, {report.get('device')})", _ms(report.get("measured_median_ms"))),
         ("measured p90", _ms(report.get("measured_p90_ms"))),
         ("prediction error (pred − meas) / meas", _pct(report.get("relative_prediction_error"))),

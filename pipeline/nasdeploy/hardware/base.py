@@ -6,7 +6,7 @@ import statistics
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -29,6 +29,10 @@ class MeasureMethod:
     # the backend choose ("thread" on CPU with one thread, where the op runs on the calling thread and its
     # thread time equals its wall time on an idle core, but other processes time-slicing the core do not count).
     clock: str = "auto"
+    # Time a fixed reference network right before every op or network and express each round's median at the
+    # reference's quiet-state speed (``latency.rounds.normalise``): a shared machine's speed moves in phases of
+    # seconds to minutes, and an item timed in a slow phase is then scaled back, instead of entering the table slow.
+    reference: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +44,7 @@ class Timing:
 
     samples_ms: list[float] = field(default_factory=list)
     wall_ms: list[float] = field(default_factory=list)  # wall-clock times, when samples_ms use another clock
+    reference_ms: float | None = None  # the reference network's median timed just before (MeasureMethod.reference)
 
     @property
     def median(self) -> float:
@@ -76,6 +81,8 @@ class Timing:
         }
         if self.wall_ms:
             found["wall_median_ms"] = statistics.median(self.wall_ms)
+        if self.reference_ms is not None:
+            found["ref_ms"] = self.reference_ms
         return found
 
 
@@ -94,6 +101,11 @@ class Backend(ABC):
 
     @abstractmethod
     def measure_onnx(self, onnx_path: Path, input_shape: tuple[int, ...]) -> Timing: ...
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Timing]:
+        """A measurement of ``module`` to repeat round after round without redoing its set-up (an ONNX export, a
+        session): interleaved rounds then cost only their timed runs."""
+        return lambda: self.measure_module(module, input_shape)
 
     @abstractmethod
     def versions(self) -> dict[str, str]:

@@ -15,8 +15,8 @@ model falls back to ``b = 1`` with the mean residual as ``a``.
 Per-instance corrections. An op timed alone can cost something else inside a network: on ONNX Runtime a
 45-100 µs MobileNet pays ~5 µs of ``session.run`` per isolated op, and a 1x1-spatial expand-6 block whose
 weights stay in L2 when timed alone loads them from L3 in the network (+11 µs where its entry says +2 µs).
-When the samples carry each network's op-instance counts and are at least as many as the instances that
-vary, the model adds one correction ``κ_i`` per instance,
+When the samples carry each network's op-instance counts (at least MIN_CORRECTION_SAMPLES networks, chosen by
+a D-optimal design over those counts: :func:`d_optimal_picks`), the model adds one correction ``κ_i`` per instance,
 
     T(arch) ≈ a + b · Σ_i n_i (L_i + κ_i) + c · N(arch),
 
@@ -69,6 +69,7 @@ def fit_overhead(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return model
 
 
+MIN_CORRECTION_SAMPLES = 10
 # ridge weights tried for the per-instance corrections (penalty lam·1e4·κ² against squared ms residuals: one
 # correction of 1 % of a network's latency costs as much as a 1 %·sqrt(lam·1e4) residual); inf = no corrections
 CORRECTION_LAMBDAS = (0.1, 0.01, 1e-3, 3e-4, 1e-4)
@@ -91,7 +92,9 @@ def add_corrections(model: dict[str, Any], samples: Sequence[dict[str, Any]], us
     keys = sorted({k for s in samples for k in s["counts"]})
     counts = np.array([[s["counts"].get(k, 0) for k in keys] for s in samples], dtype=float)
     varying = [i for i in range(len(keys)) if np.ptp(counts[:, i]) > 0]
-    if not varying or len(samples) < len(varying) or model["loo_rmse_pct"] is None:
+    # Ridge keeps the corrections determined with fewer networks than instances (each κ is pulled towards its isolated
+    # entry); whether they help is decided by the leave-one-out error alone.
+    if not varying or len(samples) < MIN_CORRECTION_SAMPLES or model["loo_rmse_pct"] is None:
         return
     y = np.array([s["measured_ms"] for s in samples], dtype=float)
     base = np.column_stack([np.ones(len(y))] + [np.array([s[name] for s in samples], dtype=float) for name in used])
@@ -122,3 +125,31 @@ def add_corrections(model: dict[str, Any], samples: Sequence[dict[str, Any]], us
 def apply_overhead(coef: dict[str, float], sum_ms, n_ops):
     """``a + b·S + c·N``; works on floats and on torch tensors (for expected latencies)."""
     return coef["intercept"] + coef["sum_ms"] * sum_ms + coef["n_ops"] * n_ops
+
+
+def d_optimal_picks(features: np.ndarray, count: int, start: Sequence[int] = (), ridge: float = 1e-3) -> list[int]:
+    """Greedy D-optimal design: ``count`` rows of ``features`` (candidates × features) that make the least-squares
+    fit on them best determined, after the rows ``start``.
+
+    Each step adds the candidate whose features are least explained by those already chosen (largest xᵀM⁻¹x,
+    M = ridge·I + Σ x xᵀ), which multiplies det(M) by the most; M⁻¹ is kept by Sherman-Morrison updates. With one
+    feature per op instance (its count times its entry), the chosen networks vary every instance's count as
+    independently as the pool allows, so few networks pin the per-instance corrections.
+    """
+    x = np.asarray(features, dtype=float)
+    inverse = np.eye(x.shape[1]) / ridge
+    chosen: list[int] = []
+
+    def take(i: int) -> None:
+        nonlocal inverse
+        v = inverse @ x[i]
+        inverse = inverse - np.outer(v, v) / (1.0 + x[i] @ v)
+        chosen.append(int(i))
+
+    for i in start:
+        take(i)
+    while len(chosen) < min(count, len(x)):
+        gain = np.einsum("ij,jk,ik->i", x, inverse, x)
+        gain[chosen] = -np.inf
+        take(int(np.argmax(gain)))
+    return chosen

@@ -47,21 +47,31 @@ def sum_and_count(table: LatencyTable, instances: Sequence[OpInstance], correcte
     return float(sum(costs)), sum(1 for inst in instances if inst.op not in ZERO_COST_OPS)
 
 
-def overhead_coef(table: LatencyTable) -> dict[str, float] | None:
-    """The fitted overhead coefficients, or None (no model, or a profile interrupted before the fit)."""
-    return (table.overhead or {}).get("coef") or None
+def overhead_coef(table: LatencyTable, scaled: bool = True) -> dict[str, float] | None:
+    """The fitted overhead coefficients, or None (no model, or a profile interrupted before the fit).
+
+    ``scaled``: multiplied by ``table.speed_ratio``, the machine's drift since profiling that the table's last spot
+    check measured (``latency.trust``), so every prediction and expectation built on them is in today's ms.
+    """
+    coef = (table.overhead or {}).get("coef") or None
+    ratio = table.speed_ratio if scaled else 1.0
+    if coef is None or ratio == 1.0:
+        return coef
+    return {name: value * ratio for name, value in coef.items()}
 
 
-def predict_from_instances(table: LatencyTable, instances: Sequence[OpInstance]) -> float:
+def predict_from_instances(table: LatencyTable, instances: Sequence[OpInstance], scaled: bool = True) -> float:
     total, count = sum_and_count(table, instances)
-    coef = overhead_coef(table)
+    coef = overhead_coef(table, scaled)
     return total if coef is None else float(apply_overhead(coef, total, count))
 
 
-def predict_latency_ms(table: LatencyTable, arch: Any, space: SearchSpace | None = None, template: Any = None) -> float:
-    """Predicted end-to-end latency of ``arch``: its entries summed, then the overhead model (if fitted)."""
+def predict_latency_ms(table: LatencyTable, arch: Any, space: SearchSpace | None = None, template: Any = None,
+                       scaled: bool = True) -> float:
+    """Predicted end-to-end latency of ``arch``: its entries summed, then the overhead model (if fitted), times the
+    machine's drift (``table.speed_ratio``; ``scaled=False``: as the table was profiled)."""
     space, template = table_space_template(table, space, template)
-    return predict_from_instances(table, space.arch_op_instances(arch, template))
+    return predict_from_instances(table, space.arch_op_instances(arch, template), scaled)
 
 
 # ----------------------------------------------------------------------------------------------

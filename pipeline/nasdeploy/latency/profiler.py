@@ -12,12 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nasdeploy.errors import NasDeployError
-from nasdeploy.hardware import Backend, MeasureMethod, fingerprint, fingerprint_id, get_backend
-from nasdeploy.latency.overhead import fit_overhead
+from nasdeploy.hardware import Backend, MeasureMethod, Timing, fingerprint, fingerprint_id, get_backend
+
+from nasdeploy.latency.overhead import d_optimal_picks, fit_overhead
 from nasdeploy.latency.predictor import sum_and_count
-from nasdeploy.latency.rounds import add_round, rounds_done
-from nasdeploy.latency.table import LatencyTable, default_table_path, load_table, profile_command, save_table, template_dict
+from nasdeploy.latency.rounds import add_round, canonical_reference_ms, normalise, rounds_done
+from nasdeploy.latency.table import (LatencyTable, default_table_path, load_table, mark_profiled_here, profile_command, save_table,
+                                     template_dict)
 from nasdeploy.progress import progress_bar
 from nasdeploy.spaces.base import OpInstance, SearchSpace, get_space
 
@@ -27,17 +31,53 @@ FIT_SEED = 10_000  # fit networks are sampled from their own seeds, apart from v
 
 # What a plain `nasdeploy profile` does, and what `search`/`run` do when they profile a missing table,
 # so all of them make (and find) the same file.
-PROFILE_DEFAULTS = {"warmup": 5, "repeats": 40, "rounds": 3}
-DEFAULT_FIT_SAMPLES = 20
-# When the plain overhead model misses its own fit networks by more than this (leave-one-out RMSE, %), the
-# isolated entries do not add up to a network (tiny ONNX Runtime networks: per-call overhead, cache effects):
-# the profiler measures fit networks up to MORE_FIT_SAMPLES, enough to learn per-instance corrections. 200, not
-# 100: the ORT MobileNet cpu table has 58 instances, and with 100 networks (< 2 per correction) its corrections
-# missed held-out networks by 4.9 % RMSE, with 150 by 3.5 % (same machine, idle; 1 more minute of profiling).
+PROFILE_DEFAULTS = {"warmup": 5, "repeats": 40, "rounds": 3, "reference": True}
+# 40 networks, D-optimal over the op instances' counts (FitNetworks.choose): enough to learn per-instance corrections
+# for the DARTS cpu template's 45 instances with the ridge prior, in ~30 s of ONNX Runtime time on one core.
+DEFAULT_FIT_SAMPLES = 40
+# When the fitted model still misses its fit networks by more than this (leave-one-out RMSE, %), the profiler measures
+# more of them, up to MORE_FIT_SAMPLES in all, to pin the per-instance corrections (``latency.overhead``). The 200 of
+# earlier versions made profiling take 8-11 minutes on a 2-core VM whose noise alone misses by 6 %; with the reference
+# network removing the machine's slow phases and a D-optimal choice of networks, 80 is the ceiling.
 MORE_FIT_LOO_PCT = 6.0
-MORE_FIT_SAMPLES = 200
+MORE_FIT_SAMPLES = 80
 MORE_FIT_SEED = FIT_SEED + 100_000
 CHEAPEST_SEED = -1  # the fit network that is the space's cheapest architecture (not a sampled seed)
+REFERENCE_SEED = 90_000  # the reference network timed next to every item (MeasureMethod.reference)
+
+
+class Reference:
+    """A fixed sampled network of the template, prepared once and timed right before every op or network
+    (``MeasureMethod.reference``; see ``latency.rounds.normalise``). ``medians`` collects its timings."""
+
+    def __init__(self, backend: Backend, space: SearchSpace, template: Any, batch: int, medians: list[float] | None = None):
+        arch = space.sample(template, random.Random(REFERENCE_SEED))
+        self.arch = space.arch_to_json(arch)
+        self.measure = backend.prepare(space.build(arch, template), network_input_shape(template, batch))
+        self.medians: list[float] = list(medians or [])
+
+    def timed(self, item) -> Timing:
+        """``item()``'s timing, carrying the reference's median measured just before it."""
+        reference_ms = self.measure().median
+        self.medians.append(reference_ms)
+        timing = item()
+        timing.reference_ms = reference_ms
+        return timing
+
+    def canonical_ms(self) -> float | None:
+        return canonical_reference_ms(self.medians)
+
+    def record(self) -> dict[str, Any]:
+        return {"seed": REFERENCE_SEED, "arch": self.arch, "medians": self.medians, "canonical_ms": self.canonical_ms()}
+
+
+def reference_for(backend: Backend, space: SearchSpace, template: Any, batch: int, medians: list[float] | None = None):
+    """A Reference when the backend's method asks for one, else None."""
+    return Reference(backend, space, template, batch, medians) if backend.method.reference else None
+
+
+def timed(prepared, reference: Reference | None):
+    return reference.timed(prepared) if reference is not None else prepared()
 
 
 def op_input_shape(inst: OpInstance, batch: int) -> tuple[int, int, int, int]:
@@ -57,7 +97,7 @@ def new_table(space: SearchSpace, template: Any, backend: Backend, device: str, 
     )
 
 
-METHOD_FIELDS = ("warmup", "repeats", "threads", "dtype", "batch", "rounds", "clock")
+METHOD_FIELDS = ("warmup", "repeats", "threads", "dtype", "batch", "rounds", "clock", "reference")
 
 
 def stored_method(table: LatencyTable) -> MeasureMethod:
@@ -97,7 +137,7 @@ def open_table(path: Path, space: SearchSpace, template: Any, backend: Backend, 
 
 def profile_space(space_name: str, template: Any, runtime: str, device: str, method: MeasureMethod,
                   path: Path | str | None = None, resume: bool = True, *, backend: Backend | None = None,
-                  fit_samples: int = DEFAULT_FIT_SAMPLES, save_every: int = 5, root: Path | str = "latency_tables",
+                  fit_samples: int = DEFAULT_FIT_SAMPLES, save_every: int = 5, root: Path | str | None = None,
                   more_fit_samples: int | None = None) -> LatencyTable:
     """Measure every ``space.op_instances(template)`` and fit the overhead model; returns the saved table.
 
@@ -121,12 +161,16 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
     started = time.perf_counter()
     instances = space.op_instances(template)
     fit = FitNetworks(table, space, template, fit_samples)
+    prepared: dict[str, Any] = {}  # op key -> its measurement, set up once for all rounds
+    reference = reference_for(backend, space, template, method.batch, (table.reference or {}).get("medians"))
+    fit.reference = reference
     with progress_bar() as bar:
         ops_task = bar.add_task(f"ops {table.runtime} {table.device}", total=len(instances) * method.rounds, info="")
         fit_task = bar.add_task("fit networks", total=len(fit.records or range(fit_samples)) * method.rounds, info="")
         for r in range(method.rounds):
-            measure_entries(table, space, instances, backend, r, save_every, bar, ops_task)
+            measure_entries(table, space, instances, backend, r, save_every, bar, ops_task, prepared, reference)
             fit.measure_round(backend, r, bar, fit_task)
+    normalise_table(table, fit, reference)
     fit.fit()
     if more_fit_samples is None:
         more_fit_samples = MORE_FIT_SAMPLES if fit_samples >= DEFAULT_FIT_SAMPLES else 0
@@ -138,14 +182,28 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
             more_task = bar.add_task("more fit networks", total=len(fit.records) * method.rounds, info="")
             for r in range(method.rounds):
                 fit.measure_round(backend, r, bar, more_task)
+        normalise_table(table, fit, reference)
         fit.fit()
     save_table(table, path)
+    mark_profiled_here(table)
     log.info("latency table %s: %d entries, done in %.1f s", path, len(table.entries), time.perf_counter() - started)
     return table
 
 
+def normalise_table(table: LatencyTable, fit: "FitNetworks", reference: Reference | None) -> None:
+    """Every entry and fit network expressed at the reference's quiet state over the whole profile (rounds.normalise)."""
+    if reference is None:
+        return
+    table.reference = reference.record()
+    canonical = reference.canonical_ms()
+    for key, entry in table.entries.items():
+        table.entries[key] = normalise(entry, canonical)
+    fit.records = [normalise(record, canonical) for record in fit.records]
+    table.overhead = {**(table.overhead or {}), "samples": fit.records}
+
+
 def measure_entries(table: LatencyTable, space: SearchSpace, instances: list[OpInstance], backend: Backend,
-                    r: int, save_every: int, bar, task) -> None:
+                    r: int, save_every: int, bar, task, prepared: dict[str, Any], reference: Reference | None = None) -> None:
     """Round ``r`` over the op instances: time each one not yet timed ``r + 1`` times."""
     measured = 0
     for inst in instances:
@@ -153,7 +211,9 @@ def measure_entries(table: LatencyTable, space: SearchSpace, instances: list[OpI
         if rounds_done(entry) > r:
             bar.update(task, advance=1)
             continue
-        timing = backend.measure_module(space.build_op(inst), op_input_shape(inst, table.batch))
+        if inst.key() not in prepared:
+            prepared[inst.key()] = backend.prepare(space.build_op(inst), op_input_shape(inst, table.batch))
+        timing = timed(prepared[inst.key()], reference)
         table.add(inst, add_round(entry, timing))
         measured += 1
         bar.update(task, advance=1, info=f"round {r + 1} {inst.op} {inst.h}x{inst.w} {timing.median:.3f} ms")
@@ -168,25 +228,34 @@ class FitNetworks:
     def __init__(self, table: LatencyTable, space: SearchSpace, template: Any, count: int):
         self.table, self.space, self.template, self.count = table, space, template, count
         self.records: list[dict] = list((table.overhead or {}).get("samples", []))
+        self.prepared: dict[int, Any] = {}  # record index -> its measurement, set up once for all rounds
+        self.reference: Reference | None = None
 
     def choose(self) -> None:
-        """Pick ``count`` networks: the space's cheapest one, then seeds whose predicted sums spread evenly over a
-        pool of 20x as many samples. Budgeted searches end well below random networks (a tight budget's genotype
-        is mostly skips and pools); without the cheapest network the overhead model would extrapolate there."""
+        """Pick ``count`` networks: the space's cheapest one, then a D-optimal design over a pool of 20x as many
+        sampled architectures (``overhead.d_optimal_picks``: each op instance's count times its entry as features),
+        so that the networks vary every instance's share as independently as possible. Budgeted searches end well
+        below random networks (a tight budget's genotype is mostly skips and pools); without the cheapest network
+        the overhead model would extrapolate there."""
         if self.records or self.count <= 0:
             return
         from nasdeploy.latency.predictor import cheapest_architecture
 
-        pool = []
-        for seed in range(FIT_SEED, FIT_SEED + 20 * self.count):
-            arch = self.space.sample(self.template, random.Random(seed))
-            pool.append((sum_and_count(self.table, self.space.arch_op_instances(arch, self.template), corrected=False)[0], seed, arch))
-        pool.sort(key=lambda item: item[0])
-        spread = max(self.count - 1, 1)
-        picks = sorted({round(i * (len(pool) - 1) / max(spread - 1, 1)) for i in range(spread)}) if self.count > 1 else []
         cheapest = cheapest_architecture(self.table, self.space.name, self.template)
-        self.records = [{"seed": CHEAPEST_SEED, "arch": self.space.arch_to_json(cheapest)}]
-        self.records += [{"seed": pool[i][1], "arch": self.space.arch_to_json(pool[i][2])} for i in picks]
+        pool = [(CHEAPEST_SEED, cheapest)] + [(seed, self.space.sample(self.template, random.Random(seed)))
+                                             for seed in range(FIT_SEED, FIT_SEED + 20 * self.count)]
+        picks = d_optimal_picks(self.design([arch for _, arch in pool]), self.count, start=[0])
+        self.records = [{"seed": pool[i][0], "arch": self.space.arch_to_json(pool[i][1])} for i in picks]
+
+    def design(self, archs: list) -> "np.ndarray":
+        """One row per architecture: 1, then each op instance's count times its entry (ms)."""
+        from collections import Counter
+
+        rows = [Counter(i.key() for i in self.space.arch_op_instances(arch, self.template)) for arch in archs]
+        keys = sorted({k for row in rows for k in row if k in self.table.entries})
+        entry = np.array([self.table.entries[k]["median_ms"] for k in keys])
+        counts = np.array([[row.get(k, 0) for k in keys] for row in rows], dtype=float)
+        return np.column_stack([np.ones(len(rows)), counts * entry])
 
     def measure_round(self, backend: Backend, r: int, bar, task) -> None:
         self.choose()
@@ -195,10 +264,14 @@ class FitNetworks:
             if rounds_done(record) > r:
                 bar.update(task, advance=1)
                 continue
-            network = self.space.build(self.space.arch_from_json(record["arch"]), self.template)
-            timing = backend.measure_module(network, shape)
+            if i not in self.prepared:
+                network = self.space.build(self.space.arch_from_json(record["arch"]), self.template)
+                self.prepared[i] = backend.prepare(network, shape)
+            timing = timed(self.prepared[i], self.reference)
             self.records[i] = add_round(record, timing)
             self.table.overhead = {"samples": self.records, "coef": None}
+            if self.reference is not None:
+                self.table.reference = self.reference.record()  # its medians so far, for a resumed profile
             save_table(self.table, self.table.path)
             bar.update(task, advance=1, info=f"round {r + 1} {timing.median:.3f} ms")
 
@@ -236,16 +309,25 @@ def fit_table_overhead(table: LatencyTable, records: list[dict], keep_correction
     return table
 
 
-def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], records: list[dict], label: str) -> list[dict]:
-    """Time each network once per round, interleaved; ``records[i]`` collects network i's rounds."""
+def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], records: list[dict], label: str,
+                     reference: Reference | None = None) -> list[dict]:
+    """Time each network once per round, interleaved; ``records[i]`` collects network i's rounds. Each network is
+    built and prepared (exported, loaded) once, before its first round. With a ``reference`` every round is timed
+    next to it and the records come back expressed at its quiet state over this session (``rounds.normalise``)."""
     rounds = backend.method.rounds
+    prepared: dict[int, Any] = {}
     with progress_bar() as bar:
         task = bar.add_task(label, total=len(networks) * rounds, info="")
         for r in range(rounds):
             for i, network in enumerate(networks):
-                timing = backend.measure_module(network(), shape)
+                if i not in prepared:
+                    prepared[i] = backend.prepare(network(), shape)
+                timing = timed(prepared[i], reference)
                 records[i] = add_round(records[i], timing)
                 bar.update(task, advance=1, info=f"round {r + 1}/{rounds} {timing.median:.3f} ms")
+    if reference is not None:
+        canonical = reference.canonical_ms()
+        records = [normalise(record, canonical) for record in records]
     return records
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,26 @@ SCHEMA_VERSION = 1
 # Template fields that change training but not the inference graph that is timed.
 LATENCY_IRRELEVANT_FIELDS = ("drop_path", "auxiliary")
 
-DEFAULT_ROOT = Path("latency_tables")
+# The committed tables under the repository's latency_tables/ are reference evidence about the machines that made
+# them; the tables a user's commands profile and look up live in a per-user cache, never in the checkout.
+TABLE_ROOT_ENV = "NASDEPLOY_TABLE_ROOT"
+
+
+def cache_dir() -> Path:
+    """``$NASDEPLOY_CACHE_DIR``, else ``$XDG_CACHE_HOME/nasdeploy``, else ``~/.cache/nasdeploy``."""
+    if os.environ.get("NASDEPLOY_CACHE_DIR"):
+        return Path(os.environ["NASDEPLOY_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nasdeploy"
+
+
+def table_root(root: Path | str | None = None) -> Path:
+    """Where this machine's tables are profiled and found: ``root`` (``--table-root``), else ``$NASDEPLOY_TABLE_ROOT``,
+    else ``<cache_dir()>/latency_tables``."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get(TABLE_ROOT_ENV):
+        return Path(os.environ[TABLE_ROOT_ENV])
+    return cache_dir() / "latency_tables"
 
 
 def template_dict(template: Any) -> dict[str, Any]:
@@ -64,6 +84,11 @@ class LatencyTable:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     command: str = ""  # the `nasdeploy profile ...` command that (re)fills this table
     path: Path | None = None  # where it was loaded from / saved to (not stored)
+    # this machine's speed now over its speed when the table was profiled, as the last spot check measured it
+    # (latency.trust): every prediction is scaled by it. In memory only: drift belongs to a moment, not to the table.
+    speed_ratio: float = 1.0
+    # MeasureMethod.reference: the fixed network timed next to every item ({"seed", "arch", "medians", "canonical_ms"})
+    reference: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -108,6 +133,7 @@ class LatencyTable:
             "created": self.created,
             "entries": self.entries,
             "overhead": self.overhead,
+            "reference": self.reference,
         }
 
     @classmethod
@@ -123,11 +149,37 @@ class LatencyTable:
             return cls(
                 space=d["space"], template=dict(d["template"]), runtime=d["runtime"], device=d["device"],
                 fingerprint=dict(d["fingerprint"]), versions=dict(d["versions"]), method=dict(d["method"]),
-                entries={str(k): dict(v) for k, v in d["entries"].items()}, overhead=d.get("overhead"),
+                entries={str(k): dict(v) for k, v in d["entries"].items()}, overhead=d.get("overhead"), reference=d.get("reference"),
                 created=str(d.get("created", "")), command=str(d.get("command", "")),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise NasDeployError(f"{source} is not a valid latency table ({exc!r}); regenerate it with 'nasdeploy profile'") from None
+
+
+def table_sha256(table: LatencyTable) -> str:
+    """Hash of the table's content (its path excluded): a copy in a run folder shares its original's checks."""
+    return hashlib.sha256(json.dumps(table.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def profiled_marker(table: LatencyTable) -> Path:
+    from nasdeploy.hardware.fingerprint import boot_id
+
+    return cache_dir() / "profiled-here" / f"{table_sha256(table)[:20]}-{boot_id()[:8]}"
+
+
+def mark_profiled_here(table: LatencyTable) -> None:
+    """Remember that this exact content was profiled on this machine during this boot (``profiled_here``)."""
+    marker = profiled_marker(table)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # an unwritable cache only costs the table the benefit of the doubt
+        pass
+
+
+def profiled_here(table: LatencyTable) -> bool:
+    """Whether this content (a copy included; an edited table not) was profiled on this machine this boot."""
+    return profiled_marker(table).is_file()
 
 
 def save_table(table: LatencyTable, path: Path | str) -> Path:
@@ -163,12 +215,12 @@ def check_template(table: LatencyTable, template: Any) -> None:
 
 
 def default_table_path(space: str, template: Any, runtime: str, device: str, batch: int = 1,
-                       root: Path | str = DEFAULT_ROOT, threads: int | None = None) -> Path:
-    """``<root>/<fingerprint-id>/<runtime>/<space>-<template-slug>-b<batch>.json`` for this machine."""
+                       root: Path | str | None = None, threads: int | None = None) -> Path:
+    """``<root>/<fingerprint-id>/<runtime>/<space>-<template-slug>-b<batch>.json`` for this machine (root: :func:`table_root`)."""
     from nasdeploy.hardware.fingerprint import fingerprint, fingerprint_id
 
     machine = fingerprint_id(fingerprint(device, threads))
-    return Path(root) / machine / runtime / f"{space}-{template_slug(template)}-b{batch}.json"
+    return table_root(root) / machine / runtime / f"{space}-{template_slug(template)}-b{batch}.json"
 
 
 def profile_command(table: LatencyTable, path: Path | str | None = None) -> str:
@@ -191,6 +243,8 @@ def profile_command(table: LatencyTable, path: Path | str | None = None) -> str:
         parts.append(f"--clock {m['clock']}")
     if table.dtype != "float32":
         parts.append(f"--dtype {table.dtype}")
+    if not m.get("reference", False):
+        parts.append("--no-reference")
     target = path or table.path
     if target:
         parts.append(f"--out {target}")

@@ -1,19 +1,24 @@
-"""Whether a latency table can be trusted here: its header against this machine, then a spot check.
+"""Whether a latency table can be trusted here: its header against this machine, then a drift-aware spot check.
 
-A table is reused by ``search``, ``run``, ``export`` (its prediction) and ``measure arch.json``, and the
-tables committed under ``latency_tables/`` were profiled on other machines. The CPU model string names
-the table's folder, but two VMs can report the same string, so before a table drives any of those
-commands :func:`spot_check` measures a handful of sampled networks end to end on the table's own backend
-and method (seconds) and compares them with the table's predictions. Its result is cached per table
-content and machine boot, so a pipeline pays it once. Above the tolerance (median absolute error, 10 %
-by default) the command stops with one line naming the fixes: re-profile (the exact command),
-``--recalibrate`` (refit the table's overhead model here, saved into the table with a note), or
-``--trust-table``.
+A table is reused by ``search``, ``run``, ``export`` (its prediction), ``measure arch.json`` and ``validate-lut``,
+and a machine's overall speed moves: a shared VM runs the same network 5-15 % slower or faster from one
+minute to the next, while which op costs what (the table's *shape*) stays. So every use measures two things
+on the table's own backend and method, interleaved in rounds as profiling is:
 
-The header is compared too (:func:`table_mismatches`): another CPU, cache sizes, ISA flags, kernel,
-runtime versions (torch, ONNX Runtime, TensorRT...) or thread count all make a table "from another
-machine". Such a table is used only when its spot check passes, and the differences are logged and
-recorded in the result (never silent).
+* **drift** — a few of the table's own fit networks (its *reference networks*, measured when it was profiled)
+  timed again: their median ratio now/then is the machine's current speed relative to the table. Every
+  prediction made with the table afterwards is scaled by it (``LatencyTable.speed_ratio``), and reports say
+  so ("drift +9.1 %, predictions scaled by 1.091"). Measured afresh at every use (seconds).
+* **shape** — ``policy.nets`` sampled networks (seeds 20000..) predicted and measured; the *drift-corrected*
+  error is what is judged: above the tolerance (median |err|, 10 % by default) the table predicts the wrong
+  networks as cheap or dear (another machine, other runtime versions, a corrupt or doctored table) and the
+  command stops with one line naming the fixes: re-profile (the exact command), ``--recalibrate`` (refit its
+  overhead model here) or ``--trust-table``. The shape check is cached per table content and machine boot.
+
+Pure drift is never a reason to refuse or re-profile. A table profiled on this machine during this boot is never
+refused either (its entries are this machine's own measurements, so a miss is noise or model error): it is
+reported and counted. The header is compared too (:func:`table_mismatches`): another CPU, cache sizes, ISA
+flags, kernel, runtime versions or thread count make a table "from another machine", logged and recorded.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from typing import Any
 from nasdeploy.errors import NasDeployError
 from nasdeploy.hardware.fingerprint import boot_id, fingerprint, fingerprint_id, machine_mismatches
 from nasdeploy.io import atomic_write_json
-from nasdeploy.latency.table import DEFAULT_ROOT, LatencyTable, default_table_path, load_table, profile_command, save_table
+from nasdeploy.latency.table import (LatencyTable, cache_dir, default_table_path, load_table, profile_command, profiled_here as
+                                     content_profiled_here, save_table, table_sha256)
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +47,29 @@ SPOT_SEED = 20_000
 # --recalibrate refits the overhead model on the spot-check networks plus networks from these seeds.
 RECALIBRATE_SEED = 30_000
 RECALIBRATE_NETS = 16
+# Networks per check. Shape: 8 sampled networks, their drift-corrected median |err| judged. Drift: 5 of the table's
+# own fit networks, spread over its latency range; their median ratio now/then.
+SPOT_NETS = 8
+ANCHOR_NETS = 5
+# Above this |drift| the log says the machine runs at another speed than when profiled (predictions still scaled).
+LARGE_DRIFT = 0.20
 
 
 @dataclass
 class TablePolicy:
     """How a command treats a reused latency table (``--spot-check-tolerance``, ``--recalibrate``, ``--trust-table``)."""
 
-    tolerance: float = 0.10  # median |err| above which the table is refused
+    tolerance: float = 0.10  # drift-corrected median |err| above which the table is refused (a fraction)
     recalibrate: bool = False  # refit the overhead model here on the spot-check nets (+ more) and save it into the table
     trust: bool = False  # use the table whatever its spot check says; a cached result is reported, nothing is measured
-    nets: int = 5  # networks measured by the spot check
+    nets: int = SPOT_NETS  # sampled networks measured by the shape check
+    anchors: int = ANCHOR_NETS  # the table's reference networks re-measured for the drift, at every use
     threads: int | None = None  # the thread count the caller deploys with; a table timed with another is refused
 
     def __post_init__(self) -> None:
-        if not 0 < self.tolerance < 10 or self.nets < 1:
+        if not 0 < self.tolerance < 10 or self.nets < 1 or self.anchors < 0:
             raise NasDeployError(f"spot-check tolerance must be a fraction in (0, 10) and nets >= 1, got {self.tolerance} "
-                                 f"and {self.nets}; e.g. --spot-check-tolerance 0.1")
+                                 f"and {self.nets}; e.g. --spot-check-tolerance 10 (per cent)")
 
 
 # ---------------------------------------------------------------- finding this machine's table
@@ -69,7 +82,7 @@ def resolve_template(space: str, template: Any) -> Any:
     return get_space(space).default_template("cpu") if template is None else template
 
 
-def find_table(space: str, template: Any, runtime: str, device: str, batch: int = 1, root: Path = DEFAULT_ROOT) -> Path | None:
+def find_table(space: str, template: Any, runtime: str, device: str, batch: int = 1, root: Path | None = None) -> Path | None:
     """This machine's complete table for space/template/runtime/device/batch under ``root``, or None.
 
     The path is ``default_table_path`` (the machine's folder is named by its fingerprint id); a file
@@ -95,7 +108,7 @@ def find_table(space: str, template: Any, runtime: str, device: str, batch: int 
     return path
 
 
-def table_for_search(space: str, template: Any, runtime: str, device: str, root: Path = DEFAULT_ROOT, batch: int = 1) -> Path:
+def table_for_search(space: str, template: Any, runtime: str, device: str, root: Path | None = None, batch: int = 1) -> Path:
     """This machine's table for the space, runtime and template; profiled first (progress bar) when there is none.
 
     ``template`` None means the space's cpu-preset default template. The table is profiled with the
@@ -149,18 +162,6 @@ def table_mismatches(table: LatencyTable, versions: dict[str, str] | None = None
 # ---------------------------------------------------------------- the spot check
 
 
-def table_sha256(table: LatencyTable) -> str:
-    """Hash of the table's content (its path excluded): a copy in a run folder shares its original's spot check."""
-    return hashlib.sha256(json.dumps(table.to_json(), sort_keys=True).encode()).hexdigest()
-
-
-def cache_dir() -> Path:
-    """``$NASDEPLOY_CACHE_DIR``, else ``$XDG_CACHE_HOME/nasdeploy``, else ``~/.cache/nasdeploy``."""
-    if os.environ.get("NASDEPLOY_CACHE_DIR"):
-        return Path(os.environ["NASDEPLOY_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nasdeploy"
-
-
 def cache_path(sha: str, nets: int, versions: dict[str, str], threads: Any) -> Path:
     """One file per table content, machine boot, installed runtime versions and thread count."""
     setup = hashlib.sha1(json.dumps([versions, threads], sort_keys=True).encode()).hexdigest()[:8]
@@ -171,14 +172,43 @@ def spot_check_seeds(nets: int) -> list[int]:
     return list(range(SPOT_SEED, SPOT_SEED + nets))
 
 
-def spot_check(table: LatencyTable | Path | str, policy: TablePolicy = TablePolicy()) -> dict[str, Any]:
-    """Measure ``policy.nets`` sampled networks on the table's backend and method and compare with its predictions.
+def reference_networks(table: LatencyTable, count: int = ANCHOR_NETS) -> list[dict]:
+    """``count`` of the table's fit networks measured at profiling time, spread evenly over their latency range."""
+    samples = sorted((s for s in (table.overhead or {}).get("samples", []) if "median_ms" in s), key=lambda s: s["median_ms"])
+    if count <= 0 or not samples:
+        return []
+    if len(samples) <= count:
+        return samples
+    return [samples[round(i * (len(samples) - 1) / max(count - 1, 1))] for i in range(count)]
 
-    Returns the result dict (``summary`` is the one line reports carry). Raises NasDeployError naming
-    the fixes when the median absolute error exceeds ``policy.tolerance``, unless ``policy.recalibrate``
-    (the overhead model is refitted here and saved into the table) or ``policy.trust``. With ``trust`` a
-    result cached this boot is reported and nothing is measured. A table whose runtime or device this
-    machine lacks cannot be checked: NasDeployError suggesting ``--trust-table``, unless trusted.
+
+def drift_ratio(anchors: list[dict]) -> float | None:
+    """The machine's speed now relative to the table's: median over reference networks of now / at profiling."""
+    ratios = [a["median_ms"] / a["anchor_ms"] for a in anchors if a.get("anchor_ms")]
+    return float(statistics.median(ratios)) if ratios else None
+
+
+def drift_text(ratio: float | None) -> str:
+    if ratio is None:
+        return "drift not measured (the table has no reference networks), predictions unscaled"
+    return f"drift {100 * (ratio - 1):+.1f} %, predictions scaled by {ratio:.3f}"
+
+
+def apply_drift(table: LatencyTable, result: dict[str, Any] | None) -> LatencyTable:
+    """Scale every later prediction from ``table`` by the drift its spot check measured (1 when none was)."""
+    table.speed_ratio = float((result or {}).get("drift_ratio") or 1.0)
+    return table
+
+
+def spot_check(table: LatencyTable | Path | str, policy: TablePolicy = TablePolicy()) -> dict[str, Any]:
+    """Measure the machine's drift against ``table`` and check its shape; scale the table's predictions by the drift.
+
+    Returns the result dict (``summary`` is the one line reports carry) and sets ``table.speed_ratio`` when
+    ``table`` is a LatencyTable. Raises NasDeployError naming the fixes when the drift-corrected median absolute
+    error of the shape check exceeds ``policy.tolerance``, unless ``policy.recalibrate`` (the overhead model is
+    refitted here and saved into the table), ``policy.trust``, or the table was profiled on this machine during
+    this boot. With ``trust`` a result cached this boot is reported and nothing is measured. A table whose runtime
+    or device this machine lacks cannot be checked: NasDeployError suggesting ``--trust-table``, unless trusted.
     """
     table = table if isinstance(table, LatencyTable) else load_table(table)
     where = table.path or "(in memory)"
@@ -192,28 +222,41 @@ def spot_check(table: LatencyTable | Path | str, policy: TablePolicy = TablePoli
     mismatches = table_mismatches(table, versions, policy.threads)
     if mismatches:
         log.warning("latency table %s was made on another machine or setup: %s", where, "; ".join(mismatches))
-    sha = table_sha256(table)
-    cached_file = cache_path(sha, policy.nets, versions, table.method.get("threads"))
+    cached_file = cache_path(table_sha256(table), policy.nets, versions, table.method.get("threads"))
     measured = read_cached(cached_file)
     cached = measured is not None
-    if cached and not passes(measured, policy) and not policy.trust:
+    if cached and not passes(measured, policy) and not policy.trust and not profiled_here(table, mismatches):
         log.info("the spot check cached this boot failed; measuring it again")
         measured, cached = None, False
     if measured is None and policy.trust:
         return unmeasured(table, policy, "spot check: not run (--trust-table)", mismatches)
     if measured is None:
-        measured = measure_spot_check(table, policy.nets)
+        measured = measure_spot_check(table, policy.nets, anchors=policy.anchors)
         write_cache(cached_file, measured)
+    elif not policy.trust:
+        measured = {**measured, **measure_drift(table, policy.anchors)}  # the shape is cached, the speed is measured now
     result = decide(table, measured, policy, mismatches, cached)
     if not result["passed"] and policy.recalibrate:
         result = recalibrate(table, measured, policy, mismatches)
-    if not result["passed"] and not policy.trust:
+    apply_drift(table, result)
+    if not result["passed"] and result["own_table"]:
+        log.warning("%s: above the %.0f %% tolerance, but the table was profiled on this machine during this boot, so it "
+                    "is used (a miss here is noise or model error, not another machine)", result["summary"], 100 * policy.tolerance)
+    elif not result["passed"] and not policy.trust:
         raise NasDeployError(refusal(table, result, policy))
-    if not result["passed"]:
+    elif not result["passed"]:
         log.warning("%s: above the %.0f %% tolerance, used anyway (--trust-table)", result["summary"], 100 * policy.tolerance)
     else:
-        log.info("%s%s (table %s)", result["summary"], ", cached this boot" if cached else f" in {result['seconds']:.1f} s", where)
+        log.info("%s%s (table %s)", result["summary"], ", shape cached this boot" if cached else f" in {result['seconds']:.1f} s", where)
+    if result.get("drift_ratio") and abs(result["drift_ratio"] - 1) > LARGE_DRIFT:
+        log.warning("this machine runs %+.0f %% against latency table %s (another machine of the same shape, or a busy one); "
+                    "its predictions are scaled accordingly", 100 * (result["drift_ratio"] - 1), where)
     return result
+
+
+def profiled_here(table: LatencyTable, mismatches: list[str]) -> bool:
+    """Whether ``table``'s exact content was profiled on this machine, as set up now, during this boot."""
+    return not mismatches and content_profiled_here(table)
 
 
 def write_cache(path: Path, measured: dict[str, Any]) -> None:
@@ -229,36 +272,75 @@ def read_cached(path: Path) -> dict[str, Any] | None:
         found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return found if isinstance(found, dict) and "errors_pct" in found else None
+    return found if isinstance(found, dict) and "corrected_errors_pct" in found else None
 
 
-def measure_spot_check(table: LatencyTable, nets: int, seeds: list[int] | None = None) -> dict[str, Any]:
-    """Predicted and measured latency of the spot-check networks (the table's backend, method and rounds)."""
-    from nasdeploy.hardware import get_backend
+def measure_spot_check(table: LatencyTable, nets: int, seeds: list[int] | None = None, anchors: int = ANCHOR_NETS) -> dict[str, Any]:
+    """Predicted and measured latency of the spot-check networks, interleaved in rounds with the table's reference
+    networks (the table's backend, method and rounds); errors raw and corrected for the drift the references show."""
     from nasdeploy.latency.predictor import predict_latency_ms
-    from nasdeploy.latency.profiler import measure_networks, network_input_shape, stored_method
-    from nasdeploy.spaces.base import get_space
 
     started = time.perf_counter()
-    space = get_space(table.space)
-    template = space.template_from_dict(table.template)
-    backend = get_backend(table.runtime, table.device, stored_method(table))
-    shape = network_input_shape(template, table.batch)
+    space, template = table_space(table)
     seeds = seeds or spot_check_seeds(nets)
     archs = [space.sample(template, random.Random(seed)) for seed in seeds]
+    references = reference_networks(table, anchors)
     records = [{"seed": seed, "arch": space.arch_to_json(arch)} for seed, arch in zip(seeds, archs)]
-    records = measure_networks(backend, [lambda arch=arch: space.build(arch, template) for arch in archs], shape, records,
-                               f"spot check {table.runtime} {table.device}")
-    predicted = [predict_latency_ms(table, arch, space, template) for arch in archs]
-    measured = [r["median_ms"] for r in records]
+    records += [{"seed": r["seed"], "arch": r["arch"], "anchor_ms": r["median_ms"]} for r in references]
+    records = measure_records(table, records, f"spot check {table.runtime} {table.device}")
+    checked, anchored = records[:len(seeds)], records[len(seeds):]
+    ratio = drift_ratio(anchored)
+    predicted = [predict_latency_ms(table, arch, space, template, scaled=False) for arch in archs]
+    measured = [r["median_ms"] for r in checked]
     return {
         "seeds": seeds, "predicted_ms": predicted, "measured_ms": measured,
-        "errors_pct": [100.0 * (p - m) / m for p, m in zip(predicted, measured)],
-        "samples": [{"seed": r["seed"], "arch": r["arch"], "median_ms": r["median_ms"], "rounds": r["rounds"]} for r in records],
+        "errors_pct": errors_pct(predicted, measured),
+        "corrected_errors_pct": errors_pct([p * (ratio or 1.0) for p in predicted], measured),
+        "shape_drift_ratio": ratio, **drift_fields(anchored, ratio),
+        "samples": [{"seed": r["seed"], "arch": r["arch"], "median_ms": r["median_ms"], "rounds": r["rounds"]} for r in checked],
         "seconds": time.perf_counter() - started, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "boot_id": boot_id(), "fingerprint_id": fingerprint_id(fingerprint(table.device, table.method.get("threads"))),
         "method": dict(table.method), "versions": runtime_versions(table), "load_average": load_average(),
     }
+
+
+def measure_drift(table: LatencyTable, anchors: int = ANCHOR_NETS) -> dict[str, Any]:
+    """The table's reference networks timed again now: the drift fields of a spot check, measured afresh."""
+    started = time.perf_counter()
+    references = reference_networks(table, anchors)
+    if not references:
+        return drift_fields([], None)
+    records = [{"seed": r["seed"], "arch": r["arch"], "anchor_ms": r["median_ms"]} for r in references]
+    records = measure_records(table, records, f"drift {table.runtime} {table.device}")
+    return {**drift_fields(records, drift_ratio(records)), "drift_seconds": time.perf_counter() - started}
+
+
+def drift_fields(anchored: list[dict], ratio: float | None) -> dict[str, Any]:
+    return {"drift_ratio": ratio, "anchors": [{"seed": r["seed"], "then_ms": r["anchor_ms"], "now_ms": r["median_ms"]} for r in anchored],
+            "drift_measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def table_space(table: LatencyTable):
+    from nasdeploy.spaces.base import get_space
+
+    space = get_space(table.space)
+    return space, space.template_from_dict(table.template)
+
+
+def measure_records(table: LatencyTable, records: list[dict], label: str) -> list[dict]:
+    """Each record's ``arch`` built on the table's template and timed on its backend and method (rounds interleaved)."""
+    from nasdeploy.hardware import get_backend
+    from nasdeploy.latency.profiler import measure_networks, network_input_shape, reference_for, stored_method
+
+    space, template = table_space(table)
+    backend = get_backend(table.runtime, table.device, stored_method(table))
+    networks = [lambda arch=space.arch_from_json(r["arch"]): space.build(arch, template) for r in records]
+    return measure_networks(backend, networks, network_input_shape(template, table.batch), records, label,
+                            reference_for(backend, space, template, table.batch))
+
+
+def errors_pct(predicted: list[float], measured: list[float]) -> list[float]:
+    return [100.0 * (p - m) / m for p, m in zip(predicted, measured)]
 
 
 def load_average() -> float | None:
@@ -278,7 +360,8 @@ def busy_note(measured: dict[str, Any]) -> str:
 
 
 def passes(measured: dict[str, Any], policy: TablePolicy) -> bool:
-    return median_abs(measured["errors_pct"]) <= 100.0 * policy.tolerance
+    """The decision rule: the drift-corrected median |err| of the shape check within the tolerance."""
+    return median_abs(measured["corrected_errors_pct"]) <= 100.0 * policy.tolerance
 
 
 def median_abs(errors_pct: list[float]) -> float:
@@ -287,40 +370,48 @@ def median_abs(errors_pct: list[float]) -> float:
 
 def decide(table: LatencyTable, measured: dict[str, Any], policy: TablePolicy, mismatches: list[str], cached: bool) -> dict[str, Any]:
     """The result dict reports carry, from a measurement (fresh or cached) and the policy."""
-    errors = measured["errors_pct"]
+    corrected, raw = measured["corrected_errors_pct"], measured["errors_pct"]
     passed = passes(measured, policy)
-    summary = f"spot check: {len(errors)} nets, median |err| {median_abs(errors):.1f} %"
+    own = profiled_here(table, mismatches)
+    summary = (f"spot check: {len(corrected)} nets, median |err| {median_abs(corrected):.1f} % after drift "
+               f"({median_abs(raw):.1f} % raw); {drift_text(measured.get('drift_ratio'))}")
     if not passed and policy.trust:
         summary += f" (above {100 * policy.tolerance:.0f} %; used anyway: --trust-table)"
+    elif not passed and own:
+        summary += f" (above {100 * policy.tolerance:.0f} %; used: profiled here this boot)"
     return {
         **{k: v for k, v in measured.items() if k != "samples"},
         "table": str(table.path) if table.path else None, "table_sha256": table_sha256(table),
-        "runtime": table.runtime, "device": table.device, "nets": len(errors),
-        "median_abs_err_pct": median_abs(errors), "median_err_pct": float(statistics.median(errors)),
-        "max_abs_err_pct": float(max(abs(e) for e in errors)), "tolerance_pct": 100.0 * policy.tolerance,
-        "passed": passed, "cached": cached, "machine_match": not mismatches, "mismatches": mismatches,
+        "runtime": table.runtime, "device": table.device, "nets": len(corrected),
+        "median_abs_err_pct": median_abs(corrected), "median_err_pct": float(statistics.median(corrected)),
+        "max_abs_err_pct": float(max(abs(e) for e in corrected)), "raw_median_abs_err_pct": median_abs(raw),
+        "raw_median_err_pct": float(statistics.median(raw)), "tolerance_pct": 100.0 * policy.tolerance,
+        "passed": passed, "cached": cached, "machine_match": not mismatches, "mismatches": mismatches, "own_table": own,
         "recalibrated": False, "trusted_override": bool(policy.trust and not passed), "summary": summary,
     }
 
 
 def unmeasured(table: LatencyTable, policy: TablePolicy, summary: str, mismatches: list[str] | None = None) -> dict[str, Any]:
-    log.warning("latency table %s used without a spot check (--trust-table)", table.path or "(in memory)")
+    log.warning("latency table %s used without a spot check (--trust-table): its predictions are not drift-corrected",
+                table.path or "(in memory)")
+    apply_drift(table, None)
     return {
         "table": str(table.path) if table.path else None, "table_sha256": table_sha256(table), "runtime": table.runtime,
         "device": table.device, "nets": 0, "median_abs_err_pct": None, "seconds": 0.0, "cached": False, "passed": None,
         "tolerance_pct": 100.0 * policy.tolerance, "machine_match": not mismatches if mismatches is not None else None,
-        "mismatches": mismatches or [], "recalibrated": False, "trusted_override": True, "summary": summary,
+        "mismatches": mismatches or [], "recalibrated": False, "trusted_override": True, "drift_ratio": None,
+        "own_table": False, "summary": summary,
     }
 
 
 def refusal(table: LatencyTable, result: dict[str, Any], policy: TablePolicy) -> str:
-    """The one-line error for a table whose spot check failed: what was measured, why, and the three fixes."""
+    """The one-line error for a table whose shape check failed: what was measured, why, and the three fixes."""
     why = f" (made on another machine or setup: {'; '.join(result['mismatches'])})" if result["mismatches"] else ""
     command = profile_command(table, table.path).replace(" --out ", " --no-resume --out ") if table.path else profile_command(table)
     if not table.path:
         command += " --no-resume"
     return (f"latency table {table.path or '(in memory)'} does not predict this machine: {result['summary']} "
-            f"(signed {result['median_err_pct']:+.1f} %) > {100 * policy.tolerance:.0f} % tolerance{why}{busy_note(result)}; "
+            f"(signed {result['median_err_pct']:+.1f} % after drift) > {100 * policy.tolerance:.0f} % tolerance{why}{busy_note(result)}; "
             f"re-profile it with '{command}', or pass --recalibrate to refit its overhead model here, "
             f"or --trust-table to use it anyway")
 
@@ -342,7 +433,7 @@ def recalibrate(table: LatencyTable, measured: dict[str, Any], policy: TablePoli
     extra = max(RECALIBRATE_NETS - len(measured["seeds"]), 0)
     log.info("%s: recalibrating the overhead model of %s on %d networks measured here", before["summary"],
              table.path or "(in memory)", len(measured["seeds"]) + extra)
-    more = measure_spot_check(table, extra, list(range(RECALIBRATE_SEED, RECALIBRATE_SEED + extra))) if extra else None
+    more = measure_spot_check(table, extra, list(range(RECALIBRATE_SEED, RECALIBRATE_SEED + extra)), anchors=0) if extra else None
     samples = measured["samples"] + (more["samples"] if more else [])
     previous = table.overhead or {}
     note = {
@@ -369,12 +460,11 @@ def recalibrate(table: LatencyTable, measured: dict[str, Any], policy: TablePoli
 
 
 def refreshed_predictions(table: LatencyTable, measured: dict[str, Any]) -> dict[str, Any]:
-    """``measured`` with predictions (and errors) recomputed from ``table`` as it is now."""
+    """``measured`` with predictions (and errors) recomputed from ``table`` as it is now. After ``--recalibrate`` the
+    table's overhead model was fitted on networks measured now, so there is no drift to correct: the ratio is 1."""
     from nasdeploy.latency.predictor import predict_latency_ms
-    from nasdeploy.spaces.base import get_space
 
-    space = get_space(table.space)
-    template = space.template_from_dict(table.template)
-    predicted = [predict_latency_ms(table, space.arch_from_json(s["arch"]), space, template) for s in measured["samples"]]
-    errors = [100.0 * (p - m) / m for p, m in zip(predicted, measured["measured_ms"])]
-    return {**measured, "predicted_ms": predicted, "errors_pct": errors}
+    space, template = table_space(table)
+    predicted = [predict_latency_ms(table, space.arch_from_json(s["arch"]), space, template, scaled=False) for s in measured["samples"]]
+    errors = errors_pct(predicted, measured["measured_ms"])
+    return {**measured, "predicted_ms": predicted, "errors_pct": errors, "corrected_errors_pct": errors, "drift_ratio": 1.0}

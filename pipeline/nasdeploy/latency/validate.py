@@ -14,8 +14,9 @@ from nasdeploy.errors import NasDeployError
 from nasdeploy.hardware import fingerprint, fingerprint_id, get_backend
 from nasdeploy.io import atomic_write_json
 from nasdeploy.latency.predictor import predict_latency_ms
-from nasdeploy.latency.profiler import measure_networks, network_input_shape, stored_method
+from nasdeploy.latency.profiler import measure_networks, network_input_shape, reference_for, stored_method
 from nasdeploy.latency.table import LatencyTable
+from nasdeploy.latency.trust import drift_ratio as drift_ratio_of, reference_networks
 from nasdeploy.spaces.base import get_space
 
 log = logging.getLogger(__name__)
@@ -87,17 +88,17 @@ def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_di
     """Sample ``samples`` architectures (seeds ``seed``..), predict and measure each; write JSON and a scatter PNG."""
     space, template, method, backend, shape = table_backend(table, allow_other_machine)
     archs = [space.sample(template, random.Random(seed + i)) for i in range(samples)]
-    records = [{"seed": seed + i, "predicted_ms": predict_latency_ms(table, arch, space, template), "arch": space.arch_to_json(arch)}
-               for i, arch in enumerate(archs)]
-    # a few of the table's own fit networks, timed again alongside: how much the machine changed since profiling
-    anchors = drift_anchors(table)
+    records = [{"seed": seed + i, "predicted_ms": predict_latency_ms(table, arch, space, template, scaled=False),
+                "arch": space.arch_to_json(arch)} for i, arch in enumerate(archs)]
+    # the table's reference networks (latency.trust), timed again alongside: how much the machine changed since profiling
+    anchors = reference_networks(table)
     records += [{"seed": r["seed"], "anchor_ms": r["median_ms"], "arch": r["arch"]} for r in anchors]
     archs += [space.arch_from_json(r["arch"]) for r in anchors]
     networks = [lambda arch=arch: space.build(arch, template) for arch in archs]
-    records = measure_networks(backend, networks, shape, records, f"validate {table.runtime} {table.device}")
+    records = measure_networks(backend, networks, shape, records, f"validate {table.runtime} {table.device}",
+                               reference_for(backend, space, template, table.batch))
     rows = [dict(r, measured_ms=r["median_ms"]) for r in records[:samples]]
-    drift = [r["median_ms"] / r["anchor_ms"] for r in records[samples:]]
-    drift_ratio = float(np.median(drift)) if drift else 1.0
+    drift_ratio = drift_ratio_of(records[samples:]) or 1.0
     predicted = [r["predicted_ms"] for r in rows]
     measured = [r["measured_ms"] for r in rows]
     from nasdeploy.latency.trust import table_mismatches
@@ -109,7 +110,8 @@ def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_di
         # what makes the table one from another machine or setup ([] when it was profiled here, as now)
         "mismatches": table_mismatches(table, backend.versions()),
         "metrics": fidelity_metrics(predicted, measured),
-        # the fit networks now vs at profiling time: >1 means the machine is slower now than when profiled
+        # the reference networks now vs at profiling time: >1 means the machine is slower now than when profiled;
+        # commands scale the table's predictions by it (latency.trust), so the drift-corrected metrics are what they see
         "machine_drift_ratio": drift_ratio,
         "drift_anchors": records[samples:],
         "metrics_drift_corrected": fidelity_metrics([p * drift_ratio for p in predicted], measured),
@@ -134,7 +136,8 @@ def retest_table(table: LatencyTable, report: dict[str, Any], out_dir: Path | st
     space, template, _, backend, shape = table_backend(table, allow_other_machine=True)  # validate_table checked it
     rows = report["samples"]
     networks = [lambda arch=space.arch_from_json(r["arch"]): space.build(arch, template) for r in rows]
-    again = measure_networks(backend, networks, shape, [{} for _ in rows], f"retest {table.runtime} {table.device}")
+    again = measure_networks(backend, networks, shape, [{} for _ in rows], f"retest {table.runtime} {table.device}",
+                             reference_for(backend, space, template, table.batch))
     first, second = [r["measured_ms"] for r in rows], [r["median_ms"] for r in again]
     result = {
         "table": report.get("table"), "metrics": fidelity_metrics(first, second),
@@ -145,15 +148,6 @@ def retest_table(table: LatencyTable, report: dict[str, Any], out_dir: Path | st
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "retest.json", result)
     return result
-
-
-def drift_anchors(table: LatencyTable, count: int = 3) -> list[dict]:
-    """The cheapest, middle and most expensive fit networks of the table (those fully measured)."""
-    samples = [s for s in (table.overhead or {}).get("samples", []) if "median_ms" in s]
-    samples.sort(key=lambda s: s["median_ms"])
-    if len(samples) <= count:
-        return samples
-    return [samples[round(i * (len(samples) - 1) / (count - 1))] for i in range(count)]
 
 
 def scatter_plot(rows: list[dict], metrics: dict[str, float], path: Path, title: str = "") -> Path:
@@ -185,14 +179,16 @@ def fidelity_table(reports: list[tuple[str, dict]], title: str = "latency table 
     from rich.table import Table
 
     rows = Table(title=title)
-    for column in ("backend", "n", "±5 %", "±10 %", "RMSE (ms)", "RMSE (%)", "mean err (%)", "Kendall τ", "drift", "±10 % drift-corr.", "plot"):
-        rows.add_column(column, justify="left" if column in ("backend", "plot") else "right")
+    for column in ("backend", "n", "±5 %", "±10 %", "RMSE (%)", "mean err (%)", "Kendall τ", "drift", "drift-corr. ±5 / ±10 %",
+                   "drift-corr. RMSE (%)", "plot"):
+        rows.add_column(column, justify="left" if column in ("backend", "plot") else "right", overflow="fold")
     for name, report in reports:
         m = report["metrics"]
-        rows.add_row(name, str(m["n"]), f"{m['within_5pct']:.0%}", f"{m['within_10pct']:.0%}", f"{m['rmse_ms']:.3f}",
+        c = report.get("metrics_drift_corrected", m)
+        rows.add_row(name, str(m["n"]), f"{m['within_5pct']:.0%}", f"{m['within_10pct']:.0%}",
                      f"{m['rmse_pct']:.1f}", f"{m['mean_error_pct']:+.1f}", f"{m['kendall_tau']:.3f}",
-                     f"{report.get('machine_drift_ratio', 1.0) - 1:+.1%}", f"{report.get('metrics_drift_corrected', m)['within_10pct']:.0%}",
-                     str(report.get("plot", "")))
+                     f"{report.get('machine_drift_ratio', 1.0) - 1:+.1%}", f"{c['within_5pct']:.0%} / {c['within_10pct']:.0%}",
+                     f"{c['rmse_pct']:.1f}", str(report.get("plot", "")))
     return rows
 
 
@@ -208,11 +204,13 @@ def measure_architecture(table: LatencyTable, record, allow_other_machine: bool 
     space, template, _, backend, shape = table_backend(table, allow_other_machine)
     predicted = predict_latency_ms(table, record.arch, space, template)
     [measured] = measure_networks(backend, [lambda: space.build(record.arch, template)], shape, [{}],
-                                  f"measure {table.runtime} {table.device}")
+                                  f"measure {table.runtime} {table.device}", reference_for(backend, space, template, table.batch))
     median = measured["median_ms"]
     return {
         "table": str(table.path) if table.path else None, "runtime": table.runtime, "device": table.device,
-        "predicted_ms": predicted, "measured_median_ms": median, "measured_p10_ms": measured["p10_ms"],
+        # predicted in today's ms: the table's prediction times the drift its spot check measured (1 without one)
+        "predicted_ms": predicted, "predicted_table_ms": predict_latency_ms(table, record.arch, space, template, scaled=False),
+        "speed_ratio": table.speed_ratio, "measured_median_ms": median, "measured_p10_ms": measured["p10_ms"],
         "measured_p90_ms": measured["p90_ms"], "rounds": measured["rounds"],
         "prediction_error": (predicted - median) / median if median > 0 else math.nan,
         "budget_ms": record.metrics.get("latency_budget_ms"),

@@ -353,6 +353,7 @@ def build_context(strategy, request, config) -> SearchContext:
                         device=device, settings=asdict(config), parallel=parallel)
     if table is not None:
         ctx.spot_check = parallel.from_rank0(lambda: check_table(table, request))  # rank 0 measures
+        apply_drift(table, ctx.spot_check)  # every rank predicts in today's ms
         ctx.cheapest_latency_ms = strategy.cheapest_latency_ms(ctx, config)
         check_latency_budget(ctx)
     return ctx
@@ -383,8 +384,14 @@ def discover_table(request, space_name: str, template):
     from nasdeploy.latency.table import load_table
     from nasdeploy.latency.trust import table_for_search
 
-    path = table_for_search(space_name, template, request.runtime, request.device, root=Path(request.table_root))  # names it
+    path = table_for_search(space_name, template, request.runtime, request.device, root=request.table_root)  # names it
     return load_table(path, space=space_name, template=template)
+
+
+def apply_drift(table, result) -> None:
+    from nasdeploy.latency.trust import apply_drift as scale_by_drift
+
+    scale_by_drift(table, result)
 
 
 def check_table(table, request) -> dict[str, Any]:
