@@ -103,18 +103,10 @@ def up_arrows(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
                   if None not in (layer(source), layer(target)) and layer(target) > layer(source))
 
 
-import pytest  # noqa: E402
-
-# the search/ layout (issue 29) is moved in steps; these hold once it is done
-pending = pytest.mark.xfail(strict=True, reason="search/ layout in progress")
-
-
-@pending
 def test_no_import_circles():
     assert circles(import_graph()) == []
 
 
-@pending
 def test_no_import_from_a_lower_layer_into_a_higher_one():
     assert up_arrows(import_graph()) == []
 

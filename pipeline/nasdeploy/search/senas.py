@@ -66,6 +66,7 @@ from nasdeploy.progress import progress_bar
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
 from nasdeploy.search.evolution import EvolutionConfig, EvolutionState, derive_rng, evolutionary_search
+from nasdeploy.search import senas_recipe  # noqa: F401  (registers the senas retraining recipe)
 from nasdeploy.search.senas_paths import Budget, Path, PathCosts, check_budget, sample_feasible
 from nasdeploy.search.senas_scores import merge_child_spaces, operator_scores, selection_importance, shrink, space_size
 from nasdeploy.search.senas_spaces import DARTS_CELLS, SpaceAdapter, make_adapter, search_template_for

@@ -301,7 +301,7 @@ class DartsMacroSpace(DartsSpace):
         return MacroGenotype.from_json(d) if "macro" in d else Genotype.from_json(d)
 
     def draw(self, arch, template: DartsTemplate, path, title: str = "") -> Path:
-        from nasdeploy.search.macro_plot import plot_macro
+        from nasdeploy.spaces.macro_plot import plot_macro
 
         return plot_macro(as_macro(arch, template), path, set(template.reduction_indices), title=title)
 

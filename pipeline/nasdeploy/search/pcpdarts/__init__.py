@@ -24,6 +24,7 @@ import torch
 
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
+from nasdeploy.search.pcpdarts import recipe  # noqa: F401  (registers the pcp-darts retraining recipe)
 from nasdeploy.search.pcpdarts.config import PRESETS, SS_PRESETS, PCPDARTSConfig, SSPCPDARTSConfig, validate
 from nasdeploy.search.pcpdarts.run import PCPSearch, PCPSetup, pcp_setup
 
