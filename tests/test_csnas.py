@@ -23,7 +23,7 @@ from nasdeploy.latency.predictor import predict_latency_ms
 from nasdeploy.latency.table import load_table
 from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.search.base import SearchRequest, get_strategy
-from nasdeploy.search.contrastive import MemoryBank, csnas_loss, nce_loss
+from nasdeploy.search.shared.contrastive import MemoryBank, csnas_loss, nce_loss
 from nasdeploy.search.csnas.candidate import CandidateScore
 from nasdeploy.search.csnas.encoding import all_zero_theta, decode, edge_names, param_name
 from nasdeploy.search.csnas.study import make_sampler, masked

@@ -199,7 +199,7 @@ def darts_lut(tmp_path_factory):
 
 @pytest.mark.parametrize("space_name", ["darts", "mobilenet"])
 def test_no_sampled_architecture_is_over_the_budget(space_name, tmp_path):
-    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.search.shared.space_adapters import make_adapter, search_template_for
 
     space = get_space(space_name)
     template = space.default_template("tiny")
@@ -286,7 +286,7 @@ def test_tiny_search_end_to_end_is_within_budget_and_resumes_to_the_same_result(
 
 
 def test_tiny_mobilenet_search_meets_latency_and_flops_budgets(tmp_path):
-    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.search.shared.space_adapters import make_adapter, search_template_for
 
     space = get_space("mobilenet")
     template = space.default_template("tiny")

@@ -122,7 +122,7 @@ def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts",
     """w_{k,o}: α normalised over each node's incoming (edge k, op o) pairs as ``rule`` normalises them.
 
     * ``idarts`` / ``xdarts``: one softmax over all of node j's pairs, as their search network mixes and their
-      rule discretises (``search.discretize.mixing_weights``, §4.2, Figure 4.8b/c).
+      rule discretises (``search.shared.discretize.mixing_weights``, §4.2, Figure 4.8b/c).
     * ``darts``: the network mixes with a softmax per edge (Eq. 3.1) and the rule keeps the edges whose
       strongest op weighs most (§3.1.1). So w_{k,o} = softmax_o(α_k)_o · softmax_k(s)_k with edge strength
       s_k = max_o softmax_o(α_k)_o, the rule's own ranking score. Like the network and the rule, it is

@@ -9,7 +9,7 @@ by node, so ``edge_index(j, i) = Σ_{m<j}(m + 2) + i`` and 4 nodes have 14 edges
 knows it (``edge_index``, ``num_edges``, ``node_edge_ranges``, ``locate_edge``, ``candidate_inputs``).
 
 ``cell_forward`` is the one cell forward of every DARTS-space network: the discrete ``DartsCell`` here, the
-continuous ``search.darts_supernet.SearchCell`` and the SE-NAS single-path ``search.senas_spaces.DartsSupernet``
+continuous ``search.shared.darts_supernet.SearchCell`` and the SE-NAS single-path ``search.shared.space_adapters.DartsSupernet``
 differ only in what an edge computes.
 """
 

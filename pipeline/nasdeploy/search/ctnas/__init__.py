@@ -78,7 +78,7 @@ ADAPTER_OPTIONS = SimpleNamespace(darts_cell="two-inputs")
 
 class CTNASRun:
     def __init__(self, ctx: SearchContext, config: CTNASConfig):
-        from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+        from nasdeploy.search.shared.space_adapters import make_adapter, search_template_for
 
         self.ctx, self.config = ctx, config
         info = ctx.data.info

@@ -8,7 +8,7 @@ halves of the training split (first-order DARTS, §IV-A.2):
 * α and β (epochs ≥ ``frozen_epochs``), on a *val* batch: L_CE, or ssf·L_BT + (1 − ssf)·L_CE for SS PCP-DARTS
   (§IV-B; ``alpha_objective``), plus the latency controller's λ·P(α, β)/P(α_0, β_0) with a budget (Algorithm 3
   with the edge weights folded in, ``latency.predictor.expected_latency_darts``; the same
-  ``search.latency_control.LatencyController`` as ICDARTS, observed after every α step on the genotype the end
+  ``search.shared.latency_control.LatencyController`` as ICDARTS, observed after every α step on the genotype the end
   of search would give now);
 * the weights w, on a *train* batch: L_CE only (§IV-B.2), skip-connect dropout at the phase's decayed rate.
 
@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_write_json
 from nasdeploy.progress import progress_bar
-from nasdeploy.search.barlow_twins import Projector, barlow_twins_terms
+from nasdeploy.search.shared.barlow_twins import Projector, barlow_twins_terms
 from nasdeploy.search.context import SearchContext, mix_seed
-from nasdeploy.search.darts_supernet import SearchNetwork
-from nasdeploy.search.icdarts import accuracy, running_means
-from nasdeploy.search.icdarts_losses import Objective
-from nasdeploy.search.latency_control import ControllerConfig, LatencyController
+from nasdeploy.search.shared.darts_supernet import SearchNetwork
+from nasdeploy.search.shared.objective import accuracy, running_means
+from nasdeploy.search.shared.objective import Objective
+from nasdeploy.search.shared.latency_control import ControllerConfig, LatencyController
 from nasdeploy.search.pcpdarts.config import PCPDARTSConfig
 from nasdeploy.search.pcpdarts.progressive import Phase, drop_ops, end_of_search, phase_plan, skip_dropout_rate
 
@@ -79,7 +79,7 @@ class PCPSetup:
 
 
 def pcp_setup(ctx: SearchContext, config: PCPDARTSConfig) -> PCPSetup:
-    from nasdeploy.search.icdarts import candidate_ops
+    from nasdeploy.search.shared.discretize import candidate_ops
 
     op_names, zero = candidate_ops(ctx.template, config)
     keep = [n for n in config.keep_ops if n > len(op_names)]
@@ -263,7 +263,7 @@ class PCPSearch:
 
     def current_skip_dropout(self) -> float:
         """The skip-connect dropout rate the phase's mixed ops use now."""
-        from nasdeploy.search.darts_supernet import MixedOp
+        from nasdeploy.search.shared.darts_supernet import MixedOp
 
         return next((m.skip_dropout for m in self.S.modules() if isinstance(m, MixedOp)), 0.0)
 

@@ -26,10 +26,11 @@ import torch
 from nasdeploy.errors import NasDeployError
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
-from nasdeploy.search.hicdarts.config import ALIASES, PRESETS, HierarchicalConfig, validate
-from nasdeploy.search.hicdarts.macro import MacroRun, SkipGraph, macro_setup
-from nasdeploy.search.hicdarts.placement import PlacementGraph, TypedMicroRun, fit_types_to_budget
-from nasdeploy.search.icdarts import ICDARTS, ICDARTSRun, finish, icdarts_setup
+from nasdeploy.search.hierarchical.config import ALIASES, PRESETS, HierarchicalConfig, validate
+from nasdeploy.search.hierarchical.macro import MacroRun, SkipGraph, macro_setup
+from nasdeploy.search.hierarchical.placement import PlacementGraph, TypedMicroRun, fit_types_to_budget
+from nasdeploy.search.icdarts import ICDARTS
+from nasdeploy.search.icdarts.run import ICDARTSRun, finish, icdarts_setup
 from nasdeploy.spaces.darts_macro import cheapest_inputs
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ class HierarchicalICDARTS(SearchStrategy):
 
     def cheapest_latency_ms(self, ctx: SearchContext, config: HierarchicalConfig) -> float:
         """The micro phase's cheapest genotype with the cheapest skip per cell: nothing cheaper can come out."""
-        from nasdeploy.search.budget import cheapest_genotype
-        from nasdeploy.search.icdarts import candidate_ops
+        from nasdeploy.search.shared.budget import cheapest_genotype
+        from nasdeploy.search.shared.discretize import candidate_ops
 
         op_names, zero = candidate_ops(ctx.template, config)
         cells = cheapest_genotype(ctx.table, ctx.template, op_names, config.discretization, zero, config.k)
@@ -92,7 +93,7 @@ class HierarchicalICDARTS(SearchStrategy):
 
 def check_types_fit(search_template) -> None:
     """Every normal type must occur in S_micro, or its α never learns (Figure 6.3 has 6 normal cells for 4 types)."""
-    from nasdeploy.search.hicdarts.placement import TYPES
+    from nasdeploy.search.hierarchical.placement import TYPES
 
     normal = search_template.layers - len(set(search_template.reduction_indices))
     if normal < TYPES:

@@ -33,7 +33,7 @@ from torch import nn
 
 from nasdeploy.latency.predictor import op_latency_ms, overhead_coef, sum_and_count
 from nasdeploy.latency.overhead import apply_overhead
-from nasdeploy.search.icdarts import ICDARTSRun, SearchSetup
+from nasdeploy.search.icdarts.run import ICDARTSRun, SearchSetup
 from nasdeploy.spaces.darts import Genotype, genotype_layouts
 from nasdeploy.spaces.darts_macro import (
     MacroGenotype,

@@ -1,29 +1,5 @@
-"""ICDARTS (Herron 2023, chapters 3-4) as the ``icdarts`` search strategy, default for the ``darts`` space.
-
-* Algorithm 1: a search network S of continuous cells (Eq. 3.1, ``darts_supernet``) and an evaluation network
-  E, the discretised α (§3.1.1) in the deeper CDARTS template with its auxiliary head, rebuilt every S_U
-  steps and warmed up for ``warmup_epochs``; S is pre-trained for ``pretrain_epochs`` (Eq. 3.4).
-  Per step: α on a *val* batch (Eq. 3.9 + δ·P), w_S on a *train* batch (Eq. 3.10 / 4.1), w_E on the same
-  *train* batch (Eq. 3.11). Separate optimisers (§3.4.2); see ``icdarts_losses`` for the gradient routing
-  and why δ·P(α) also sits in α's objective.
-* Train/val are the two halves of the training set (§3.4.2, ``train.data.split_halves``).
-* Latency: P(α) is Algorithm 3 (``latency.predictor.expected_latency_darts``) on the *deployment* template,
-  i.e. the LUT's template, α normalised as the discretisation rule does. With ``--latency-budget`` a
-  Lagrange multiplier λ on the discretised genotype's predicted latency is updated after every α step
-  (``search.latency_control``; ``--delta`` fixes Eq. 4.1's δ instead), and a genotype still over the budget
-  at the end is forced under it (``search.budget.fit_to_budget``). A budget below the cheapest genotype the
-  discretisation rule can produce fails before training.
-* Discretisation rules, zero configurations V0-V4 and op spaces: ``search.discretize``; Algorithm 2's
-  tournament: ``search.tournament`` (option ``tiers``).
-* Resume: a checkpoint is written at every epoch boundary; every epoch re-seeds torch / numpy / random and
-  the loaders from (seed, epoch), so a resumed search ends with the same genotype and α as an uninterrupted
-  one. Tournament games keep their own checkpoints under ``tournament/tier<t>_game<r>/``.
-
-Options: the table in ``nasdeploy.search.icdarts_config``.
-Settings: ``nasdeploy strategies icdarts`` (``search.icdarts_config``). Setup (table, templates, data, budget
-pre-check, seeds, checkpoint fingerprint) and outputs (``arch.json``, ``search_log.json``, ``architecture.png``)
-come from the shared ``search.context``; ``checkpoint.pt`` is written here.
-"""
+"""ICDARTS' run: Algorithm 1 on a search network S and an evaluation network E, checkpointed per epoch, and the
+result (discretisation, the budget's last-resort fix-up). The strategy and its settings: ``search.icdarts``."""
 
 from __future__ import annotations
 
@@ -35,35 +11,28 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_write_json
 from nasdeploy.progress import progress_bar
-from nasdeploy.search.base import STRATEGIES, SearchStrategy
-from nasdeploy.search import budget
-from nasdeploy.search.budget import cheapest_genotype
-from nasdeploy.search.darts_supernet import SearchNetwork
-from nasdeploy.search.discretize import (
-    ZERO_OPS,
-    ZeroConfig,
-    discretize,
-    get_zero_config,
-    search_op_names,
-)
-from nasdeploy.spaces.darts import node_edge_ranges, num_edges
+from nasdeploy.search.shared import budget
+from nasdeploy.search.shared.budget import genotype_changes
+from nasdeploy.search.shared.darts_supernet import SearchNetwork
+from nasdeploy.search.shared.discretize import ZeroConfig, candidate_ops, discretize
+from nasdeploy.spaces.darts import node_edge_ranges
 from nasdeploy.search.context import SearchContext, SearchOutcome, mix_seed, seed_everything
-from nasdeploy.search.icdarts_config import ALIASES, PRESETS, ICDARTSConfig, validate
-from nasdeploy.search.icdarts_losses import (
+from nasdeploy.search.icdarts.config import ICDARTSConfig
+from nasdeploy.search.shared.objective import (
+    accuracy,
     alpha_objective,
     evaluation_objective,
     pretrain_objective,
+    running_means,
     search_weight_objective,
 )
-from nasdeploy.search.latency_control import ControllerConfig, LatencyController
-from nasdeploy.search.supernet import batchnorms, cumulative_statistics
-from nasdeploy.search.tournament import GameResult, run_tournament
+from nasdeploy.search.shared.latency_control import ControllerConfig, LatencyController
+from nasdeploy.search.shared.supernet import batchnorms, cumulative_statistics
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +62,6 @@ class SearchSetup:
     data = property(lambda self: self.ctx.request.data)
 
 
-def candidate_ops(template, config: ICDARTSConfig) -> tuple[list[str], ZeroConfig]:
-    from nasdeploy.spaces.ops import OP_SPACES
-
-    op_space = str(template.op_space)
-    if op_space not in OP_SPACES:
-        raise NasDeployError(f"unknown op space {op_space!r}; choose one of: {', '.join(OP_SPACES)}")
-    zero = get_zero_config(config.zero_config)
-    return search_op_names(list(OP_SPACES[op_space]), zero), zero
-
-
 def icdarts_setup(ctx: SearchContext, config: ICDARTSConfig) -> SearchSetup:
     """Search network S and evaluation network E templates from the deployment template (§3.4.2)."""
     template = ctx.template
@@ -116,14 +75,6 @@ def icdarts_setup(ctx: SearchContext, config: ICDARTSConfig) -> SearchSetup:
 
 
 # ------------------------------------------------------------------------------------------ one run
-def running_means(values: dict[str, list[float]]) -> dict[str, float]:
-    return {key: float(np.mean(v)) for key, v in values.items() if v}
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float((logits.argmax(dim=1) == y).float().mean())
-
-
 class ICDARTSRun:
     """One ICDARTS search phase (Algorithm 1), checkpointed at every epoch boundary.
 
@@ -434,44 +385,6 @@ class ICDARTSRun:
         return scores
 
 
-# ------------------------------------------------------------------------------------------ tournament
-def masks_for(op_sets: list[list[str]], op_names: list[str], nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean [E, O] masks of both cells from per-node op sets (normal nodes first); zero ops always on."""
-    masks = []
-    for cell in range(2):
-        mask = torch.zeros(num_edges(nodes), len(op_names), dtype=torch.bool)
-        for j, edges in enumerate(node_edge_ranges(nodes)):
-            allowed = set(op_sets[cell * nodes + j]) | set(ZERO_OPS)
-            for o, op in enumerate(op_names):
-                mask[edges.start : edges.stop, o] = op in allowed
-        masks.append(mask)
-    return masks[0], masks[1]
-
-
-def play_tournament(setup: SearchSetup, out_dir: Path, resume: bool) -> tuple[ICDARTSRun, list[dict]]:
-    """Algorithm 2 with one ICDARTS run per game; finished games are read back when resuming."""
-    cfg = setup.config
-    nodes = setup.search_template.nodes
-    pool = [op for op in setup.op_names if op not in ZERO_OPS]
-    game_epochs = cfg.game_epochs or max(1, cfg.epochs // cfg.tiers)
-    runs: dict[tuple[int, int], ICDARTSRun] = {}
-
-    def play(tier: int, game: int, op_sets: list[list[str]]) -> GameResult:
-        game_dir = out_dir / "tournament" / f"tier{tier}_game{game}"
-        checkpoint = game_dir / "checkpoint.pt"
-        log.info("tournament tier %d game %d: %d-%d ops per edge set", tier, game,
-                 min(map(len, op_sets)), max(map(len, op_sets)))
-        run = ICDARTSRun(setup, game_dir, game_epochs, masks_for(op_sets, setup.op_names, nodes), f"tier {tier} game {game}")
-        run.run(resume and checkpoint.exists())
-        runs[(tier, game)] = run
-        return GameResult(run.edge_set_scores(), run.genotype("retraining"), {"epochs": run.log})
-
-    result = run_tournament(cfg.tiers, pool, 2 * nodes, cfg.max_ops_per_edge, setup.ctx.rng(0x70), play)
-    final = runs[(1, 0)]
-    history = result.games + [{"final_op_sets": result.op_sets}]
-    return final, history
-
-
 # ------------------------------------------------------------------------------------------ results
 def finish(setup: SearchSetup, run: ICDARTSRun, extra_log: dict[str, Any]) -> SearchOutcome:
     """Discretise α; with a budget, the greedy fix-up is the last resort and is counted in the metrics."""
@@ -502,64 +415,9 @@ def finish(setup: SearchSetup, run: ICDARTSRun, extra_log: dict[str, Any]) -> Se
                          extra_files=[run.checkpoint_path], title=title)
 
 
-def genotype_changes(before, after) -> int:
-    """How many (op, input) pairs of ``before`` the fix-up changed (whichever way it got there)."""
-    cells = zip(before.normal + before.reduce, after.normal + after.reduce)
-    return sum(len(set(map(tuple, old)) - set(map(tuple, new))) for old, new in cells)
-
-
 def fit_genotype(setup: SearchSetup, run: ICDARTSRun, genotype, predict):
     """``budget.fit_genotype``: replace the costliest chosen ops (ranked by α) until the prediction fits."""
     cfg = setup.config
     weights = dict(zip(("normal", "reduce"), (w.detach() for w in run.S.mixing_weights())))
     return budget.fit_genotype(genotype, setup.budget_ms, predict, setup.table, setup.deploy_template, setup.op_names,
                                setup.zero, weights, cfg.discretization, cfg.k)
-
-
-@STRATEGIES.register("icdarts")
-class ICDARTS(SearchStrategy):
-    """ICDARTS search phase (Algorithm 1) with the latency penalty (Eq. 4.1, Algorithm 3) and the tournament (Algorithm 2)."""
-
-    name = "icdarts"
-    spaces = ("darts",)
-    default_for_spaces = ("darts",)
-    config_class = ICDARTSConfig
-    presets = PRESETS
-    aliases = ALIASES
-    summary = "cyclic DARTS (search + evaluation network) with the LUT latency penalty; Herron 2023"
-    data_parallel = True  # torchrun: ctx.loader + ctx.average_gradients after every backward
-
-    def validate(self, config: ICDARTSConfig) -> None:
-        validate(config)
-
-    def template_overrides(self, config: ICDARTSConfig, table_template=None) -> dict[str, Any]:
-        overrides: dict[str, Any] = {}
-        if config.op_space is not None:
-            overrides["op_space"] = str(config.op_space)
-        elif config.tiers and table_template is None:
-            overrides["op_space"] = "combined"  # the tournament draws from the combined pool
-        if config.nodes is not None:
-            overrides["nodes"] = config.nodes
-        return overrides
-
-    def wants_table(self, config: ICDARTSConfig) -> bool:
-        return bool(config.delta)
-
-    def cheapest_latency_ms(self, ctx: SearchContext, config: ICDARTSConfig) -> float:
-        """The cheapest genotype the discretisation rule can output (a budget below it cannot be met)."""
-        op_names, zero = candidate_ops(ctx.template, config)
-        cheapest = cheapest_genotype(ctx.table, ctx.template, op_names, config.discretization, zero, config.k)
-        return ctx.predict_latency_ms(cheapest)
-
-    def search(self, ctx: SearchContext, config: ICDARTSConfig) -> SearchOutcome:
-        setup = icdarts_setup(ctx, config)
-        log.info("ICDARTS: %s rule, %s, op space %s (%d candidates), %s", config.discretization, setup.zero.name,
-                 setup.deploy_template.op_space, len(setup.op_names),
-                 f"budget {setup.budget_ms:.3f} ms (cheapest {setup.cheapest_ms:.3f} ms)" if setup.budget_ms else "no latency budget")
-        if config.tiers:
-            run, history = play_tournament(setup, ctx.out_dir, ctx.resume)
-            extra = {"tournament": history}
-        else:
-            run = ICDARTSRun(setup, ctx.out_dir, config.epochs).run(ctx.resume)
-            extra = {}
-        return finish(setup, run, extra)

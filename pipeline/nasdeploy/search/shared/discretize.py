@@ -178,3 +178,15 @@ def discretize(
         reduce=discretize_cell(alpha_reduce, op_names, nodes, rule, zero, stage, k, masks[1], edge_weights[1]),
         reduce_concat=concat,
     )
+
+
+def candidate_ops(template, config) -> tuple[list[str], ZeroConfig]:
+    """The search network's candidates (the template's op space + the zero op of ``config.zero_config``) and the
+    zero configuration (ICDARTS, hierarchical ICDARTS, PCP-DARTS)."""
+    from nasdeploy.spaces.ops import OP_SPACES
+
+    op_space = str(template.op_space)
+    if op_space not in OP_SPACES:
+        raise NasDeployError(f"unknown op space {op_space!r}; choose one of: {', '.join(OP_SPACES)}")
+    zero = get_zero_config(config.zero_config)
+    return search_op_names(list(OP_SPACES[op_space]), zero), zero

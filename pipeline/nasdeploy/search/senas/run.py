@@ -1,53 +1,5 @@
-"""SE-NAS: shrinking-and-expanding supernet search under FLOPs and/or latency budgets (Hu et al. 2021).
-
-Algorithm 1, as run here:
-
-1. Train the single-path supernet for ``epochs`` (None: the paper's first stage for the space, §4.3: 100 epochs
-   on MobileNet, 200 on DARTS; uniform paths, paths over a budget rejected and redrawn, §4.3). In the last
-   epoch of every stage keep ``snapshots`` = K weight snapshots at evenly spaced mini-batches (Eq. 4).
-2. At the end of each stage's training check the stopping condition: ``shrink_stages`` stages done, or (None,
-   the paper preset) Algorithm 1's rule (``paper_stop_reason``: the whole space has <= T architectures, so it is
-   one partial-model space with no weight sharing left, §3.4; every layer is down to one operator; or a stage
-   could remove nothing). Otherwise score every operator with the K-averaged weights (Eq. 4-7,
-   ``search.senas_scores``; ``score_samples`` feasible paths containing each operator, with batch-norm
-   recalibration), remove the ``shrink_k`` lowest (never a layer's last operator, never one whose removal would
-   leave no architecture within the budget), merge adjacent small layer spaces into child spaces of size
-   <= ``merge_threshold`` = T and give each partial model its own weights (§3.4), and train the next stage
-   (``stage_epochs``) — so the last expanded supernet is trained before it is searched.
-3. Evolutionary search (SPOS: ``population``, ``generations``, ``mutation_prob``, crossover) over the final
-   space, fitness = held-out accuracy with batch-norm recalibration, every candidate within the budgets.
-
-Learning rate (§4.3): lr · (1 − e/T) per iteration e; ``lr_schedule = "run"`` (paper preset): T = the iterations
-of the whole planned search (first stage + the most stages the stopping rule can take, ⌈removable operators / k⌉;
-a search that stops earlier ends above 0), ``"stage"``: restarted at every stage.
-
-Spaces: ``mobilenet`` (layer-wise, Table 2) and ``darts`` (edge-wise: each edge of the normal and reduction cell
-is a layer; ``darts_cell = "paper"``: all 14 edges, the op space + ``none``, §3.5; ``"two-inputs"``: two sampled
-inputs per node; see ``search.senas_paths``).
-Data (§4.1): the context holds out ``val_fraction`` of the training split (paper: CIFAR's 5,000 of 50,000 = 0.1);
-the supernet trains on the rest; Eq. 4/5, shrinking and the evolutionary fitness read the held-out images.
-
-Settings (``nasdeploy strategies senas``; ``--set key=value``; missing = the preset's value):
-``epochs``, ``stage_epochs``, ``shrink_stages``, ``shrink_k`` (k), ``merge_threshold`` (T), ``snapshots`` (K of
-Eq. 4), ``score_samples`` (paths per operator for SI), ``val_fraction``, ``lr_schedule``, ``darts_cell``,
-``population``, ``generations``, ``mutation_prob``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
-``bn_batches`` (training batches for batch-norm recalibration), ``steps_per_epoch`` (cap on mini-batches per epoch;
-None = whole epoch), ``val_samples`` (cap on held-out images used; None = all), ``max_tries`` (rejection-sampling
-draws before repairing a path), ``final_samples`` (random paths whose mean accuracy is logged as the final supernet
-accuracy), ``grad_clip`` (gradient-norm clip; None = off, as in the paper).
-
-Presets: ``paper`` (§4.1/§4.3: 0.1 held out, 100/200 + 5 epochs per stage until the stopping rule, k = 10, T = 50,
-1000 paths per operator, SGD lr 0.5 with lr·(1 − e/T) over the search, momentum 0.9, wd 4e-5, batch 1024; K = 10
-snapshots is our choice, the paper gives none), ``cpu`` (digits at 32x32 on one core, the MobileNet cpu template
-of 9 searchable layers; shortened, see ``PRESETS``), ``tiny`` (tests).
-
-Run: ``nasdeploy search --strategy senas --space mobilenet --table LUT.json --latency-budget 22ms``
-(``--flops-budget 320M`` as well or instead; ``--set key=value`` for any option above).
-
-Outputs: ``arch.json``, ``search_log.json`` and ``architecture.png`` through the shared context's writer;
-``checkpoint.pt`` (after every epoch, stage and generation; ``--resume`` continues it and ends with the same
-architecture as an uninterrupted run: all randomness is derived from (seed, stage, epoch)).
-"""
+"""SE-NAS' run (Hu et al. 2021, Algorithm 1): the supernet trained stage by stage, scored, shrunk and expanded, then
+the evolutionary search; checkpointed per epoch, stage and generation. The strategy and its settings: ``search.senas``."""
 
 from __future__ import annotations
 
@@ -63,83 +15,16 @@ import torch.nn.functional as F
 
 from nasdeploy.errors import NasDeployError
 from nasdeploy.progress import progress_bar
-from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
-from nasdeploy.search.evolution import EvolutionConfig, EvolutionState, derive_rng, evolutionary_search
-from nasdeploy.search import senas_recipe  # noqa: F401  (registers the senas retraining recipe)
-from nasdeploy.search.senas_paths import Budget, Path, PathCosts, check_budget, sample_feasible
-from nasdeploy.search.senas_scores import merge_child_spaces, operator_scores, selection_importance, shrink, space_size
-from nasdeploy.search.senas_spaces import DARTS_CELLS, SpaceAdapter, make_adapter, search_template_for
-from nasdeploy.search.settings import setting
-from nasdeploy.search.supernet import SnapshotAverage, Supernet, follow_params, path_accuracy, sgd_step
+from nasdeploy.search.senas.config import SenasConfig
+from nasdeploy.search.senas.scores import merge_child_spaces, operator_scores, selection_importance, shrink, space_size
+from nasdeploy.search.shared.evolution import EvolutionConfig, EvolutionState, derive_rng, evolutionary_search
+from nasdeploy.search.shared.paths import Budget, Path, PathCosts, check_budget, sample_feasible
+from nasdeploy.search.shared.space_adapters import SpaceAdapter, make_adapter, search_template_for
+from nasdeploy.search.shared.supernet import (SnapshotAverage, Supernet, fixed_batches, follow_params, path_accuracy,
+                                              sgd_step)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SenasConfig:
-    epochs: int | None = setting(None, "first-stage supernet epochs (None: the paper's for the space, §4.3: MobileNet 100, DARTS 200)")
-    stage_epochs: int = setting(5, "supernet epochs after each shrink-and-expand stage (§4.3)")
-    shrink_stages: int | None = setting(
-        None, "shrinking stages (None: Algorithm 1's rule: shrink until the whole space fits one merged child space of "
-              "<= T architectures, every layer has one operator, or a stage can remove nothing)")
-    val_fraction: float = setting(0.1, "share of the training split held out for scores, shrinking and evolution (§4.1: "
-                                       "CIFAR 5,000 of 50,000; the supernet trains on the rest)")
-    lr_schedule: str = setting("run", "'run': lr·(1 − e/T) over the iterations of the whole planned search (§4.3); "
-                                      "'stage': the same decay restarted at every stage")
-    darts_cell: str = setting("paper", "DARTS space: 'paper' (all 14 edges, the op space + none, §3.5) or 'two-inputs' "
-                                       "(two sampled inputs per node: DARTS genotypes)")
-    shrink_k: int = setting(10, "operators removed per stage, k (§4.3)")
-    merge_threshold: int = setting(50, "merge threshold T of the expanding step (§3.4)")
-    snapshots: int = setting(10, "weight snapshots K averaged in Eq. 4 (our choice)")
-    score_samples: int = setting(1000, "feasible paths per operator for SI, Eq. 5")
-    population: int = setting(50, "evolutionary population size")
-    generations: int = setting(20, "evolutionary generations")
-    mutation_prob: float = setting(0.1, "per-layer mutation probability")
-    batch_size: int = setting(1024, "supernet batch size")
-    lr: float = setting(0.5, "initial SGD learning rate, decayed linearly (lr_schedule, §4.3)")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(4e-5, "SGD weight decay")
-    bn_batches: int = setting(20, "training batches for batch-norm recalibration of each evaluated path")
-    steps_per_epoch: int | None = setting(None, "cap on mini-batches per epoch (None: a whole epoch)")
-    val_samples: int | None = setting(None, "cap on validation images (None: all)")
-    max_tries: int = setting(100, "rejection-sampling draws before repairing a path to fit the budget")
-    final_samples: int = setting(20, "random paths whose mean accuracy is logged as the final supernet accuracy")
-    grad_clip: float | None = setting(None, "gradient-norm clip (None: off, as in the paper)")
-
-
-LR_SCHEDULES = ("run", "stage")
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # §4.1/§4.3: 5k-of-50k held out, 100 (MobileNet) or 200 (DARTS) + 5 epochs per stage until Algorithm 1's rule
-    # stops, k = 10, T = 50, 1000 paths per operator, SGD 0.5 / 4e-5, batch 1024, lr·(1 − e/T) over the search
-    "paper": {},
-    # cpu: digits at 32x32, the 9-layer MobileNet cpu template, ~6 min on one core. Shortened: 2 shrink stages of
-    # k = 8 (not the stopping rule), T = 12, 10 epochs per later stage, 2 paths per operator, a 10 x 3 evolution,
-    # batch 32 at lr 0.05 with gradient clipping (the narrow supernet diverges at 0.5). 100 first-stage epochs on
-    # 80 % of the images = the same ~3,700 steps as the former 160 epochs on half; 20 % (299 images) held out.
-    "cpu": dict(epochs=100, stage_epochs=10, shrink_stages=2, shrink_k=8, merge_threshold=12, snapshots=4, score_samples=2,
-                population=10, generations=3, batch_size=32, lr=0.05, grad_clip=5.0, bn_batches=2, val_fraction=0.2,
-                final_samples=8),
-    "tiny": dict(epochs=1, stage_epochs=1, shrink_stages=1, shrink_k=3, merge_threshold=4, snapshots=2, score_samples=1,
-                 population=4, generations=1, batch_size=16, lr=0.05, bn_batches=1, steps_per_epoch=3, val_samples=32,
-                 val_fraction=0.2, final_samples=2),
-}
-
-
-def validate(config: SenasConfig) -> None:
-    if min(config.epochs or 1, config.stage_epochs, config.merge_threshold, config.snapshots, config.batch_size,
-           config.score_samples) < 1 or config.shrink_k < 0 or (config.shrink_stages or 0) < 0 or config.population < 2:
-        raise NasDeployError(
-            "SE-NAS settings out of range: epochs, stage_epochs, merge_threshold, snapshots, batch_size and "
-            "score_samples must be >= 1, shrink_k and shrink_stages >= 0, population >= 2"
-        )
-    if not 0.0 < config.val_fraction <= 0.5:
-        raise NasDeployError(f"val_fraction {config.val_fraction} is out of range; pass --set val_fraction=0.1 (any value in (0, 0.5])")
-    if config.darts_cell not in DARTS_CELLS:
-        raise NasDeployError(f"unknown darts_cell {config.darts_cell!r}; pass --set darts_cell={' or '.join(DARTS_CELLS)}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise NasDeployError(f"unknown lr_schedule {config.lr_schedule!r}; pass --set lr_schedule={' or '.join(LR_SCHEDULES)}")
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -151,20 +36,6 @@ class SearchData:
     val_batches: list[tuple[torch.Tensor, torch.Tensor]]
     bn_batches: list[tuple[torch.Tensor, torch.Tensor]]
     info: Any
-
-
-def fixed_batches(dataset, batch_size: int, limit: int | None, seed: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from nasdeploy.train.data import make_loader
-
-    batches, seen = [], 0
-    for x, y in make_loader(dataset, batch_size, shuffle=True, seed=seed):
-        if limit is not None and seen >= limit:
-            break
-        if limit is not None:
-            x, y = x[: limit - seen], y[: limit - seen]
-        batches.append((x.to(device), y.to(device)))
-        seen += len(y)
-    return batches
 
 
 def search_data(ctx: SearchContext, config: SenasConfig) -> SearchData:
@@ -505,31 +376,3 @@ class AliveOperators:
 
     def crossover(self, a, b, rng):
         return self.paths.crossover(a, b, rng)
-
-
-@STRATEGIES.register("senas")
-class SENAS(SearchStrategy):
-    """Shrinking-and-expanding supernet search (Hu et al. 2021, Algorithm 1) under FLOPs and/or latency budgets."""
-
-    name = "senas"
-    spaces = ("mobilenet", "darts")
-    default_for_spaces = ("mobilenet",)
-    config_class = SenasConfig
-    presets = PRESETS
-    uses_flops_budget = True
-    summary = "shrinking-and-expanding single-path supernet + evolution under FLOPs/latency budgets; Hu et al. 2021"
-    data_parallel = True  # torchrun: ctx.loader + ctx.average_gradients; paths from the same seed stream on every rank
-
-    def validate(self, config: SenasConfig) -> None:
-        validate(config)
-
-    def validation_fraction(self, config: SenasConfig) -> float:
-        return config.val_fraction  # §4.1: the supernet trains on the rest
-
-    def retrain_recipe(self, space: str) -> str:
-        # §4: MobileNet-like nets retrain with the supernet's settings; DARTS cells "follow [36]" (P-DARTS),
-        # which evaluates with the DARTS recipe
-        return "senas" if space == "mobilenet" else "icdarts"
-
-    def search(self, ctx: SearchContext, config: SenasConfig) -> SearchOutcome:
-        return SenasRun(ctx, config).run()
