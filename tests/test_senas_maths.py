@@ -333,7 +333,7 @@ def test_paper_darts_cell_has_all_edges_and_none_edges_have_no_weights():
 
 
 def test_algorithm_1_stopping_rule():
-    from nasdeploy.search.senas.run import paper_stop_reason
+    from nasdeploy.search.senas.schedule import paper_stop_reason
 
     wide = [["a", "b", "c"]] * 4  # 81 architectures
     assert paper_stop_reason(wide, 50, [], 2) is None
@@ -350,7 +350,8 @@ def test_learning_rate_decays_once_over_the_search_or_restarts_per_stage():
     from types import SimpleNamespace
 
     from nasdeploy.search.senas.config import SenasConfig
-    from nasdeploy.search.senas.run import SenasRun, linear_lr
+    from nasdeploy.search.senas.run import SenasRun
+    from nasdeploy.search.senas.schedule import linear_lr
 
     assert linear_lr(0.5, 0, 100) == 0.5 and linear_lr(0.5, 25, 100) == 0.375 and linear_lr(0.5, 120, 100) == 0.0
     run = SenasRun.__new__(SenasRun)
