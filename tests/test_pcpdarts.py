@@ -19,7 +19,7 @@ from nasdeploy.search.base import SearchRequest, get_strategy
 from nasdeploy.search.shared.darts_supernet import MixedOp, SearchNetwork
 from nasdeploy.search.shared.discretize import ZERO_CONFIGS, discretize, node_softmax
 from nasdeploy.search.pcpdarts.progressive import drop_ops, end_of_search, skip_dropout_rate
-from nasdeploy.search.pcpdarts.run import alpha_objective
+from nasdeploy.search.pcpdarts.steps import alpha_objective
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.darts import num_edges
 from test_icdarts_search import make_table  # the COST-priced tiny table
