@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import nasdeploy.search.context as context_module
-import nasdeploy.search.csnas as csnas_module
+import nasdeploy.search.csnas.run as csnas_module
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import read_json
 from nasdeploy.latency.predictor import predict_latency_ms

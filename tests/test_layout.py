@@ -1,11 +1,11 @@
-"""The package's import graph: no circles, no arrow from a lower layer up into a higher one.
+"""The package's shape: no import circles, no arrow from a lower layer up into a higher one, no class over 150 lines.
 
 Every ``import`` in ``pipeline/nasdeploy`` counts, the ones inside functions too (a lazy import hides a circle from
 Python, not from a reader). Layers, low to high: ``hardware``, ``latency``, ``spaces``, ``train`` · ``search`` · ``export``, ``pipeline.py``,
 ``cli``. The plain helpers beside them (``errors``, ``io``, ``registry``, ``progress``, ``distributed``, ``units``)
 have no layer: any layer may use them, and their own arrows are only checked for circles.
 A module importing its own package (``import nasdeploy.search`` in ``get_strategy``) is the registry idiom, not
-counted: the package's ``__init__`` imports the built-ins, which register themselves. Run as a script to print the graph's circles and up-arrows: ``python tests/test_layout.py``.
+counted: the package's ``__init__`` imports the built-ins, which register themselves. Run as a script to print the circles, up-arrows and long classes: ``python tests/test_layout.py``.
 """
 
 from __future__ import annotations
@@ -111,9 +111,28 @@ def test_no_import_from_a_lower_layer_into_a_higher_one():
     assert up_arrows(import_graph()) == []
 
 
+MAX_CLASS_LINES = 150
+
+
+def long_classes(limit: int = MAX_CLASS_LINES) -> list[tuple[str, str, int]]:
+    """Classes longer than ``limit`` lines (decorators excluded): (module path, class, lines)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > limit:
+                found.append((str(path.relative_to(PACKAGE)), node.name, node.end_lineno - node.lineno + 1))
+    return found
+
+
+def test_no_class_over_150_lines():
+    assert long_classes() == []
+
+
 if __name__ == "__main__":
     graph = import_graph()
     for component in circles(graph):
         print("circle:", " <-> ".join(component))
     for source, target in up_arrows(graph):
         print("up-arrow:", source, "->", target)
+    for path, name, lines in long_classes():
+        print(f"long class: {path} {name} ({lines} lines)")
