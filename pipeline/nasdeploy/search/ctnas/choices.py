@@ -140,7 +140,7 @@ class CellChoices(ChoiceSequence):
     def __init__(self, paths, limits: list[Limit]):
         from nasdeploy.spaces.darts import candidate_inputs
 
-        self.paths = paths  # senas_paths.EdgewisePaths
+        self.paths = paths  # shared.paths.EdgewisePaths
         self.nodes = paths.nodes
         self.ops = list(paths.candidates[0])
         self.limits = limits

@@ -2,12 +2,12 @@
 
 1. Micro phase: ICDARTS as it is (``search.icdarts``: S_micro / E_micro, Algorithm 1, the latency controller and
    the greedy fix-up as last resort) finds the cells; its result is the cells in DARTS' template.
-2. Macro phase (Algorithm 4, ``hicdarts.macro``): γ on the macro search graph S_macro built from those cells at
+2. Macro phase (Algorithm 4, ``hierarchical.macro``): γ on the macro search graph S_macro built from those cells at
    the deployment depth, learned with the cyclic losses of Eqs. 6.1-6.4; E_macro regenerated from γ̄ every S_U
    steps. Version 1: each cell's skip input (Figure 6.2). With a budget, P(γ) drives the same Lagrangian
    controller as Algorithm 3 drives the micro phase; an E_macro still over the budget at the end has its costliest
    skips moved to the cheapest sources (last resort, counted).
-   Version 2 (``hicdarts.placement``, Figures 6.3-6.4): the micro phase searches four normal cell types that
+   Version 2 (``hierarchical.placement``, Figures 6.3-6.4): the micro phase searches four normal cell types that
    alternate; the macro phase chooses the type at every normal depth (E_macro pre-trained two epochs per
    iteration); over budget at the end, the costliest depths move to their cheapest type (last resort, counted).
 
