@@ -42,8 +42,8 @@ def rss_mib() -> float:
 def build(row: str, args):
     import torch
 
-    from nasdeploy.search.darts_supernet import SearchNetwork
-    from nasdeploy.search.discretize import get_zero_config, search_op_names
+    from nasdeploy.search.shared.darts_supernet import SearchNetwork
+    from nasdeploy.search.shared.discretize import get_zero_config, search_op_names
     from nasdeploy.spaces.base import get_space
     from nasdeploy.spaces.ops import OP_SPACES
 

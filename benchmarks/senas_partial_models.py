@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from rich.console import Console
 from rich.table import Table
 
-from nasdeploy.search.senas_spaces import DARTS_CELLS, make_adapter, search_template_for
+from nasdeploy.search.shared.space_adapters import DARTS_CELLS, make_adapter, search_template_for
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.darts import node_edge_ranges
 

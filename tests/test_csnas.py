@@ -16,14 +16,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 import nasdeploy.search.context as context_module
-import nasdeploy.search.csnas as csnas_module
+import nasdeploy.search.csnas.run as csnas_module
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import read_json
 from nasdeploy.latency.predictor import predict_latency_ms
 from nasdeploy.latency.table import load_table
 from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.search.base import SearchRequest, get_strategy
-from nasdeploy.search.contrastive import MemoryBank, csnas_loss, nce_loss
+from nasdeploy.search.shared.contrastive import MemoryBank, csnas_loss, nce_loss
 from nasdeploy.search.csnas.candidate import CandidateScore
 from nasdeploy.search.csnas.encoding import all_zero_theta, decode, edge_names, param_name
 from nasdeploy.search.csnas.study import make_sampler, masked

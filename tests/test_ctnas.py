@@ -199,12 +199,12 @@ def darts_lut(tmp_path_factory):
 
 @pytest.mark.parametrize("space_name", ["darts", "mobilenet"])
 def test_no_sampled_architecture_is_over_the_budget(space_name, tmp_path):
-    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.search.shared.space_adapters import make_adapter, search_template_for
 
     space = get_space(space_name)
     template = space.default_template("tiny")
     table = hand_made_table(space_name, template, tmp_path / "t.json")
-    from nasdeploy.search.ctnas import ADAPTER_OPTIONS
+    from nasdeploy.search.ctnas.run import ADAPTER_OPTIONS
 
     adapter = make_adapter(space_name, search_template_for(space, template, 10, 3), template, table, ADAPTER_OPTIONS)
     free = CHOICES.get(space_name)(adapter, [])
@@ -240,7 +240,7 @@ class Killed(Exception):
 
 
 def test_tiny_search_end_to_end_is_within_budget_and_resumes_to_the_same_result(darts_lut, tmp_path, monkeypatch):
-    from nasdeploy.search.ctnas import CTNASRun
+    from nasdeploy.search.ctnas.run import CTNASRun
     from nasdeploy.search.ctnas.labels import SupernetLabels
 
     path, table, space, template = darts_lut
@@ -286,7 +286,7 @@ def test_tiny_search_end_to_end_is_within_budget_and_resumes_to_the_same_result(
 
 
 def test_tiny_mobilenet_search_meets_latency_and_flops_budgets(tmp_path):
-    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.search.shared.space_adapters import make_adapter, search_template_for
 
     space = get_space("mobilenet")
     template = space.default_template("tiny")

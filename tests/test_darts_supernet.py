@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.search import discretize
-from nasdeploy.search.darts_supernet import MixedOp, SearchCell, SearchNetwork
-from nasdeploy.search.senas_paths import EdgewisePaths, Path
-from nasdeploy.search.senas_spaces import ADAPTERS, DARTS_CELLS, DartsSupernet, genotype_of, make_adapter
+from nasdeploy.search.shared import discretize
+from nasdeploy.search.shared.darts_supernet import MixedOp, SearchCell, SearchNetwork
+from nasdeploy.search.shared.paths import EdgewisePaths, Path
+from nasdeploy.search.shared.space_adapters import ADAPTERS, DARTS_CELLS, DartsSupernet, genotype_of, make_adapter
 from nasdeploy.spaces import get_space
 from nasdeploy.spaces.blocks import channel_shuffle, half_size_max_pool
 from nasdeploy.spaces.darts import (

@@ -18,8 +18,8 @@ from nasdeploy.latency.predictor import predict_latency_ms
 from nasdeploy.latency.table import LatencyTable, save_table
 from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.search.base import SearchRequest, get_strategy
-from nasdeploy.search.hicdarts.macro import MacroLatency, discretize_skips, fit_skips_to_budget, initial_gamma
-from nasdeploy.search.hicdarts.placement import PlacementGraph, PlacementLatency, alternating_types, discretize_types
+from nasdeploy.search.hierarchical.macro import MacroLatency, discretize_skips, fit_skips_to_budget, initial_gamma
+from nasdeploy.search.hierarchical.placement import PlacementGraph, PlacementLatency, alternating_types, discretize_types
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.darts import DartsCell, Genotype
 from nasdeploy.spaces.darts_macro import MacroGenotype, MacroNetwork, default_inputs, skip_sources
@@ -347,7 +347,7 @@ def test_search_end_to_end_under_a_budget(table_path, tmp_path, version):
 
 @pytest.mark.parametrize("version", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_resume_after_a_kill_in_the_macro_phase_gives_the_same_result(table_path, tmp_path, monkeypatch, version):
-    import nasdeploy.search.icdarts as icdarts
+    import nasdeploy.search.icdarts.run as icdarts
 
     options = {"macro_epochs": 2, "macro_update_every": 2, "steps_per_epoch": 1, "macro_lr": 0.3, "version": version}
     whole = run(request(tmp_path / "whole", table_path, **options))

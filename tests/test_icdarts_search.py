@@ -14,11 +14,11 @@ import torch
 from nasdeploy.latency.trust import TablePolicy
 from nasdeploy.errors import NasDeployError
 from nasdeploy.latency.table import LatencyTable, save_table
-from nasdeploy.search.discretize import num_edges
+from nasdeploy.search.shared.discretize import num_edges
 from nasdeploy.search.base import SearchRequest, get_strategy
 from nasdeploy.search.context import build_context
-from nasdeploy.search.icdarts import ICDARTSRun, icdarts_setup
-from nasdeploy.search.icdarts_losses import alpha_objective, evaluation_objective, search_weight_objective
+from nasdeploy.search.icdarts.run import ICDARTSRun, icdarts_setup
+from nasdeploy.search.shared.objective import alpha_objective, evaluation_objective, search_weight_objective
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.record import ArchitectureRecord
 
@@ -113,7 +113,7 @@ def test_gradient_routing(table_path, tmp_path):
     assert all(g is None for g in grads(w_s) + grads(w_e))
     clear()
     # L^{S,E} alone, even with E's logits still attached to E's graph: w_S gets gradient, w_E none
-    from nasdeploy.search.icdarts_losses import soft_target_loss, split_outputs
+    from nasdeploy.search.shared.objective import soft_target_loss, split_outputs
 
     attached_e, _ = split_outputs(E(x))
     soft_target_loss(S(x), attached_e, 2.0).backward()
@@ -271,7 +271,7 @@ def test_larger_delta_gives_lower_predicted_latency(table_path, tmp_path, free_m
 
 
 def test_resume_gives_the_same_genotype_and_alpha(table_path, tmp_path, monkeypatch):
-    import nasdeploy.search.icdarts as icdarts
+    import nasdeploy.search.icdarts.run as icdarts
 
     options = {"epochs": 2, "pretrain_epochs": 0, "update_every": 2, "steps_per_epoch": 1}  # E lives across epochs
     whole = run_icdarts(request(tmp_path / "whole", table_path, **options))
@@ -327,8 +327,8 @@ def test_tournament_runs_algorithm_2(table_path, tmp_path):
 def test_budget_fallback_replaces_costliest_ops_until_it_fits(table_path):
     from nasdeploy.latency.predictor import predict_latency_ms
     from nasdeploy.latency.table import load_table
-    from nasdeploy.search.budget import cell_edge_costs, cheapest_genotype, edge_costs, fit_genotype, fit_to_budget
-    from nasdeploy.search.discretize import ZERO_CONFIGS, discretize, num_edges
+    from nasdeploy.search.shared.budget import cell_edge_costs, cheapest_genotype, edge_costs, fit_genotype, fit_to_budget
+    from nasdeploy.search.shared.discretize import ZERO_CONFIGS, discretize, num_edges
     from nasdeploy.spaces.ops import OP_SPACES
 
     table = load_table(table_path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.search.discretize import (
+from nasdeploy.search.shared.discretize import (
     ZERO_CONFIGS,
     discretize_cell,
     get_zero_config,
@@ -20,8 +20,8 @@ from nasdeploy.search.discretize import (
     stage_op,
 )
 from nasdeploy.search.base import get_strategy
-from nasdeploy.search.icdarts_losses import soft_target_loss
-from nasdeploy.search.tournament import GameResult, games_in_tier, keep_top_half, merge, run_tournament
+from nasdeploy.search.shared.objective import soft_target_loss
+from nasdeploy.search.icdarts.tournament import GameResult, games_in_tier, keep_top_half, merge, run_tournament
 
 # Two intermediate nodes: node 0 <- inputs 0,1 (rows 0,1); node 1 <- inputs 0,1,2 (rows 2,3,4).
 OPS_ZERO = ["sep", "dil", "skip", "none"]
@@ -185,7 +185,7 @@ def test_algorithm_3_on_a_hand_computed_cell():
 
 
 def test_genotype_changes_counts_replaced_pairs():
-    from nasdeploy.search.icdarts import genotype_changes
+    from nasdeploy.search.shared.budget import genotype_changes
     from nasdeploy.spaces.darts import Genotype
 
     before = Genotype(normal=[[("sep_conv_3x3", 0), ("skip_connect", 1)], [("dil_conv_3x3", 2), ("sep_conv_5x5", 0)]],

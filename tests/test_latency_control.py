@@ -1,4 +1,4 @@
-"""The latency controller (search.latency_control): dual ascent on λ, a toy constrained problem, fixed δ, resume."""
+"""The latency controller (search.shared.latency_control): dual ascent on λ, a toy constrained problem, fixed δ, resume."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.search.latency_control import ControllerConfig, LatencyController
+from nasdeploy.search.shared.latency_control import ControllerConfig, LatencyController
 
 
 def test_lambda_grows_over_budget_and_shrinks_to_zero_under():

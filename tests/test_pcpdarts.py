@@ -14,12 +14,12 @@ import torch
 
 from nasdeploy.errors import NasDeployError
 from nasdeploy.latency.trust import TablePolicy
-from nasdeploy.search.barlow_twins import barlow_twins_loss, barlow_twins_terms, cross_correlation
+from nasdeploy.search.shared.barlow_twins import barlow_twins_loss, barlow_twins_terms, cross_correlation
 from nasdeploy.search.base import SearchRequest, get_strategy
-from nasdeploy.search.darts_supernet import MixedOp, SearchNetwork
-from nasdeploy.search.discretize import ZERO_CONFIGS, discretize, node_softmax
+from nasdeploy.search.shared.darts_supernet import MixedOp, SearchNetwork
+from nasdeploy.search.shared.discretize import ZERO_CONFIGS, discretize, node_softmax
 from nasdeploy.search.pcpdarts.progressive import drop_ops, end_of_search, skip_dropout_rate
-from nasdeploy.search.pcpdarts.run import alpha_objective
+from nasdeploy.search.pcpdarts.steps import alpha_objective
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.darts import num_edges
 from test_icdarts_search import make_table  # the COST-priced tiny table
@@ -170,7 +170,7 @@ def test_skip_dropout_schedule_follows_p_darts():
 # ---- the α objective ---------------------------------------------------------------------------------------
 
 def alpha_grads(ssf: float, seed: int = 5):
-    from nasdeploy.search.barlow_twins import Projector
+    from nasdeploy.search.shared.barlow_twins import Projector
 
     template = get_space("darts").default_template("tiny", C=4, layers=3, auxiliary=False)
     torch.manual_seed(0)

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.search.evolution import EvolutionConfig, evolutionary_search
-from nasdeploy.search.senas_paths import (
+from nasdeploy.search.shared.evolution import EvolutionConfig, evolutionary_search
+from nasdeploy.search.shared.paths import (
     Budget, EdgewisePaths, LayerCosts, LayerwisePaths, Path, PathCosts, check_budget, sample_feasible,
 )
-from nasdeploy.search.senas_scores import (
+from nasdeploy.search.senas.scores import (
     merge_child_spaces, operator_scores, selection_confidence, selection_importance, shrink,
 )
-from nasdeploy.search.supernet import LayerwiseSupernet, SnapshotAverage, sgd_step
+from nasdeploy.search.shared.supernet import LayerwiseSupernet, SnapshotAverage, sgd_step
 
 ALIVE = [["a", "b"], ["c", "d", "e"], ["f"]]
 PATHS = [["a", "c", "f"], ["a", "d", "f"], ["b", "c", "f"], ["b", "e", "f"]]
@@ -156,7 +156,7 @@ def test_only_the_sampled_path_stays_on_the_training_device():
     assert {n for n, d in devices.items() if d.type == "meta"} == {"L1to2|x+y|0|1", "L1to2|x+y|0|2"}
     assert all(p.device.type == "cpu" for n, p in net.named_parameters() if "shared" in n)  # shared stay
     buffers = {name: torch.zeros(1) for name, _ in net.named_parameters()}
-    from nasdeploy.search.supernet import follow_params
+    from nasdeploy.search.shared.supernet import follow_params
 
     follow_params(buffers, dict(net.named_parameters()))
     assert buffers["candidates.L1to2|x+y|0|1.0.weight"].device.type == "meta"
@@ -275,7 +275,7 @@ def test_darts_partial_models_are_keyed_by_the_active_sub_architecture():
     """§3.4 on the DARTS space: paths that differ only on edges no node uses run the same partial model."""
     import random
 
-    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.search.shared.space_adapters import make_adapter, search_template_for
     from nasdeploy.spaces.base import get_space
 
     from types import SimpleNamespace
@@ -309,8 +309,8 @@ def test_paper_darts_cell_has_all_edges_and_none_edges_have_no_weights():
     edge is inactive, so two paths share a partial model exactly when their child-space edges agree."""
     import random
 
-    from nasdeploy.search.senas_scores import space_size
-    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.search.senas.scores import space_size
+    from nasdeploy.search.shared.space_adapters import make_adapter, search_template_for
     from nasdeploy.spaces.base import get_space
 
     template = get_space("darts").default_template("tiny")
@@ -333,7 +333,7 @@ def test_paper_darts_cell_has_all_edges_and_none_edges_have_no_weights():
 
 
 def test_algorithm_1_stopping_rule():
-    from nasdeploy.search.senas import paper_stop_reason
+    from nasdeploy.search.senas.schedule import paper_stop_reason
 
     wide = [["a", "b", "c"]] * 4  # 81 architectures
     assert paper_stop_reason(wide, 50, [], 2) is None
@@ -349,7 +349,9 @@ def test_learning_rate_decays_once_over_the_search_or_restarts_per_stage():
     steps each = 80), so stage 1 starts where stage 0 ended; with 'stage' it restarts at lr."""
     from types import SimpleNamespace
 
-    from nasdeploy.search.senas import SenasConfig, SenasRun, linear_lr
+    from nasdeploy.search.senas.config import SenasConfig
+    from nasdeploy.search.senas.run import SenasRun
+    from nasdeploy.search.senas.schedule import linear_lr
 
     assert linear_lr(0.5, 0, 100) == 0.5 and linear_lr(0.5, 25, 100) == 0.375 and linear_lr(0.5, 120, 100) == 0.0
     run = SenasRun.__new__(SenasRun)
@@ -369,7 +371,7 @@ def test_eq7_reading_x_over_mean_versus_centred_mean_normalisation():
     """Eq. 7 read as x / mean ranks as SI / SC; the centred reading (x - mean) / (max - min) removes the best
     operator of the whole pool on this hand-made example: layer 0 SI 0.3 / 0.5 (SC 0.01), layer 1 SI 0.88 / 0.9
     (SC 0.0001), k = 2."""
-    from nasdeploy.search.senas_scores import operator_scores, shrink
+    from nasdeploy.search.senas.scores import operator_scores, shrink
 
     si = {(0, "a"): 0.3, (0, "b"): 0.5, (1, "a"): 0.88, (1, "b"): 0.9}
     alive = [["a", "b"], ["a", "b"]]

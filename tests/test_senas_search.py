@@ -15,8 +15,8 @@ from nasdeploy.io import read_json
 from nasdeploy.latency.predictor import cheapest_latency_ms, predict_latency_ms
 from nasdeploy.latency.table import LatencyTable, save_table
 from nasdeploy.search.base import SearchRequest, get_strategy
-from nasdeploy.search.senas import SenasRun
-from nasdeploy.search.senas_spaces import network_flops
+from nasdeploy.search.senas.run import SenasRun
+from nasdeploy.search.shared.space_adapters import network_flops
 from nasdeploy.spaces.base import get_space
 from nasdeploy.spaces.record import ArchitectureRecord
 
@@ -57,8 +57,8 @@ def request_for(out_dir, table_path=None, **kwargs):
 
 def probe_costs(space_name, template, table=None, config=None):
     """The strategy's own path costs, without loading data or building a supernet."""
-    from nasdeploy.search.senas_paths import PathCosts
-    from nasdeploy.search.senas_spaces import make_adapter, search_template_for
+    from nasdeploy.search.shared.paths import PathCosts
+    from nasdeploy.search.shared.space_adapters import make_adapter, search_template_for
 
     adapter = make_adapter(space_name, search_template_for(get_space(space_name), template, 10, 3), template, table, config)
     return PathCosts(adapter.paths, adapter.flops, adapter.latency, adapter.predict_latency)

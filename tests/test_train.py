@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import nasdeploy.search  # noqa: F401  (the strategies register their retraining recipes)
 import nasdeploy.train.trainer as trainer
 from nasdeploy.errors import NasDeployError
 from nasdeploy.train.trainer import (
@@ -185,7 +186,7 @@ def test_linear_schedule_decays_per_iteration_by_hand():
 
 def test_searched_strategy_picks_the_recipe():
     from nasdeploy.spaces.record import ArchitectureRecord
-    from nasdeploy.train.recipes import searched_recipe
+    from nasdeploy.search.base import searched_recipe
 
     darts, mobile = darts_record(), mobilenet_record()
     assert searched_recipe(mobile) == "icdarts"  # no strategy recorded: the §3.4.2 recipe
@@ -200,7 +201,7 @@ def test_senas_recipe_trains_and_metrics_record_it(tmp_path):
 
     mobile = mobilenet_record()
     record = ArchitectureRecord(mobile.space, mobile.template, mobile.arch, {"strategy": "senas"})
-    from nasdeploy.train.recipes import searched_recipe
+    from nasdeploy.search.base import searched_recipe
 
     config = preset_config("paper", searched_recipe(record), **SMALL)
     metrics = train_architecture(record, "digits", config, tmp_path)

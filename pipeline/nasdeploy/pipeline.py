@@ -343,7 +343,7 @@ def run_train_epochs(record, preset: str) -> int | None:
 def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
     """Retrain the searched architecture from scratch (its strategy's recipe, the preset's epochs)."""
     from nasdeploy.spaces.record import ArchitectureRecord
-    from nasdeploy.train.recipes import searched_recipe
+    from nasdeploy.search.base import searched_recipe
     from nasdeploy.train.trainer import preset_config, train_architecture
 
     out = stage_dir(run_dir, "train")

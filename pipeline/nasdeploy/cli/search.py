@@ -80,11 +80,12 @@ def strategies(name: Optional[str] = typer.Argument(None, help="A strategy: list
 
     if name is None:
         listing = Table(title="search strategies (nasdeploy strategies NAME for settings)")
-        for column in ("strategy", "spaces", "FLOPs budget", "what it is"):
+        for column in ("strategy", "spaces", "FLOPs budget", "what it is", "where"):
             listing.add_column(column)
         for key in STRATEGIES:
             cls = STRATEGIES.get(key)
-            listing.add_row(key, ", ".join(cls.spaces), "yes" if cls.uses_flops_budget else "no", cls.summary)
+            listing.add_row(key, ", ".join(cls.spaces), "yes" if cls.uses_flops_budget else "no", cls.summary,
+                            source_place(cls))
         console.print(listing)
         return
     chosen = get_strategy(name)
@@ -94,7 +95,18 @@ def strategies(name: Optional[str] = typer.Argument(None, help="A strategy: list
     for row in describe_settings(chosen.config_class, chosen.presets):
         per_preset = [json.dumps(row.presets[p]) if p in row.presets else "" for p in chosen.presets]
         settings.add_row(row.name, row.type, json.dumps(row.default), *per_preset, row.help)
+    settings.caption = f"strategy: {source_place(type(chosen))}, settings: {source_place(chosen.config_class)}"
     console.print(settings)
+
+
+def source_place(obj) -> str:
+    """Where a class is defined, as a path under the package: ``search/icdarts/`` for a strategy folder's
+    ``__init__.py``, ``search/icdarts/config.py`` for a module."""
+    import sys
+
+    module = sys.modules[obj.__module__]
+    name = obj.__module__.removeprefix("nasdeploy.").replace(".", "/")
+    return f"{name}/" if hasattr(module, "__path__") else f"{name}.py"
 
 
 def print_result(result) -> None:

@@ -36,7 +36,7 @@ def train(
 ) -> None:
     """Retrain an architecture with its recipe (SGD, schedule, cutout, drop-path, auxiliary tower, grad clipping)."""
     from nasdeploy.spaces.record import ArchitectureRecord
-    from nasdeploy.train.recipes import searched_recipe
+    from nasdeploy.search.base import searched_recipe
     from nasdeploy.train.trainer import preset_config, train_architecture
 
     setup_logging(verbose)

@@ -122,14 +122,14 @@ def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts",
     """w_{k,o}: α normalised over each node's incoming (edge k, op o) pairs as ``rule`` normalises them.
 
     * ``idarts`` / ``xdarts``: one softmax over all of node j's pairs, as their search network mixes and their
-      rule discretises (``search.discretize.mixing_weights``, §4.2, Figure 4.8b/c).
+      rule discretises (``search.shared.discretize.mixing_weights``, §4.2, Figure 4.8b/c).
     * ``darts``: the network mixes with a softmax per edge (Eq. 3.1) and the rule keeps the edges whose
       strongest op weighs most (§3.1.1). So w_{k,o} = softmax_o(α_k)_o · softmax_k(s)_k with edge strength
       s_k = max_o softmax_o(α_k)_o, the rule's own ranking score. Like the network and the rule, it is
       unchanged by adding a constant to one edge's α row; a single softmax over the node's pairs is not, and
       its gradient would spend α's steps on row shifts that change neither the network nor the genotype.
 
-    The weights of each node sum to 1. Masked α (-1e4, ``search.discretize.masked_alpha``) get weight 0. A zero
+    The weights of each node sum to 1. Masked α (-1e4, ``spaces.darts.masked_alpha``) get weight 0. A zero
     op mixed in the search (V0, V2-V4) counts in an edge's strength even where the rule may not select it.
 
     ``edge_weights`` ([E], PC-DARTS edge normalisation: softmax of β over each node's edges, summing to 1 per
@@ -141,7 +141,7 @@ def node_pair_weights(alpha: torch.Tensor, nodes: int, rule: str = "darts",
             raise NasDeployError(f"edge normalisation is defined for the darts rule, not {rule!r}; pass discretization=darts")
         return torch.softmax(alpha, dim=-1) * edge_weights.unsqueeze(-1)  # PC-DARTS §3.2 with Eq. 3.1
     if rule != "darts":
-        from nasdeploy.search.discretize import mixing_weights
+        from nasdeploy.spaces.darts import mixing_weights
 
         return mixing_weights(alpha, nodes, rule)  # one softmax over node j's (edge, op) pairs
     per_edge = torch.softmax(alpha, dim=-1)  # Eq. 3.1

@@ -112,7 +112,7 @@ def open_table(path: Path, space: SearchSpace, template: Any, backend: Backend, 
     would mix two machines. It is profiled afresh over, and the log says why.
     """
     from nasdeploy.hardware.fingerprint import machine_mismatches
-    from nasdeploy.latency.trust import version_mismatches
+    from nasdeploy.latency.versions import version_mismatches
 
     if not (resume and path.exists()):
         return new_table(space, template, backend, device, method)

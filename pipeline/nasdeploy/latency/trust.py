@@ -39,6 +39,7 @@ from nasdeploy.hardware.fingerprint import boot_id, fingerprint, fingerprint_id,
 from nasdeploy.io import atomic_write_json
 from nasdeploy.latency.table import (LatencyTable, cache_dir, default_table_path, load_table, profile_command, profiled_here as
                                      content_profiled_here, save_table, table_sha256)
+from nasdeploy.latency.versions import version_mismatches  # noqa: F401  (re-exported: trust.version_mismatches)
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,6 @@ def runtime_versions(table: LatencyTable) -> dict[str, str]:
     from nasdeploy.latency.profiler import stored_method
 
     return get_backend(table.runtime, table.device, stored_method(table)).versions()
-
-
-def version_mismatches(stored: dict[str, str], current: dict[str, str]) -> list[str]:
-    """Runtime versions (torch, onnxruntime, onnx, tensorrt, cuda, providers...) that differ from the table's."""
-    return [f"{name} {current.get(name, 'absent')} here, {stored.get(name, 'not recorded')} in the table"
-            for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)]
 
 
 def table_mismatches(table: LatencyTable, versions: dict[str, str] | None = None, threads: int | None = None) -> list[str]:

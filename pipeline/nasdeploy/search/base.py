@@ -19,43 +19,12 @@ The module is imported by ``nasdeploy.search`` (one line there).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nasdeploy.latency.trust import TablePolicy
-from nasdeploy.registry import Registry
-from nasdeploy.spaces.record import ArchitectureRecord
-
-
-@dataclass
-class SearchRequest:
-    """What the user asked for. ``options`` holds strategy settings (``--set key=value``; None = preset default)."""
-
-    space: str
-    out_dir: Path
-    table_path: Path | None = None  # LUT; None: this machine's table when a budget needs one (profiled if absent)
-    latency_budget_ms: float | None = None
-    flops_budget: float | None = None  # multiply-adds
-    data: str = "digits"  # "digits" (embedded), "cifar10:PATH", "cifar100:PATH", "imagefolder:PATH"
-    preset: str = "cpu"  # "tiny" | "cpu" | "paper": template and schedule sizes
-    seed: int = 0
-    resume: bool = False
-    device: str = "cpu"  # torch device the search trains on
-    options: dict[str, Any] = field(default_factory=dict)
-    runtime: str = "onnxruntime"  # runtime of the table looked up / profiled when no table_path is given
-    table_root: Path | None = None  # None: latency.table.table_root() (the user cache, $NASDEPLOY_TABLE_ROOT)
-    # how a reused table is spot-checked on this machine (tolerance, --recalibrate, --trust-table)
-    table_policy: TablePolicy = field(default_factory=TablePolicy)
-    dist_backend: str = "auto"  # under torchrun: nccl on CUDA, gloo on CPU (nasdeploy.distributed)
-
-
-@dataclass
-class SearchResult:
-    record: ArchitectureRecord
-    arch_path: Path
-    log_path: Path
-    extra_files: list[Path] = field(default_factory=list)
+# what a search is asked, what it returns and the registry of strategies live in ``search.request`` (the context
+# needs them too); re-exported here, the contract's one import
+from nasdeploy.search.request import STRATEGIES, SearchRequest, SearchResult  # noqa: F401
 
 
 class SearchStrategy(ABC):
@@ -121,9 +90,6 @@ class SearchStrategy(ABC):
         return ctx.write_result(self.search(ctx, config))
 
 
-STRATEGIES: Registry[type[SearchStrategy]] = Registry("search strategy")
-
-
 def default_strategy(space: str) -> str:
     import nasdeploy.search  # noqa: F401  (registers built-ins)
 
@@ -143,3 +109,11 @@ def get_strategy(name: str) -> SearchStrategy:
     import nasdeploy.search  # noqa: F401
 
     return STRATEGIES.get(name)()
+
+
+def searched_recipe(record) -> str:
+    """The recipe of the strategy that searched ``record`` (``icdarts`` for records without a strategy)."""
+    name = (record.metrics or {}).get("strategy")
+    if name is None or name not in STRATEGIES:
+        return "icdarts"
+    return get_strategy(name).retrain_recipe(record.space)

@@ -28,32 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from nasdeploy import distributed
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
+from nasdeploy.seeds import mix_seed, seed_everything  # noqa: F401  (re-exported: search.context.mix_seed)
 
 # keys every strategy's search_log.json and arch.json metrics carry
 COMMON_KEYS = ("strategy", "search_seconds", "latency_budget_ms", "flops_budget", "predicted_latency_ms", "flops",
                "params", "table", "spot_check", "cheapest_latency_ms")
-
-
-def mix_seed(*parts: int) -> int:
-    """A deterministic 31-bit seed from integers (seed, epoch, purpose...)."""
-    x = 0x9E3779B1
-    for p in parts:
-        x = (x * 1_000_003 + int(p) + 0x7F4A7C15) & 0xFFFFFFFFFFFF
-        x ^= x >> 17
-    return x & 0x7FFFFFFF
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -270,7 +255,7 @@ class SearchContext:
 
     def write_result(self, outcome: SearchOutcome):
         """Write arch.json, search_log.json and architecture.png; the common keys come from here only."""
-        from nasdeploy.search.base import SearchResult
+        from nasdeploy.search.request import SearchResult
         from nasdeploy.spaces.record import ArchitectureRecord
 
         self.check_same_architecture(outcome.arch)
@@ -363,7 +348,7 @@ def join_for_search(strategy, request, config) -> distributed.Parallel:
     """Under torchrun: refuse a strategy that does not run data-parallel and a global batch the world size does not
     divide, on every rank, before any collective; then join the process group."""
     if distributed.launched_world_size() > 1 and not strategy.data_parallel:
-        from nasdeploy.search.base import STRATEGIES
+        from nasdeploy.search.request import STRATEGIES
 
         able = ", ".join(name for name in STRATEGIES if STRATEGIES.get(name).data_parallel)
         raise NasDeployError(f"{strategy.name} does not run data-parallel; launch it without torchrun "

@@ -9,7 +9,7 @@ by node, so ``edge_index(j, i) = Σ_{m<j}(m + 2) + i`` and 4 nodes have 14 edges
 knows it (``edge_index``, ``num_edges``, ``node_edge_ranges``, ``locate_edge``, ``candidate_inputs``).
 
 ``cell_forward`` is the one cell forward of every DARTS-space network: the discrete ``DartsCell`` here, the
-continuous ``search.darts_supernet.SearchCell`` and the SE-NAS single-path ``search.senas_spaces.DartsSupernet``
+continuous ``search.shared.darts_supernet.SearchCell`` and the SE-NAS single-path ``search.shared.space_adapters.DartsSupernet``
 differ only in what an edge computes.
 """
 
@@ -159,6 +159,36 @@ def locate_edge(edge: int) -> tuple[int, int]:
     while edge >= edge_index(node + 1, 0):
         node += 1
     return node, edge - edge_index(node, 0)
+
+
+# ---- continuous relaxation (the search networks' mixing weights, Eq. 3.1) -------------------------------
+
+MASKED_ALPHA = -1.0e4  # exp(-1e4) == 0 in float32: a masked op gets exactly zero weight and zero gradient
+
+
+def masked_alpha(alpha: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return alpha if mask is None else torch.where(mask, alpha, torch.full_like(alpha, MASKED_ALPHA))
+
+
+def mixing_weights(alpha: torch.Tensor, nodes: int, rule: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights of every (edge, op) in the continuous cell: Eq. 3.1 per edge (darts) or per node (idarts/xdarts)."""
+    alpha = masked_alpha(alpha, mask)
+    if rule == "darts":
+        return torch.softmax(alpha, dim=-1)  # Eq. 3.1
+    return node_softmax(alpha, nodes)  # one softmax over all incoming (edge, op) pairs of node j
+
+
+def node_softmax(values: torch.Tensor, nodes: int) -> torch.Tensor:
+    """One softmax over all entries of each node's rows (rows in edge order; ``[E]`` or ``[E, ops]``).
+
+    I-DARTS / XDARTS mixing weights over a node's (edge, op) pairs, and PC-DARTS edge normalisation
+    (softmax of β over a node's incoming edges).
+    """
+    rows = []
+    for edges in node_edge_ranges(nodes):
+        block = values[edges.start : edges.stop]
+        rows.append(torch.softmax(block.reshape(-1), dim=0).reshape(block.shape))
+    return torch.cat(rows, dim=0)
 
 
 # ---- layout --------------------------------------------------------------------------------------------
@@ -505,7 +535,7 @@ class DartsSpace(SearchSpace):
         return ArchGraph((cell_graph(arch.normal, arch.normal_concat, ops), cell_graph(arch.reduce, arch.reduce_concat, ops)))
 
     def draw(self, arch: Genotype, template: DartsTemplate, path, title: str = ""):
-        from nasdeploy.search.cell_plot import plot_cells
+        from nasdeploy.spaces.cell_plot import plot_cells
 
         return plot_cells(arch, path, title=title)
 

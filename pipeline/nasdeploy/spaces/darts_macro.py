@@ -213,7 +213,7 @@ class MacroNetwork(nn.Module):
 
     ``skips[k][i]`` preprocesses ``sources[k][i]``'s output for cell k. With one source per cell this is the
     discrete network E_macro; with several, ``forward(x, weights)`` mixes them, Σ_i weights[k][i] · skip_i, as
-    the search network S_macro does (``search.hicdarts.macro``).
+    the search network S_macro does (``search.hierarchical.macro``).
     """
 
     def __init__(self, cells: Genotype, template: DartsTemplate, sources: Sequence[Sequence[int]],
@@ -301,7 +301,7 @@ class DartsMacroSpace(DartsSpace):
         return MacroGenotype.from_json(d) if "macro" in d else Genotype.from_json(d)
 
     def draw(self, arch, template: DartsTemplate, path, title: str = "") -> Path:
-        from nasdeploy.search.macro_plot import plot_macro
+        from nasdeploy.spaces.macro_plot import plot_macro
 
         return plot_macro(as_macro(arch, template), path, set(template.reduction_indices), title=title)
 

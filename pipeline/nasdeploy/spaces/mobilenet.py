@@ -261,7 +261,7 @@ class MobileNetSpace(SearchSpace):
         return ArchGraph((GraphPart(dag(len(names), edges), names, vocabulary, one_hot_rows(range(len(names)), len(names))),))
 
     def draw(self, arch: LayerwiseArch, template: MobileNetTemplate, path, title: str = ""):
-        from nasdeploy.search.arch_plot import plot_layerwise
+        from nasdeploy.spaces.arch_plot import plot_layerwise
 
         return plot_layerwise(arch.choices, [layout.stride for layout in layer_layouts(template)], path, title=title)
 

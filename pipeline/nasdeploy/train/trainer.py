@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from nasdeploy.errors import NasDeployError
 from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from nasdeploy.progress import progress_bar
 from nasdeploy.spaces.record import ArchitectureRecord
+from nasdeploy.train.config import TrainConfig
 from nasdeploy.train.data import load_dataset, make_loader, set_epoch
 
 log = logging.getLogger(__name__)
@@ -46,34 +46,6 @@ METRICS = "metrics.json"
 METRICS_SCHEMA_VERSION = 1
 
 SCHEDULES = ("cosine", "linear")
-
-
-@dataclass
-class TrainConfig:
-    """A retraining recipe's settings; the defaults are §3.4.2's (see ``train.recipes`` for each recipe)."""
-
-    recipe: str = "icdarts"
-    schedule: str = "cosine"  # "cosine" (per epoch, to lr_min) | "linear" (per iteration, lr·(1 − e/T))
-    optimizer: str = "sgd"  # "sgd" (momentum, weight_decay) | "adam" (adam_betas, weight_decay; SS PCP-DARTS §IV-A)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = 600
-    batch_size: int = 128
-    lr: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_min: float = 0.0
-    cutout: int = 16
-    drop_path: float = 0.3
-    auxiliary_weight: float = 0.4  # 0 disables the auxiliary tower
-    grad_clip: float = 5.0
-    seed: int = 0
-    device: str = "cpu"
-    max_batches: int | None = None  # cap batches per epoch (smoke tests only)
-    threads: int | None = None  # CPU threads for torch (None: torch's default, all cores)
-    dist_backend: str = "auto"  # under torchrun: nccl on CUDA, gloo on CPU (nasdeploy.distributed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def preset_config(preset: str = "paper", recipe: str = "icdarts", **overrides: Any) -> TrainConfig:
@@ -122,7 +94,7 @@ def rank_seed(seed: int, rank: int) -> int:
     """Rank 0 (and a single process) keeps ``seed``; other ranks get their own global stream (drop-path masks)."""
     if rank == 0:
         return seed
-    from nasdeploy.search.context import mix_seed
+    from nasdeploy.seeds import mix_seed
 
     return mix_seed(seed, rank)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from nasdeploy.search.contrastive import MemoryBank, ProjectionHead, csnas_loss
+from nasdeploy.search.shared.contrastive import MemoryBank, ProjectionHead, csnas_loss
 
 SEED_SUBSET, SEED_INIT, SEED_EPOCH, SEED_SCORE = 11, 12, 13, 14
 

@@ -7,7 +7,7 @@ A space registers a ``ChoiceSequence`` factory in ``CHOICES`` (keyed by space na
   pair of inputs, then the op on the first input edge, then the op on the second.
 
 Decisions map onto the SE-NAS supernet's ``Path`` (``to_path``), so labels, costs and the final genotype all go
-through the one supernet adapter (``search.senas_spaces``).
+through the one supernet adapter (``search.shared.space_adapters``).
 
 **Budgets by masking.** Costs are the adapter's additive per-(layer, choice) tables (latency: the LUT
 predictor's own additive model, so a path's sum equals ``predict_latency_ms``; FLOPs: exact per-module counts).
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from nasdeploy.registry import Registry
-from nasdeploy.search.senas_paths import LayerCosts, Path
+from nasdeploy.search.shared.paths import LayerCosts, Path
 
 EPS = 1e-9
 
@@ -140,7 +140,7 @@ class CellChoices(ChoiceSequence):
     def __init__(self, paths, limits: list[Limit]):
         from nasdeploy.spaces.darts import candidate_inputs
 
-        self.paths = paths  # senas_paths.EdgewisePaths
+        self.paths = paths  # shared.paths.EdgewisePaths
         self.nodes = paths.nodes
         self.ops = list(paths.candidates[0])
         self.limits = limits

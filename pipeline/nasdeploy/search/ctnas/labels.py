@@ -1,7 +1,7 @@
 """Algorithm 1 step 1: M architectures scored by a uniform-sampling weight-sharing supernet (appendix B).
 
-The supernet is SE-NAS's single-path one-shot supernet (``search.senas_spaces.make_adapter`` /
-``search.supernet``), never shrunk or expanded: every step trains one path drawn uniformly (SPOS, [17]) on the
+The supernet is SE-NAS's single-path one-shot supernet (``search.shared.space_adapters.make_adapter`` /
+``search.shared.supernet``), never shrunk or expanded: every step trains one path drawn uniformly (SPOS, [17]) on the
 context's ``train`` half, SGD with a cosine-annealed rate. The M labelled architectures are drawn uniformly
 from the architectures within the budgets (rejection sampling; the CTNAS controller never proposes others,
 so comparisons outside the budget teach the NAC nothing it uses) before training, and after each of the last
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from nasdeploy.search.ctnas.choices import ChoiceSequence
-from nasdeploy.search.evolution import derive_rng
-from nasdeploy.search.supernet import path_accuracy, sgd_step
+from nasdeploy.search.shared.evolution import derive_rng
+from nasdeploy.search.shared.supernet import path_accuracy, sgd_step
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class SupernetLabels:
     """Trains the supernet and labels ``state.archs``; ``run`` resumes from ``state.epochs_done``."""
 
     def __init__(self, ctx, config, adapter, seq: ChoiceSequence, save: Callable[[LabelState, Any, dict], None]):
-        from nasdeploy.search.senas import fixed_batches
+        from nasdeploy.search.shared.supernet import fixed_batches
 
         self.ctx, self.config, self.adapter, self.seq, self.save = ctx, config, adapter, seq, save
         self.device = ctx.device

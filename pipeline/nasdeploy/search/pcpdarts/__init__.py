@@ -7,10 +7,10 @@ Two registered strategies on one implementation (§IV-C, "design of stages"):
 * ``ss-pcp-darts``: the same, with α and β trained on ssf·L_BT + (1 − ssf)·L_CE (§IV-B.1; Barlow Twins §III-D on
   two distorted views from the shared context), w always on cross-entropy; ssf = 0.75 by default (Table II).
 
-The supernet is the shared ``search.darts_supernet`` (``partial_channels = K``, ``random_channels``,
+The supernet is the shared ``search.shared.darts_supernet`` (``partial_channels = K``, ``random_channels``,
 ``edge_normalisation``, skip-connect dropout); phases, op dropping, skip cap and the end-of-search rule are in
 ``pcpdarts.progressive``, the loop in ``pcpdarts.run``. With ``--latency-budget`` α and β are steered by
-ICDARTS' Lagrangian controller on Algorithm 3 with the edge weights folded in; ``search.budget.fit_to_budget``
+ICDARTS' Lagrangian controller on Algorithm 3 with the edge weights folded in; ``search.shared.budget.fit_to_budget``
 is the last resort, counted in the metrics (``fixup_replacements``, ``budget_fallback``). Architectures are
 retrained with the paper's own recipe (``train.recipes``: ``pcp-darts``, Adam 6e-4, β (0.5, 0.999), auxiliary tower).
 """
@@ -24,6 +24,7 @@ import torch
 
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
+from nasdeploy.search.pcpdarts import recipe  # noqa: F401  (registers the pcp-darts retraining recipe)
 from nasdeploy.search.pcpdarts.config import PRESETS, SS_PRESETS, PCPDARTSConfig, SSPCPDARTSConfig, validate
 from nasdeploy.search.pcpdarts.run import PCPSearch, PCPSetup, pcp_setup
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def fit_genotype(setup: PCPSetup, search: PCPSearch, genotype):
     """``budget.fit_genotype`` with α·β-scaled weights (the last resort; every replacement is logged)."""
-    from nasdeploy.search.budget import fit_genotype as fit
+    from nasdeploy.search.shared.budget import fit_genotype as fit
 
     ctx = setup.ctx
     with torch.no_grad():
@@ -45,7 +46,7 @@ def fit_genotype(setup: PCPSetup, search: PCPSearch, genotype):
 
 def finish(setup: PCPSetup, search: PCPSearch, name: str) -> SearchOutcome:
     """End of search (§IV-A.3 + P-DARTS' skip cap); with a budget, the fix-up only if α and β missed it."""
-    from nasdeploy.search.icdarts import genotype_changes
+    from nasdeploy.search.shared.budget import genotype_changes
 
     ctx, cfg = setup.ctx, setup.config
     final = search.end_of_search()
@@ -93,8 +94,8 @@ class PCPDARTS(SearchStrategy):
 
     def cheapest_latency_ms(self, ctx: SearchContext, config: PCPDARTSConfig) -> float:
         """The cheapest genotype the end-of-search rule can give (two edges per node, one op each)."""
-        from nasdeploy.search.budget import cheapest_genotype
-        from nasdeploy.search.icdarts import candidate_ops
+        from nasdeploy.search.shared.budget import cheapest_genotype
+        from nasdeploy.search.shared.discretize import candidate_ops
 
         op_names, zero = candidate_ops(ctx.template, config)
         return ctx.predict_latency_ms(cheapest_genotype(ctx.table, ctx.template, op_names, "darts", zero, 2))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.search.barlow_twins import LAMBDA_ZBONTAR
+from nasdeploy.search.shared.barlow_twins import LAMBDA_ZBONTAR
 from nasdeploy.search.settings import setting
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -95,8 +95,8 @@ class SSPCPDARTSConfig(PCPDARTSConfig):
 
 
 def validate(config: PCPDARTSConfig) -> None:
-    from nasdeploy.search.discretize import get_zero_config
-    from nasdeploy.search.latency_control import ControllerConfig
+    from nasdeploy.search.shared.discretize import get_zero_config
+    from nasdeploy.search.shared.latency_control import ControllerConfig
 
     config.zero_config = get_zero_config(config.zero_config).name
     phases = len(config.phase_layers)

@@ -8,7 +8,7 @@
   and decayed over it: while α is frozen rate·(E − e − 1)/E, then rate·exp(−decay·(e − frozen)) (the schedule of
   P-DARTS' released search script, decay 0.2).
 * ``end_of_search``: SS PCP-DARTS §IV-A.3 (partial-connection case): per edge the op of largest α, per node the
-  two edges of largest (max_o α)·β (``search.discretize`` with edge weights), then P-DARTS §3.3's cap: while the
+  two edges of largest (max_o α)·β (``search.shared.discretize`` with edge weights), then P-DARTS §3.3's cap: while the
   normal cell has more than ``max_skips`` skip-connects, the one with the smallest weight is taken out of its
   edge's candidates and the cell is discretised again (P-DARTS' ``delete_min_sk_prob``).
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nasdeploy.search.discretize import ZeroConfig, discretize, mixing_weights
+from nasdeploy.search.shared.discretize import ZeroConfig, discretize, mixing_weights
 from nasdeploy.spaces.darts import node_edge_ranges
 
 SKIP = "skip_connect"

@@ -6,15 +6,26 @@ ICDARTS run whose edge sets hold O_max operations drawn at random from the pool.
 and 2r of the tier before; the single game of tier 1 returns its operation sets (and genotype).
 
 An *edge set* is all incoming edges of one intermediate node of one cell type ("per-node operation sets"
-in §4.1), so a DARTS cell with 4 nodes has 8 edge sets (4 normal, 4 reduction).
+in §4.1), so a DARTS cell with 4 nodes has 8 edge sets (4 normal, 4 reduction). ``play_tournament`` plays it
+with one ``ICDARTSRun`` per game.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
+
+import torch
+
+from nasdeploy.search.icdarts.run import ICDARTSRun, SearchSetup
+from nasdeploy.search.shared.discretize import ZERO_OPS
+from nasdeploy.spaces.darts import node_edge_ranges, num_edges
+
+log = logging.getLogger(__name__)
 
 OpSets = list[list[str]]
 
@@ -89,3 +100,41 @@ def run_tournament(
             played.append(kept)
         survivors = played
     raise AssertionError("unreachable: tier 1 always returns")
+
+
+# ------------------------------------------------------------------------------------------ ICDARTS' games
+def masks_for(op_sets: list[list[str]], op_names: list[str], nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean [E, O] masks of both cells from per-node op sets (normal nodes first); zero ops always on."""
+    masks = []
+    for cell in range(2):
+        mask = torch.zeros(num_edges(nodes), len(op_names), dtype=torch.bool)
+        for j, edges in enumerate(node_edge_ranges(nodes)):
+            allowed = set(op_sets[cell * nodes + j]) | set(ZERO_OPS)
+            for o, op in enumerate(op_names):
+                mask[edges.start : edges.stop, o] = op in allowed
+        masks.append(mask)
+    return masks[0], masks[1]
+
+
+def play_tournament(setup: SearchSetup, out_dir: Path, resume: bool) -> tuple[ICDARTSRun, list[dict]]:
+    """Algorithm 2 with one ICDARTS run per game; finished games are read back when resuming."""
+    cfg = setup.config
+    nodes = setup.search_template.nodes
+    pool = [op for op in setup.op_names if op not in ZERO_OPS]
+    game_epochs = cfg.game_epochs or max(1, cfg.epochs // cfg.tiers)
+    runs: dict[tuple[int, int], ICDARTSRun] = {}
+
+    def play(tier: int, game: int, op_sets: list[list[str]]) -> GameResult:
+        game_dir = out_dir / "tournament" / f"tier{tier}_game{game}"
+        checkpoint = game_dir / "checkpoint.pt"
+        log.info("tournament tier %d game %d: %d-%d ops per edge set", tier, game,
+                 min(map(len, op_sets)), max(map(len, op_sets)))
+        run = ICDARTSRun(setup, game_dir, game_epochs, masks_for(op_sets, setup.op_names, nodes), f"tier {tier} game {game}")
+        run.run(resume and checkpoint.exists())
+        runs[(tier, game)] = run
+        return GameResult(run.edge_set_scores(), run.genotype("retraining"), {"epochs": run.log})
+
+    result = run_tournament(cfg.tiers, pool, 2 * nodes, cfg.max_ops_per_edge, setup.ctx.rng(0x70), play)
+    final = runs[(1, 0)]
+    history = result.games + [{"final_op_sets": result.op_sets}]
+    return final, history

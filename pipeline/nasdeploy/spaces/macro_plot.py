@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nasdeploy.io import save_figure
-from nasdeploy.search.cell_plot import draw_cell
+from nasdeploy.spaces.cell_plot import draw_cell
 
 
 def draw_template(ax, inputs: list[int], reduction: set[int], types: list[int] | None = None) -> None:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.search.icdarts_config import ALIASES as ICDARTS_ALIASES
-from nasdeploy.search.icdarts_config import PRESETS as ICDARTS_PRESETS
-from nasdeploy.search.icdarts_config import ICDARTSConfig
-from nasdeploy.search.icdarts_config import validate as validate_icdarts
+from nasdeploy.search.icdarts.config import ALIASES as ICDARTS_ALIASES
+from nasdeploy.search.icdarts.config import PRESETS as ICDARTS_PRESETS
+from nasdeploy.search.icdarts.config import ICDARTSConfig
+from nasdeploy.search.icdarts.config import validate as validate_icdarts
 from nasdeploy.search.settings import setting
 
 VERSIONS = (1, 2)

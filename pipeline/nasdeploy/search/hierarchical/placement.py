@@ -26,10 +26,10 @@ from torch import nn
 
 from nasdeploy.latency.overhead import apply_overhead
 from nasdeploy.latency.predictor import cell_expected_latency, darts_costs, overhead_coef, sum_and_count
-from nasdeploy.search.darts_supernet import SearchNetwork
-from nasdeploy.search.discretize import discretize_cell
-from nasdeploy.search.hicdarts.macro import GammaParameters, SkipFit, greedy_fit
-from nasdeploy.search.icdarts import ICDARTSRun, SearchSetup
+from nasdeploy.search.shared.darts_supernet import SearchNetwork
+from nasdeploy.search.shared.discretize import discretize_cell
+from nasdeploy.search.hierarchical.macro import GammaParameters, SkipFit, greedy_fit
+from nasdeploy.search.icdarts.run import ICDARTSRun, SearchSetup
 from nasdeploy.spaces.darts import CellPreprocess, Classifier, DartsCell, Genotype, genotype_layouts, make_stem, num_edges
 from nasdeploy.spaces.darts_macro import MacroGenotype, cell_instances, default_inputs, second_input_instance, skip_instance
 
@@ -62,7 +62,7 @@ class TypedSearchNetwork(SearchNetwork):
         return [self.alpha_normal, self.alpha_reduce, *self.alpha_types]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from nasdeploy.search.discretize import mixing_weights
+        from nasdeploy.search.shared.discretize import mixing_weights
 
         normal = [mixing_weights(a, self.nodes, self.rule) for a in self.type_alphas()]
         reduce = mixing_weights(self.alpha_reduce, self.nodes, self.rule)
@@ -122,8 +122,8 @@ class TypedMicroRun(ICDARTSRun):
 def fit_types_to_budget(run: TypedMicroRun, arch: MacroGenotype, budget_ms: float, predict) -> tuple[MacroGenotype, list[dict]]:
     """Last resort for the micro result: ICDARTS' greedy op replacement (``budget.fit_to_budget``, ranked by each
     type's α) on one normal type (with the reduction cell) at a time, dearest type first, until it fits."""
-    from nasdeploy.search.budget import cell_edge_costs, cheapest_genotype, fit_to_budget
-    from nasdeploy.search.discretize import mixing_weights
+    from nasdeploy.search.shared.budget import cell_edge_costs, cheapest_genotype, fit_to_budget
+    from nasdeploy.search.shared.discretize import mixing_weights
 
     setup, cfg = run.setup, run.cfg
     template, table = setup.deploy_template, setup.table

@@ -24,9 +24,10 @@ import torch
 from nasdeploy.errors import NasDeployError
 from nasdeploy.registry import Registry
 from nasdeploy.spaces.darts import node_edge_ranges, num_edges  # noqa: F401  (re-exported for icdarts, budget)
+# the continuous cell's weights (Eq. 3.1) live with the cell; re-exported for the search networks
+from nasdeploy.spaces.darts import MASKED_ALPHA, masked_alpha, mixing_weights, node_softmax  # noqa: F401
 
 ZERO_OPS = ("none", "random")
-MASKED_ALPHA = -1.0e4  # exp(-1e4) == 0 in float32: a masked op gets exactly zero weight and zero gradient
 
 
 @dataclass(frozen=True)
@@ -72,32 +73,6 @@ def stage_op(op: str, zero: ZeroConfig, stage: str) -> str:
     target = zero.evaluation if stage == "evaluation" else zero.retraining
     assert target is not None, f"{zero.name} never selects a zero op"
     return target
-
-
-# ----------------------------------------------------------------------------------------------- edges
-def masked_alpha(alpha: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return alpha if mask is None else torch.where(mask, alpha, torch.full_like(alpha, MASKED_ALPHA))
-
-
-def mixing_weights(alpha: torch.Tensor, nodes: int, rule: str, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Weights of every (edge, op) in the continuous cell: Eq. 3.1 per edge (darts) or per node (idarts/xdarts)."""
-    alpha = masked_alpha(alpha, mask)
-    if rule == "darts":
-        return torch.softmax(alpha, dim=-1)  # Eq. 3.1
-    return node_softmax(alpha, nodes)  # one softmax over all incoming (edge, op) pairs of node j
-
-
-def node_softmax(values: torch.Tensor, nodes: int) -> torch.Tensor:
-    """One softmax over all entries of each node's rows (rows in edge order; ``[E]`` or ``[E, ops]``).
-
-    I-DARTS / XDARTS mixing weights over a node's (edge, op) pairs, and PC-DARTS edge normalisation
-    (softmax of β over a node's incoming edges).
-    """
-    rows = []
-    for edges in node_edge_ranges(nodes):
-        block = values[edges.start : edges.stop]
-        rows.append(torch.softmax(block.reshape(-1), dim=0).reshape(block.shape))
-    return torch.cat(rows, dim=0)
 
 
 # ----------------------------------------------------------------------------------------------- rules
@@ -203,3 +178,15 @@ def discretize(
         reduce=discretize_cell(alpha_reduce, op_names, nodes, rule, zero, stage, k, masks[1], edge_weights[1]),
         reduce_concat=concat,
     )
+
+
+def candidate_ops(template, config) -> tuple[list[str], ZeroConfig]:
+    """The search network's candidates (the template's op space + the zero op of ``config.zero_config``) and the
+    zero configuration (ICDARTS, hierarchical ICDARTS, PCP-DARTS)."""
+    from nasdeploy.spaces.ops import OP_SPACES
+
+    op_space = str(template.op_space)
+    if op_space not in OP_SPACES:
+        raise NasDeployError(f"unknown op space {op_space!r}; choose one of: {', '.join(OP_SPACES)}")
+    zero = get_zero_config(config.zero_config)
+    return search_op_names(list(OP_SPACES[op_space]), zero), zero

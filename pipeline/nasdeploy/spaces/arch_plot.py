@@ -2,7 +2,7 @@
 
 One box per layer: colour = depth-wise kernel size (green 3, orange 5, blue 7), height = expansion
 ratio, an empty box for ``identity``, a dotted line before each stride-2 (down-sampling) layer.
-DARTS genotypes are drawn as cells by ``search.cell_plot.plot_cells``.
+DARTS genotypes are drawn as cells by ``spaces.cell_plot.plot_cells``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from nasdeploy.search.senas_paths import Path, PathSpace
+from nasdeploy.search.shared.paths import Path, PathSpace
 
 
 INACTIVE = "-"  # a layer of a child space that the path does not run (a DARTS edge that is not a node input)
@@ -329,3 +329,18 @@ def label_layers(label: str) -> list[int]:
     """The layers of a child space from its label ``"L<first>to<last>"``."""
     first, last = label[1:].split("to")
     return list(range(int(first), int(last) + 1))
+
+
+# ---------------------------------------------------------------- held-out batches (SE-NAS, CTNAS)
+def fixed_batches(dataset, batch_size: int, limit: int | None, seed: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from nasdeploy.train.data import make_loader
+
+    batches, seen = [], 0
+    for x, y in make_loader(dataset, batch_size, shuffle=True, seed=seed):
+        if limit is not None and seen >= limit:
+            break
+        if limit is not None:
+            x, y = x[: limit - seen], y[: limit - seen]
+        batches.append((x.to(device), y.to(device)))
+        seen += len(y)
+    return batches

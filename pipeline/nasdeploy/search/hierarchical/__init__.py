@@ -2,12 +2,12 @@
 
 1. Micro phase: ICDARTS as it is (``search.icdarts``: S_micro / E_micro, Algorithm 1, the latency controller and
    the greedy fix-up as last resort) finds the cells; its result is the cells in DARTS' template.
-2. Macro phase (Algorithm 4, ``hicdarts.macro``): γ on the macro search graph S_macro built from those cells at
+2. Macro phase (Algorithm 4, ``hierarchical.macro``): γ on the macro search graph S_macro built from those cells at
    the deployment depth, learned with the cyclic losses of Eqs. 6.1-6.4; E_macro regenerated from γ̄ every S_U
    steps. Version 1: each cell's skip input (Figure 6.2). With a budget, P(γ) drives the same Lagrangian
    controller as Algorithm 3 drives the micro phase; an E_macro still over the budget at the end has its costliest
    skips moved to the cheapest sources (last resort, counted).
-   Version 2 (``hicdarts.placement``, Figures 6.3-6.4): the micro phase searches four normal cell types that
+   Version 2 (``hierarchical.placement``, Figures 6.3-6.4): the micro phase searches four normal cell types that
    alternate; the macro phase chooses the type at every normal depth (E_macro pre-trained two epochs per
    iteration); over budget at the end, the costliest depths move to their cheapest type (last resort, counted).
 
@@ -26,10 +26,11 @@ import torch
 from nasdeploy.errors import NasDeployError
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
-from nasdeploy.search.hicdarts.config import ALIASES, PRESETS, HierarchicalConfig, validate
-from nasdeploy.search.hicdarts.macro import MacroRun, SkipGraph, macro_setup
-from nasdeploy.search.hicdarts.placement import PlacementGraph, TypedMicroRun, fit_types_to_budget
-from nasdeploy.search.icdarts import ICDARTS, ICDARTSRun, finish, icdarts_setup
+from nasdeploy.search.hierarchical.config import ALIASES, PRESETS, HierarchicalConfig, validate
+from nasdeploy.search.hierarchical.macro import MacroRun, SkipGraph, macro_setup
+from nasdeploy.search.hierarchical.placement import PlacementGraph, TypedMicroRun, fit_types_to_budget
+from nasdeploy.search.icdarts import ICDARTS
+from nasdeploy.search.icdarts.run import ICDARTSRun, finish, icdarts_setup
 from nasdeploy.spaces.darts_macro import cheapest_inputs
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ class HierarchicalICDARTS(SearchStrategy):
 
     def cheapest_latency_ms(self, ctx: SearchContext, config: HierarchicalConfig) -> float:
         """The micro phase's cheapest genotype with the cheapest skip per cell: nothing cheaper can come out."""
-        from nasdeploy.search.budget import cheapest_genotype
-        from nasdeploy.search.icdarts import candidate_ops
+        from nasdeploy.search.shared.budget import cheapest_genotype
+        from nasdeploy.search.shared.discretize import candidate_ops
 
         op_names, zero = candidate_ops(ctx.template, config)
         cells = cheapest_genotype(ctx.table, ctx.template, op_names, config.discretization, zero, config.k)
@@ -92,7 +93,7 @@ class HierarchicalICDARTS(SearchStrategy):
 
 def check_types_fit(search_template) -> None:
     """Every normal type must occur in S_micro, or its α never learns (Figure 6.3 has 6 normal cells for 4 types)."""
-    from nasdeploy.search.hicdarts.placement import TYPES
+    from nasdeploy.search.hierarchical.placement import TYPES
 
     normal = search_template.layers - len(set(search_template.reduction_indices))
     if normal < TYPES:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.search.discretize import masked_alpha, mixing_weights, node_softmax
+from nasdeploy.search.shared.discretize import masked_alpha, mixing_weights, node_softmax
 from nasdeploy.spaces.blocks import channel_shuffle, half_size_max_pool
 from nasdeploy.spaces.darts import (
     CellPreprocess,

@@ -30,7 +30,7 @@ Known limit (measured on the cpu preset, 24 α steps with Adam): Adam moves each
 learning rate whatever λ is, so once the penalty dominates a coordinate a larger λ buys nothing; and Algorithm
 3's depth term lowers P when *any* op of a shallow edge (input k < 2) gains weight, so on those edges the
 penalty can push a costly op up together with the cheap ones and leave the op choice to the task loss. Then
-P_disc can plateau over the budget however high λ climbs, and ``search.budget.fit_to_budget`` finishes the job.
+P_disc can plateau over the budget however high λ climbs, and ``search.shared.budget.fit_to_budget`` finishes the job.
 
 Modes (``ControllerConfig.mode``): ``lagrangian`` (the above; needs a budget), ``fixed`` (Eq. 4.1's δ·P(α)
 with P unnormalised, as in Table 4.7's δ ∈ {0.01, 0.05, 0.1}), ``off`` (no latency term).

@@ -30,8 +30,8 @@ from torch import nn
 
 from nasdeploy.errors import NasDeployError
 from nasdeploy.registry import Registry
-from nasdeploy.search.senas_paths import NONE, AllEdgesPaths, EdgewisePaths, LayerCosts, LayerwisePaths, Path, PathSpace
-from nasdeploy.search.supernet import Supernet, LayerwiseSupernet
+from nasdeploy.search.shared.paths import NONE, AllEdgesPaths, EdgewisePaths, LayerCosts, LayerwisePaths, Path, PathSpace
+from nasdeploy.search.shared.supernet import Supernet, LayerwiseSupernet
 from nasdeploy.spaces.blocks import Zero
 from nasdeploy.spaces.darts import all_node_inputs, cell_forward, edge_stride
 

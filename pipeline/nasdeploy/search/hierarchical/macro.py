@@ -8,7 +8,7 @@ per cell, the previous cell and the source with the highest γ (ties: the nearer
 Algorithm 4 is Algorithm 1 with γ in α's place, so ``MacroRun`` is an ``ICDARTSRun`` with its S, its
 architecture optimiser and its penalty swapped: per step γ on a *val* batch (Eq. 6.2 + the latency term), w_S on
 a *train* batch (Eq. 6.3, distillation from E_macro), w_E on the same batch (Eq. 6.4); E_macro regenerated from
-γ̄ every S_U steps and warmed up on *train* (Eq. 6.1); the losses are ``icdarts_losses``'.
+γ̄ every S_U steps and warmed up on *train* (Eq. 6.1); the losses are ``search.shared.objective``'s.
 
 Budget (the macro analogue of Algorithm 3, ``MacroLatency``): the only part of the network γ changes is each
 cell's skip preprocessing, so the expected latency of S_macro under γ is
@@ -33,7 +33,7 @@ from torch import nn
 
 from nasdeploy.latency.predictor import op_latency_ms, overhead_coef, sum_and_count
 from nasdeploy.latency.overhead import apply_overhead
-from nasdeploy.search.icdarts import ICDARTSRun, SearchSetup
+from nasdeploy.search.icdarts.run import ICDARTSRun, SearchSetup
 from nasdeploy.spaces.darts import Genotype, genotype_layouts
 from nasdeploy.spaces.darts_macro import (
     MacroGenotype,

@@ -77,7 +77,7 @@ ALIASES = {"lambda": "distill_lambda"}
 
 
 def validate(config: ICDARTSConfig) -> None:
-    from nasdeploy.search.discretize import DISCRETIZATIONS, get_zero_config
+    from nasdeploy.search.shared.discretize import DISCRETIZATIONS, get_zero_config
 
     DISCRETIZATIONS.get(config.discretization)
     config.zero_config = get_zero_config(config.zero_config).name
@@ -94,6 +94,6 @@ def validate(config: ICDARTSConfig) -> None:
             raise NasDeployError(f"ICDARTS option {name} must be positive, got {value}")
     if config.delta is not None and config.delta < 0:
         raise NasDeployError(f"ICDARTS option delta must be >= 0, got {config.delta}")
-    from nasdeploy.search.latency_control import ControllerConfig
+    from nasdeploy.search.shared.latency_control import ControllerConfig
 
     ControllerConfig.from_settings(config)  # raises on bad values

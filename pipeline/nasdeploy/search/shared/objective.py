@@ -10,7 +10,7 @@ Gradient routing, which the tests check:
 * w_E (Eq. 3.11): ``L_train^E`` alone (+ ``aux_weight`` × the auxiliary head's cross-entropy, as in the
   CDARTS template); it never sees S's loss or the distillation term.
 
-How the latency term is weighted (``search.latency_control.LatencyController``; the search log records its rule
+How the latency term is weighted (``search.shared.latency_control.LatencyController``; the search log records its rule
 as ``delta_rule``, the weight per epoch as ``delta`` / ``delta_next`` and per α step in ``latency_steps``):
 ``--set delta=X`` fixes Eq. 4.1's δ·P(α); with ``--latency-budget`` and no δ, α's loss gets λ·P(α)/P(α_0)
 with λ updated after every α step by dual ascent on the discretised genotype's predicted latency; without a
@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -106,3 +107,12 @@ def pretrain_objective(search_net: nn.Module, x: torch.Tensor, y: torch.Tensor) 
     logits_s = search_net(x)
     loss = F.cross_entropy(logits_s, y)
     return Objective(loss, {"loss_S_train": float(loss.detach())}, logits_s)
+
+
+# ---------------------------------------------------------------- epoch means (ICDARTS, PCP-DARTS logs)
+def running_means(values: dict[str, list[float]]) -> dict[str, float]:
+    return {key: float(np.mean(v)) for key, v in values.items() if v}
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(dim=1) == y).float().mean())

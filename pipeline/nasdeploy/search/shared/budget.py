@@ -1,5 +1,5 @@
 """Latency budget for ICDARTS: per-edge LUT costs, the cheapest genotype a rule can produce, and the
-budget-aware discretisation fallback (the last resort: the latency controller, ``search.latency_control``,
+budget-aware discretisation fallback (the last resort: the latency controller, ``search.shared.latency_control``,
 is what steers α under the budget).
 
 * ``edge_costs``: the LUT latency (ms) of op o on edge e summed over every cell of one type in the deployment
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nasdeploy.search.discretize import DISCRETIZATIONS, ZERO_OPS, selectable_ops, stage_op
+from nasdeploy.search.shared.discretize import DISCRETIZATIONS, ZERO_OPS, selectable_ops, stage_op
 from nasdeploy.spaces.darts import node_edge_ranges, num_edges
 
 log = logging.getLogger(__name__)
@@ -130,3 +130,9 @@ def fit_genotype(genotype, budget_ms: float, predict, table, template, op_names,
         raise NasDeployError(f"could not fit the latency budget {budget_ms:.3f} ms (best {fit.predicted_ms:.3f} ms); "
                              "raise the budget")
     return fit.genotype, list(fit.replacements) + ([{"used_cheapest_genotype": True}] if fit.used_cheapest else [])
+
+
+def genotype_changes(before, after) -> int:
+    """How many (op, input) pairs of ``before`` the fix-up changed (whichever way it got there)."""
+    cells = zip(before.normal + before.reduce, after.normal + after.reduce)
+    return sum(len(set(map(tuple, old)) - set(map(tuple, new))) for old, new in cells)
