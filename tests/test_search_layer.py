@@ -199,4 +199,4 @@ def test_search_without_table_uses_this_machines_table_from_the_table_root(regis
     metrics = ArchitectureRecord.load(result.arch_path).metrics
     assert metrics["table"] == str(path)
     assert metrics["spot_check"].startswith(f"spot check: {TablePolicy().nets} nets")
-    assert read_json(result.log_path)["spot_check_detail"]["nets"] == 5
+    assert read_json(result.log_path)["spot_check_detail"]["nets"] == TablePolicy().nets
