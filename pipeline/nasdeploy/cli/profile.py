@@ -50,8 +50,8 @@ def profile(
     dtype: str = typer.Option("float32", help="float32 | float16 (GPU)."),
     clock: str = typer.Option("auto", help="auto | thread | wall: auto times CPU runs with one thread by thread CPU time (immune to other processes), else wall clock."),
     reference: bool = typer.Option(PROFILE_DEFAULTS["reference"], help="Time a fixed reference network before every op and "
-                                   "network and express each at the reference's quiet-state speed (removes the machine's "
-                                   "slow phases from the table)."),
+                                   "network and express each at the reference's quiet-state speed. Off by default: on a "
+                                   "2-core VM it added the reference's noise (README, Latency methodology)."),
     out: Optional[Path] = typer.Option(None, help="Table path (default: <table root>/<machine>/<runtime>/<space>-<template>-b<batch>.json, "
                                        "where 'search' and 'run' look for it)."),
     table_root: Optional[Path] = typer.Option(None, help="Folder of this machine's tables (default: $NASDEPLOY_TABLE_ROOT, else "
