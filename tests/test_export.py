@@ -125,6 +125,16 @@ def test_measure_onnx_records_method_and_device(tmp_path):
     assert 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
     assert result["method"]["threads"] == 1 and result["fingerprint"]["logical_cores"] >= 1
     assert "onnxruntime" in result["versions"]
+    assert result["round_medians_ms"] == [result["median_ms"]]
+
+
+def test_measurement_keeps_the_best_of_the_methods_rounds(tmp_path):
+    """Re-measured like the table's entries (latency.rounds): every round's median kept, the smallest one reported."""
+    path = tmp_path / "net.onnx"
+    export_onnx(conv_net(), (1, 3, 32, 32), path)
+    result = onnx_measurement(path, "onnxruntime", "cpu", MeasureMethod(warmup=2, repeats=5, rounds=3)).to_dict()
+    assert len(result["round_medians_ms"]) == 3 and result["method"]["rounds"] == 3
+    assert result["median_ms"] == min(result["round_medians_ms"]) and result["n"] == 5
 
 
 def test_report_fields_and_relative_error():

@@ -169,8 +169,8 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     if dtype is not None:
         overrides["dtype"] = dtype
     method = method_from_dict(table_method, **overrides)
-    log.info("re-measuring %s on %s/%s (%d runs after %d warm-up)", onnx_path.name, runtime, options.device,
-             method.repeats, method.warmup)
+    log.info("re-measuring %s on %s/%s (%d runs after %d warm-up, best of %d rounds as in the table)", onnx_path.name,
+             runtime, options.device, method.repeats, method.warmup, method.rounds)
     measurement = measure_target(onnx_path, model, input_shape, runtime, options.device, method)
     comparisons = [measure_target(onnx_path, model, input_shape, other, device,
                                   method_from_dict(method.to_dict(), dtype="float32"))

@@ -118,7 +118,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [("FLOPs (multiply-adds)", _count(report.get("flops"))), ("parameters", _count(report.get("params")))]
     method = report.get("method") or {}
     rows.append(("method", f"warm-up {method.get('warmup')}, {method.get('repeats')} runs, {method.get('threads')} thread(s), "
-                           f"{method.get('dtype')}, batch {method.get('batch')}"))
+                           f"{method.get('dtype')}, batch {method.get('batch')}, best of {method.get('rounds', 1)} round(s)"))
     fp = report.get("fingerprint") or {}
     rows.append(("device", (fp.get("gpu") or {}).get("name") or f"{fp.get('cpu_model')} ({fp.get('logical_cores')} cores)"))
     return rows
