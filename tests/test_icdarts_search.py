@@ -87,6 +87,26 @@ def grads(params) -> list:
     return [p.grad for p in params]
 
 
+def test_fixed_delta_penalty_counts_the_search_networks_cells(table_path, tmp_path):
+    """Eq. 4.1's P (fixed δ) is Algorithm 3 over the search network's C_i; under a budget it is the deployed one's."""
+    from nasdeploy.latency.predictor import cell_type_counts, expected_latency_darts
+
+    def algorithm3(run, counts):
+        setup = run.setup
+        alpha_n, alpha_r = run.S.masked_alphas()
+        return float(expected_latency_darts(alpha_n.detach(), alpha_r.detach(), setup.op_names, setup.deploy_template, setup.table,
+                                            rule=run.cfg.discretization, cell_counts=counts))
+
+    setup = prepare(request(tmp_path, table_path, delta=0.05))
+    search, deploy = cell_type_counts(setup.search_template), cell_type_counts(setup.deploy_template)
+    assert search != deploy  # the setting the test needs: a search network smaller than the deployed one
+    run = ICDARTSRun(setup, tmp_path, epochs=1)
+    assert float(run.penalty().detach()) == pytest.approx(algorithm3(run, search), rel=1e-6)
+    assert float(run.penalty().detach()) != pytest.approx(algorithm3(run, deploy), rel=1e-3)
+    budgeted = ICDARTSRun(prepare(request(tmp_path / "b", table_path, budget=1e4)), tmp_path / "b", epochs=1)
+    assert float(budgeted.penalty().detach()) == pytest.approx(algorithm3(budgeted, None), rel=1e-6)
+
+
 def test_gradient_routing(table_path, tmp_path):
     req = request(tmp_path, table_path, delta=0.5, warmup_epochs=0)
     setup = prepare(req)
@@ -160,7 +180,7 @@ def test_penalty_is_algorithm_3_of_the_predictor(table_path, tmp_path):
     from nasdeploy.latency.predictor import expected_latency_darts
     from nasdeploy.latency.table import load_table
 
-    req = request(tmp_path, table_path, delta=0.1)
+    req = request(tmp_path, table_path, budget=1e4)  # under a budget: the deployed template's cells (δ: next test)
     setup = prepare(req)
     run = ICDARTSRun(setup, tmp_path, epochs=1)
     with torch.no_grad():
@@ -173,8 +193,9 @@ def test_penalty_is_algorithm_3_of_the_predictor(table_path, tmp_path):
 
 
 def test_penalty_from_stem_repeat_weights(table_path, tmp_path):
-    """Option latency_weights: P(α) is Algorithm 3 on Table 4.6-style weights (unitless), with the search's rule."""
-    from nasdeploy.latency.predictor import expected_latency_darts
+    """Option latency_weights: P(α) is Algorithm 3 on Table 4.6-style weights (unitless), with the search's rule and
+    the search network's cell counts."""
+    from nasdeploy.latency.predictor import cell_type_counts, expected_latency_darts
     from nasdeploy.latency.stem_repeat import load_stem_repeat_weights
     from nasdeploy.spaces.ops import OP_SPACES
 
@@ -187,7 +208,8 @@ def test_penalty_from_stem_repeat_weights(table_path, tmp_path):
     with torch.no_grad():
         run.S.alpha_normal.normal_()
     expected = expected_latency_darts(run.S.alpha_normal, run.S.alpha_reduce, setup.op_names, setup.deploy_template,
-                                      None, rule="xdarts", source=load_stem_repeat_weights(weights_path))
+                                      None, rule="xdarts", source=load_stem_repeat_weights(weights_path),
+                                      cell_counts=cell_type_counts(setup.search_template))  # Algorithm 3's C_i
     assert float(run.penalty().detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     assert float(run.latency_control.penalty(run.penalty()).detach()) == pytest.approx(0.05 * float(expected.detach()), rel=1e-6)
 

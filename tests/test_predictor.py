@@ -11,6 +11,7 @@ import torch
 from nasdeploy.latency.overhead import apply_overhead, fit_overhead
 from nasdeploy.latency.predictor import (
     OpWeights,
+    cell_type_counts,
     cell_expected_latency,
     cheapest_latency_ms,
     expected_latency_darts,
@@ -247,6 +248,11 @@ def test_algorithm3_from_stem_repeat_weights(tmp_path):
     assert p.item() == pytest.approx(normal + 2 * reduce, rel=1e-6)
     # Eq. 4.1 with Table 4.7's δ = 0.05: the penalty is 0.05 · P, P a sum of normalised weights
     assert 0.05 * p.item() == pytest.approx(0.05 * (normal + 2 * reduce), rel=1e-6)
+    # Algorithm 3's C_i of another network (the search network's: 5 normal, 2 reduction cells), hand-computed
+    p_search = expected_latency_darts(torch.tensor(alpha_n), torch.tensor(alpha_r), op_names, template, None,
+                                      rule="idarts", source=weights, cell_counts=(5, 2))
+    assert p_search.item() == pytest.approx(5 * normal + 2 * reduce, rel=1e-6)
+    assert cell_type_counts(template) == (1, 2)
     with pytest.raises(NasDeployError, match="no weight for op 'dil_conv_3x3'"):
         expected_latency_darts(torch.zeros(5, 1), torch.zeros(5, 1), ["dil_conv_3x3"], template, None, source=weights)
     (tmp_path / "lut.json").write_text(json.dumps({"space": "darts", "entries": {}}))

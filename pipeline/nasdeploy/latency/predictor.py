@@ -190,7 +190,8 @@ def darts_edge_costs(layout, op_names: Sequence[str], nodes: int, table: Latency
 
 def expected_latency_darts(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, op_names: Sequence[str],
                            template: Any, table: LatencyTable | None, include_fixed: bool = True, rule: str = "darts",
-                           source: Any = None, edge_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                           source: Any = None, edge_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+                           cell_counts: tuple[int, int] | None = None) -> torch.Tensor:
     """Algorithm 3 (Herron 2023, §4.3): the search network's expected latency P(α), differentiable in α.
 
     Each cell of ``cell_layouts(template)`` (normal cells use ``alpha_normal``, reduction cells
@@ -202,16 +203,34 @@ def expected_latency_darts(alpha_normal: torch.Tensor, alpha_reduce: torch.Tenso
     preprocessing, classifier) so that P is in ms. The overhead model is never applied (Algorithm 3 is not
     a sum of the network's ops). ``edge_weights`` = (normal, reduce) [E] edge-normalisation weights (PC-DARTS
     §3.2, softmax of β per node) folded into w (``node_pair_weights``), or None.
+
+    ``cell_counts`` = (normal, reduction) C_i of another network, e.g. the search network's, as Algorithm 3 has
+    them: each cell type's sum over ``template``'s cells is rescaled to C_i cells of that type (its mean cell times
+    C_i). With shape-free costs (the stem-repeat weights) that is Algorithm 3 exactly; with a table's ms it prices
+    the search network's cell counts at the deployed shapes.
     """
     costs, fixed = darts_costs(table, template, tuple(op_names), alpha_normal.dtype, alpha_normal.device, source)
-    total = alpha_normal.new_zeros(())
+    per_type = [alpha_normal.new_zeros(()), alpha_normal.new_zeros(())]  # Σ over the template's normal / reduction cells
     for reduction, edge_costs in costs:
         alpha = alpha_reduce if reduction else alpha_normal
         edges = None if edge_weights is None else edge_weights[1 if reduction else 0]
-        total = total + cell_expected_latency(alpha, edge_costs, template.nodes, rule, edges)  # P += C_i · (Σ l^c softmax(l^c))
+        per_type[reduction] = per_type[reduction] + cell_expected_latency(alpha, edge_costs, template.nodes, rule, edges)
+    if cell_counts is not None:  # P = Σ_i C_i · (Σ l^c softmax(l^c)) with the given C_i
+        here = [sum(1 for r, _ in costs if r == kind) for kind in (False, True)]
+        per_type = [value * (count / n if n else 0.0) for value, count, n in zip(per_type, cell_counts, here)]
+    total = per_type[0] + per_type[1]  # P += C_i · (Σ l^c softmax(l^c)) over the cell types
     if include_fixed and source is None:
         total = total + fixed
     return total
+
+
+def cell_type_counts(template: Any) -> tuple[int, int]:
+    """(normal, reduction) cell counts C_i of a DARTS template (Algorithm 3's input)."""
+    from nasdeploy.spaces.darts import cell_layouts
+
+    layouts = cell_layouts(template)
+    reductions = sum(1 for layout in layouts if layout.reduction)
+    return len(layouts) - reductions, reductions
 
 
 def darts_costs(table: LatencyTable | None, template: Any, op_names: tuple[str, ...], dtype: torch.dtype,

@@ -113,13 +113,19 @@ class ICDARTSRun(Algorithm1Steps, RunRecords):
 
     # ---------------------------------------------------------------- S, P(α), the genotype
     def penalty(self) -> torch.Tensor:
-        """P(α): Algorithm 3 on the deployment template, α normalised as the discretisation rule does; in ms from
-        the table, or unitless from the stem-repeat weights of option ``latency_weights`` (Table 4.6)."""
-        from nasdeploy.latency.predictor import expected_latency_darts
+        """P(α): Algorithm 3, α normalised as the discretisation rule does; in ms from the table, or unitless from
+        the stem-repeat weights of option ``latency_weights`` (Table 4.6).
+
+        With a fixed δ (Eq. 4.1, Table 4.7) the cell counts C_i are the search network's, as in Algorithm 3, so δ
+        means what it means in the dissertation. Under a budget the Lagrangian controller uses P(α)/P(α_0) as a
+        surrogate of the *deployed* network's latency, so there the deployment template's counts are kept.
+        """
+        from nasdeploy.latency.predictor import cell_type_counts, expected_latency_darts
 
         alpha_n, alpha_r = self.S.masked_alphas()
+        counts = cell_type_counts(self.setup.search_template) if self.cfg.delta is not None else None
         return expected_latency_darts(alpha_n, alpha_r, self.setup.op_names, self.setup.deploy_template, self.setup.table,
-                                      rule=self.cfg.discretization, source=self.latency_source)
+                                      rule=self.cfg.discretization, source=self.latency_source, cell_counts=counts)
 
     def genotype(self, stage: str = "retraining"):
         return discretize(self.S.alpha_normal, self.S.alpha_reduce, self.setup.op_names, self.setup.search_template.nodes,
