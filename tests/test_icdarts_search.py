@@ -107,6 +107,26 @@ def test_fixed_delta_penalty_counts_the_search_networks_cells(table_path, tmp_pa
     assert float(budgeted.penalty().detach()) == pytest.approx(algorithm3(budgeted, None), rel=1e-6)
 
 
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_new_evaluation_network_warms_up_on_the_chosen_split(table_path, tmp_path, split):
+    """Algorithm 1 warms each new E by Eq. 3.5, on *val* (the default); eval_warmup_data=train uses Eq. 3.11's split."""
+    options = {} if split == "val" else {"eval_warmup_data": "train"}
+    setup = prepare(request(tmp_path, table_path, **options))
+    run = ICDARTSRun(setup, tmp_path, epochs=1)
+    drawn, real_loader = [], setup.ctx.loader
+
+    def recording_loader(dataset, *args, **kwargs):
+        drawn.append(dataset)
+        return real_loader(dataset, *args, **kwargs)
+
+    setup.ctx.loader = recording_loader
+    before = [p.detach().clone() for p in run.S.weight_parameters()]
+    run.regenerate(epoch=0, lr=0.05)
+    wanted = setup.val_set if split == "val" else setup.train_set
+    assert drawn and all(d is wanted for d in drawn) and setup.val_set is not setup.train_set
+    assert all(torch.equal(a, b) for a, b in zip(before, run.S.weight_parameters()))  # the warm-up trains E only
+
+
 def test_gradient_routing(table_path, tmp_path):
     req = request(tmp_path, table_path, delta=0.5, warmup_epochs=0)
     setup = prepare(req)

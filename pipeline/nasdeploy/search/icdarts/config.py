@@ -58,6 +58,7 @@ class ICDARTSConfig:
     w_weight_decay: float = setting(3e-4, "SGD weight decay of w_S and w_E")
     w_grad_clip: float = setting(5.0, "gradient-norm clip for w_S and w_E")
     eval_warmup_lr: float | None = setting(None, "SGD rate of each new E's warm-up (None: w_lr)")
+    eval_warmup_data: str = setting("val", "split each new E warms up on: val (Algorithm 1's Eq. 3.5) | train (Eq. 3.11's split)")
     alpha_lr: float = setting(3e-4, "Adam learning rate of α (paper 3e-4; cpu 6e-3, tiny 3e-2: far fewer steps)")
     alpha_beta1: float = setting(0.5, "Adam β1 of α")
     alpha_beta2: float = setting(0.999, "Adam β2 of α")
@@ -92,6 +93,8 @@ def validate(config: ICDARTSConfig) -> None:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise NasDeployError(f"ICDARTS option {name} must be positive, got {value}")
+    if config.eval_warmup_data not in ("val", "train"):
+        raise NasDeployError(f"ICDARTS option eval_warmup_data must be val or train, got {config.eval_warmup_data!r}")
     if config.delta is not None and config.delta < 0:
         raise NasDeployError(f"ICDARTS option delta must be >= 0, got {config.delta}")
     from nasdeploy.search.shared.latency_control import ControllerConfig

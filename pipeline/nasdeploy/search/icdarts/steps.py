@@ -141,7 +141,9 @@ class Algorithm1Steps:
 
     # ---------------------------------------------------------------- the evaluation network E
     def regenerate(self, epoch: int, lr: float, bar=None) -> None:
-        """Discretise α to ᾱ, build E in the evaluation template and warm it up on *train* (Eq. 3.11)."""
+        """Discretise α to ᾱ, generate E in the evaluation template and warm it up: Algorithm 1's inner loop,
+        w_E by Eq. 3.5 (L^E on *val*); option ``eval_warmup_data=train`` warms it on Eq. 3.11's split instead. The
+        joint steps that follow train w_E on *train* (Eq. 3.11, ``update_evaluation``)."""
         cfg, make_loader = self.cfg, self.setup.ctx.loader
         self.genotype_E = self.genotype("evaluation")
         self.E = self.setup.space.build(self.genotype_E, self.setup.eval_template).to(self.setup.device)
@@ -152,7 +154,8 @@ class Algorithm1Steps:
                                      weight_decay=cfg.w_weight_decay)
         self.E.train()
         for w in range(cfg.warmup_epochs):
-            loader = make_loader(self.setup.train_set, cfg.batch_size, shuffle=True,
+            data = self.setup.val_set if cfg.eval_warmup_data == "val" else self.setup.train_set
+            loader = make_loader(data, cfg.batch_size, shuffle=True,
                                  seed=mix_seed(self.setup.seed, epoch, self.step, 3 + w), drop_last=True)
             for n, (x, y) in enumerate(loader):
                 if n >= self.steps_in(loader):
