@@ -97,7 +97,7 @@ def test_onnxruntime_cpu_measures_exported_onnx(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 def test_absent_cuda_device_fails_with_fix(runtime):
-    with pytest.raises(NasDeployError, match=r"no CUDA device 'cuda:0'.*use --device cpu"):
+    with pytest.raises(NasDeployError, match=r"--device cuda:0: no CUDA device is visible here.*visible devices: cpu; pass --device cpu"):
         get_backend(runtime, "cuda:0", MeasureMethod())
 
 

@@ -486,6 +486,9 @@ def run_budget(config: RunConfig, run_dir: Path, state: dict[str, Any]) -> tuple
 
 def run_pipeline(config: RunConfig, on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, Any]:
     """Run (or continue) every stage; returns the final run.json contents."""
+    from nasdeploy.hardware.devices import require_device
+
+    require_device(config.device)  # an absent cuda:N is refused before the run folder is touched
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = load_run_state(run_dir, config)

@@ -49,9 +49,11 @@ def export(
     from nasdeploy.errors import NasDeployError
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
     from nasdeploy.export.report import summary_table
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.units import parse_latency
 
     setup_logging(verbose)
+    require_device(device)  # before any work, even the retraining an export without --checkpoint may start
     policy = table_policy(spot_check_tolerance, recalibrate, trust_table)
     default_folder = None
     if checkpoint is None:
@@ -117,9 +119,11 @@ def measure(
     from nasdeploy.errors import NasDeployError
     from nasdeploy.export.measure import ONNX_RUNTIMES, onnx_measurement, parse_shape
     from nasdeploy.hardware import MeasureMethod
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.io import atomic_write_json
 
     setup_logging(verbose)
+    require_device(device)  # before any work
     if model.suffix == ".json":
         measure_arch(model, table, json_out, allow_other_machine, table_policy(spot_check_tolerance, recalibrate, trust_table))
         return
@@ -142,6 +146,7 @@ def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional
                  policy=None) -> None:
     """``nasdeploy measure arch.json --table T``: the table's spot check, then predicted vs measured on its backend."""
     from nasdeploy.errors import NasDeployError
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.io import atomic_write_json
     from nasdeploy.latency.table import load_table
     from nasdeploy.latency.trust import TablePolicy, spot_check
@@ -152,6 +157,7 @@ def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional
         raise NasDeployError(f"{arch_path} is an architecture: pass --table LUT.json to measure it on that table's backend")
     record = ArchitectureRecord.load(arch_path)
     lut = load_table(table_path, space=record.space)
+    require_device(lut.device)  # measured on the table's device, which must be here
     check_same_machine(lut, allow_other_machine)  # refused before the spot check measures anything
     check = spot_check(lut, policy or TablePolicy())
     result = {**measure_architecture(lut, record, allow_other_machine), "spot_check": check}

@@ -66,8 +66,10 @@ def profile(
 ) -> None:
     """Measure every op instance of a space's template on one runtime and device; writes a latency table."""
     from nasdeploy.hardware import MeasureMethod, get_backend
+    from nasdeploy.hardware.devices import require_device
 
     setup_logging(verbose)
+    require_device(device)  # an absent cuda:N is one line before any work
     if method not in METHODS:
         raise NasDeployError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
     if batch < 1 or repeats < 1 or rounds < 1 or warmup < 0 or (threads is not None and threads < 1):
@@ -146,12 +148,14 @@ def validate_lut(
 ) -> None:
     """Predict and measure random architectures end to end; report ±5/±10 % shares, RMSE and Kendall τ."""
     from nasdeploy.latency.table import load_table
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.latency.validate import retest_table, validate_table
 
     setup_logging(verbose)
     if samples < 2:
         raise NasDeployError("--samples must be at least 2 to rank predictions; e.g. --samples 50")
     lut = load_table(table)
+    require_device(lut.device)  # the table's device must be here to measure on it
     out = out or table.with_name(table.stem + "-fidelity")
     report = validate_table(lut, samples, seed, out, allow_other_machine)
     print_fidelity([(f"{lut.runtime} {lut.device}", report)])

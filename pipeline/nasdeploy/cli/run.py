@@ -42,9 +42,11 @@ def run(
     """Profile the machine, search under the budget, retrain, export to ONNX with parity and re-measure."""
     from nasdeploy.cli.search import parse_settings
     from nasdeploy.pipeline import RunConfig, run_pipeline
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.units import parse_latency
 
     setup_logging(verbose)
+    require_device(device)  # before any work (run_pipeline checks it again for library callers)
     space = space or default_space(strategy)
     out = out or default_run_folder(space, strategy, preset)
     config = RunConfig(

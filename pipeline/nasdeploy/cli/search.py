@@ -55,9 +55,11 @@ def search(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Search an architecture under a latency and/or FLOPs budget; writes OUT/arch.json and OUT/search_log.json."""
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.search.base import SearchRequest, default_space, default_strategy, get_strategy
 
     setup_logging(verbose)
+    require_device(device)  # before any work; the search context checks it again for library callers
     name = strategy or default_strategy(space or "darts")
     request = SearchRequest(
         space=space or default_space(name), out_dir=out, table_path=table,

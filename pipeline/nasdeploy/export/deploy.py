@@ -132,8 +132,10 @@ def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: st
 
 def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Path | str, options: ExportOptions) -> dict[str, Any]:
     """Export, validate, re-measure and report; writes OUT/<onnx_name>, [engine], report.json, report.md."""
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.train.trainer import load_trained_model
 
+    require_device(options.device)  # before any work
     runtime = target_runtime(options)
     wants_engine = options.tensorrt or runtime == "tensorrt"
     if options.fp16 and not wants_engine:
