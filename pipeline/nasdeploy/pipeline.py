@@ -55,7 +55,7 @@ class RunConfig:
     data: str = "digits"
     preset: str = "cpu"
     device: str = "cpu"
-    runtime: str = "onnxruntime"  # latency table and deployment runtime
+    runtime: str | None = None  # latency table and deployment runtime; None: the device's best present (run_pipeline)
     seed: int = 0
     table: Path | None = None  # a ready latency table; None: the machine's cached table, profiled if absent
     table_root: Path | None = None  # None: latency.table.table_root() (the user cache, never the checkout)
@@ -65,6 +65,14 @@ class RunConfig:
     spot_check_tolerance: float | None = None  # None: the preset's (SPOT_CHECK_TOLERANCE)
     recalibrate: bool = False
     trust_table: bool = False
+
+    def __post_init__(self) -> None:
+        from nasdeploy.hardware.devices import require_device
+        from nasdeploy.hardware.runtimes import resolve_runtime
+
+        require_device(self.device)  # an absent cuda:N is refused before any stage touches the run folder
+        # resolved once, so run.json records it and every stage (table, search, export) uses the same runtime
+        self.runtime = resolve_runtime(self.device, self.runtime).runtime
 
     def table_policy(self) -> TablePolicy:
         tolerance = self.spot_check_tolerance if self.spot_check_tolerance is not None else SPOT_CHECK_TOLERANCE.get(self.preset, 0.10)
@@ -486,9 +494,6 @@ def run_budget(config: RunConfig, run_dir: Path, state: dict[str, Any]) -> tuple
 
 def run_pipeline(config: RunConfig, on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, Any]:
     """Run (or continue) every stage; returns the final run.json contents."""
-    from nasdeploy.hardware.devices import require_device
-
-    require_device(config.device)  # an absent cuda:N is refused before the run folder is touched
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = load_run_state(run_dir, config)

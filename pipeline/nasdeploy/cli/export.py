@@ -21,7 +21,7 @@ def export(
     budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: the one searched for)."),
     table: Optional[Path] = typer.Option(None, help="Latency table for the prediction (default: the search's prediction)."),
     runtime: Optional[str] = typer.Option(None, help="Runtime to re-measure on: onnxruntime | tensorrt | torch "
-                                          "(default: tensorrt with --tensorrt, else onnxruntime)."),
+                                          "(default: tensorrt with --tensorrt, else the device's best present)."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine on --device cuda:N, check its parity "
                                   "(fp32: max abs diff ≤ 1e-3) and re-measure it there. GPU only."),
@@ -97,7 +97,7 @@ def measure(
     model: Path = typer.Argument(..., help="ONNX file to measure, or a searched arch.json (with --table)."),
     table: Optional[Path] = typer.Option(None, help="With an arch.json: the latency table whose backend and method measure it."),
     allow_other_machine: bool = typer.Option(False, help="With an arch.json: measure even if the table was profiled on another machine."),
-    runtime: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt."),
+    runtime: Optional[str] = typer.Option(None, help="onnxruntime | tensorrt (default: the device's best present that runs ONNX)."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     batch: Optional[int] = typer.Option(None, help="Batch size for a graph with a dynamic batch axis."),
     input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224 (default: read from the graph)."),
@@ -120,6 +120,7 @@ def measure(
     from nasdeploy.export.measure import ONNX_RUNTIMES, onnx_measurement, parse_shape
     from nasdeploy.hardware import MeasureMethod
     from nasdeploy.hardware.devices import require_device
+    from nasdeploy.hardware.runtimes import resolve_runtime
     from nasdeploy.io import atomic_write_json
 
     setup_logging(verbose)
@@ -127,8 +128,9 @@ def measure(
     if model.suffix == ".json":
         measure_arch(model, table, json_out, allow_other_machine, table_policy(spot_check_tolerance, recalibrate, trust_table))
         return
-    if runtime not in ONNX_RUNTIMES:
+    if runtime is not None and runtime not in ONNX_RUNTIMES:
         raise NasDeployError(f"measure takes an ONNX file, so --runtime is one of {', '.join(ONNX_RUNTIMES)}, not {runtime!r}")
+    runtime = resolve_runtime(device, runtime, needs_onnx=True).runtime
     if warmup < 0 or repeats < 1 or (batch is not None and batch < 1):
         raise NasDeployError("--warmup must be >= 0, --repeats and --batch >= 1; e.g. --warmup 10 --repeats 50")
     shape = parse_shape(input_shape)

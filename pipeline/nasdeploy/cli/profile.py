@@ -36,8 +36,8 @@ def make_template(space_name: str, preset: str, op_space: Optional[str], input_s
 @app.command()
 def profile(
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
-    runtime: str = typer.Option("onnxruntime", help="onnxruntime | torch | tensorrt (default: onnxruntime, the runtime "
-                                "'search', 'run' and 'export' deploy to)."),
+    runtime: Optional[str] = typer.Option(None, help="onnxruntime | torch | tensorrt (default: the device's best present, as "
+                                          "'search', 'run' and 'export' resolve it; nasdeploy runtimes lists them)."),
     space: str = typer.Option("darts", help="Search space: darts | darts_macro | mobilenet."),
     op_space: Optional[str] = typer.Option(None, help="DARTS operation space 1 | 2 | 3 | 4 | combined (preset default if unset)."),
     input_size: Optional[int] = typer.Option(None, help="Input height = width (preset default if unset)."),
@@ -67,9 +67,11 @@ def profile(
     """Measure every op instance of a space's template on one runtime and device; writes a latency table."""
     from nasdeploy.hardware import MeasureMethod, get_backend
     from nasdeploy.hardware.devices import require_device
+    from nasdeploy.hardware.runtimes import resolve_runtime
 
     setup_logging(verbose)
     require_device(device)  # an absent cuda:N is one line before any work
+    runtime = resolve_runtime(device, runtime).runtime  # logs which and why
     if method not in METHODS:
         raise NasDeployError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
     if batch < 1 or repeats < 1 or rounds < 1 or warmup < 0 or (threads is not None and threads < 1):

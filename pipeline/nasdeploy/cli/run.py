@@ -24,7 +24,8 @@ def run(
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<space>-<strategy>-<preset>); re-running skips "
                                        "finished stages."),
     device: str = typer.Option("cpu", help="cpu | cuda:N (search, training and measurement)."),
-    runtime: str = typer.Option("onnxruntime", help="Runtime the table is profiled on and the net deployed to."),
+    runtime: Optional[str] = typer.Option(None, help="Runtime the table is profiled on and the net deployed to (default: the "
+                                          "device's best present; nasdeploy runtimes lists them)."),
     table: Optional[Path] = typer.Option(None, help="Use this latency table instead of the machine's cached/profiled one."),
     table_root: Optional[Path] = typer.Option(None, help="Folder of this machine's tables (default: $NASDEPLOY_TABLE_ROOT, else "
                                               "~/.cache/nasdeploy/latency_tables)."),

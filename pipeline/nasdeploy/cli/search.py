@@ -45,7 +45,8 @@ def search(
     device: str = typer.Option("cpu", help="Torch device the search trains on (cpu, cuda:0); under torchrun 'cuda' means "
                                            "cuda:LOCAL_RANK."),
     dist_backend: str = typer.Option("auto", help="Under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo."),
-    runtime: str = typer.Option("onnxruntime", help="Runtime of the table looked up without --table: onnxruntime | torch | tensorrt."),
+    runtime: Optional[str] = typer.Option(None, help="Runtime of the table looked up without --table: onnxruntime | torch | "
+                                          "tensorrt (default: the device's best present; nasdeploy runtimes)."),
     table_root: Optional[Path] = typer.Option(None, help="Where this machine's tables are looked up and profiled "
                                               "(default: $NASDEPLOY_TABLE_ROOT, else ~/.cache/nasdeploy/latency_tables)."),
     spot_check_tolerance: float = tolerance_option(),

@@ -17,19 +17,16 @@ from nasdeploy.io import read_json
 from nasdeploy.export.measure import method_from_dict, module_measurement, onnx_measurement
 from nasdeploy.export.onnx_export import FP32_ATOL, export_onnx
 from nasdeploy.export.report import build_report, write_report
-from nasdeploy.hardware import MeasureMethod
+from nasdeploy.hardware import BACKENDS, MeasureMethod
 from nasdeploy.spaces.record import ArchitectureRecord
 
 log = logging.getLogger(__name__)
-
-RUNTIMES = ("onnxruntime", "tensorrt", "torch")
-
 
 @dataclass
 class ExportOptions:
     budget_ms: float | None = None  # None: the budget the architecture was searched for
     table: Path | None = None  # LUT for the prediction; None: the prediction stored by the search
-    runtime: str | None = None  # where the deployed net is re-measured; None: tensorrt with --tensorrt, else onnxruntime
+    runtime: str | None = None  # where the deployed net is re-measured; None: tensorrt with --tensorrt, else the device's best
     device: str = "cpu"
     tensorrt: bool = False
     fp16: bool = False
@@ -44,11 +41,13 @@ class ExportOptions:
 
 
 def target_runtime(options: ExportOptions) -> str:
-    """The runtime the deployed net is re-measured on: ``options.runtime``, else tensorrt with --tensorrt."""
-    runtime = options.runtime or ("tensorrt" if options.tensorrt else "onnxruntime")
-    if runtime not in RUNTIMES:
-        raise NasDeployError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-    return runtime
+    """The runtime the deployed net is re-measured on: ``options.runtime`` (checked present), tensorrt with
+    --tensorrt, else the device's best present runtime (``hardware.runtimes.resolve_runtime``, as search and run)."""
+    from nasdeploy.hardware.runtimes import resolve_runtime
+
+    if options.runtime is None and options.tensorrt:
+        return "tensorrt"  # checked by require_tensorrt before any work
+    return resolve_runtime(options.device, options.runtime).runtime
 
 
 def file_sha256(path: Path | str) -> str | None:
@@ -125,7 +124,7 @@ def searched_table(record: ArchitectureRecord):
 
 def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: str,
                    method: MeasureMethod) -> dict[str, Any]:
-    if runtime == "torch":
+    if not BACKENDS.get(runtime).measures_onnx:  # e.g. torch: the module itself is what that runtime deploys
         return module_measurement(model, input_shape, "torch", device, method).to_dict()
     return onnx_measurement(onnx_path, runtime, device, method, input_shape).to_dict()
 

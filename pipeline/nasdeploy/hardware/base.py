@@ -86,10 +86,34 @@ class Timing:
         return found
 
 
+@dataclass(frozen=True)
+class Availability:
+    """One runtime on one device: present or not, its version, what is missing and the command that adds it."""
+
+    runtime: str
+    present: bool
+    version: str | None = None
+    missing: str = ""  # why it is absent ("" when present)
+    install: str = ""  # how to get it
+    label: str = ""  # how it runs there when that is not obvious, e.g. "CUDA graphs"
+
+    def describe(self) -> str:
+        return f"{self.runtime} ({self.label})" if self.label else self.runtime
+
+
 class Backend(ABC):
     """A runtime on a device. Construction fails with NasDeployError if either is absent."""
 
     name: str
+    # rank as a deployment runtime per device kind ("cpu", "cuda"), lower first; a kind left out: never chosen
+    # there by default (``hardware.runtimes.resolve_runtime`` reads it, so no list of names exists elsewhere)
+    preference: dict[str, int] = {}
+    measures_onnx: bool = True  # runs an ONNX file (``nasdeploy measure model.onnx``)
+
+    @classmethod
+    @abstractmethod
+    def availability(cls, device: str) -> Availability:
+        """Whether this runtime can run on ``device`` here, without building anything heavy."""
 
     def __init__(self, device: str, method: MeasureMethod):
         self.device = device

@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.hardware.base import BACKENDS, Backend, MeasureMethod, Timing
+from nasdeploy.hardware.base import BACKENDS, Availability, Backend, MeasureMethod, Timing
 from nasdeploy.hardware.devices import cuda_index, require_device
 from nasdeploy.hardware.onnx_file import temporary_onnx
 from nasdeploy.hardware.timing import time_cuda
@@ -26,9 +26,35 @@ def import_tensorrt():
     return tensorrt
 
 
+def builder_problem(trt, device: str) -> str:
+    """Why TensorRT cannot build on ``device`` ("" when it can): importable is not enough (libraries, driver)."""
+    import torch
+
+    try:
+        with torch.cuda.device(require_device(device)):
+            builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    except Exception as exc:  # any failure of the library means the runtime is not usable here
+        return f"tensorrt {trt.__version__} cannot create a builder on {device} ({type(exc).__name__}: {exc})"
+    return "" if builder is not None else f"tensorrt {trt.__version__} returned no builder on {device}"
+
+
 @BACKENDS.register("tensorrt")
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    preference = {"cuda": 0}
+
+    @classmethod
+    def availability(cls, device: str) -> Availability:
+        if cuda_index(device) is None:
+            return Availability(cls.name, False, None, "TensorRT runs only on NVIDIA GPUs", "use --device cuda:N")
+        try:
+            trt = import_tensorrt()
+        except NasDeployError:
+            return Availability(cls.name, False, None, "tensorrt is not installed", INSTALL_HINT)
+        problem = builder_problem(trt, device)
+        if problem:
+            return Availability(cls.name, False, trt.__version__, problem, INSTALL_HINT)
+        return Availability(cls.name, True, trt.__version__, install=INSTALL_HINT)
 
     def __init__(self, device: str, method: MeasureMethod):
         super().__init__(device, method)

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.hardware.base import BACKENDS, Backend, MeasureMethod, Timing
-from nasdeploy.hardware.devices import default_threads, require_device
+from nasdeploy.hardware.base import BACKENDS, Availability, Backend, MeasureMethod, Timing
+from nasdeploy.hardware.devices import cuda_index, default_threads, require_device
 from nasdeploy.hardware.timing import host_clock, time_cuda, time_host
 
+CUDA_TORCH_HINT = "on a host with an NVIDIA GPU: pip install torch --index-url https://download.pytorch.org/whl/cu130"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -40,6 +41,22 @@ class TorchBackend(Backend):
     """``module(x)`` in eval mode under ``torch.inference_mode``."""
 
     name = "torch"
+    preference = {"cuda": 2, "cpu": 1}
+    measures_onnx = False
+
+    @classmethod
+    def availability(cls, device: str) -> Availability:
+        version = torch.__version__
+        if cuda_index(device) is None:
+            return Availability(cls.name, True, version)
+        try:
+            require_device(device)
+        except NasDeployError:
+            if torch.version.cuda is None:
+                return Availability(cls.name, False, version, f"torch {version} is a CPU build", CUDA_TORCH_HINT)
+            return Availability(cls.name, False, version, f"no {device} visible to torch {version} (CUDA {torch.version.cuda})",
+                                "a host with an NVIDIA GPU (nvidia-smi lists it; check CUDA_VISIBLE_DEVICES)")
+        return Availability(cls.name, True, version, label="eager")
 
     def __init__(self, device: str, method: MeasureMethod):
         super().__init__(device, method)

@@ -365,7 +365,10 @@ def discover_table(request, space_name: str, template):
     from nasdeploy.latency.table import load_table
     from nasdeploy.latency.trust import table_for_search
 
-    path = table_for_search(space_name, template, request.runtime, request.device, root=request.table_root)  # names it
+    from nasdeploy.hardware.runtimes import resolve_runtime
+
+    runtime = resolve_runtime(request.device, request.runtime).runtime  # the same choice as profile, run and export
+    path = table_for_search(space_name, template, runtime, request.device, root=request.table_root)  # names it
     return load_table(path, space=space_name, template=template)
 
 
