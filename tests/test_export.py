@@ -239,6 +239,40 @@ def test_export_with_torch_comparison(tmp_path, trained_checkpoint):
     assert report["comparisons"][0]["median_ms"] > 0 and report["measurement"]["n"] == 5
 
 
+def test_absent_comparison_runtimes_are_skipped_with_a_line_not_an_error(tmp_path, trained_checkpoint):
+    """``run --device cuda:0`` on a torch-only GPU host compares with runtimes that are not there: here onnxruntime's
+    CUDA provider (a CPU build) and TensorRT on cpu are as absent as they would be there."""
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+
+    compare = [("torch", "cpu"), ("onnxruntime", "cuda:0"), ("tensorrt", "cpu")]
+    if torch.cuda.is_available():
+        compare = [("torch", "cpu"), ("tensorrt", "cpu")]
+    options = ExportOptions(budget_ms=50.0, compare=compare, method=FAST.to_dict())
+    report = export_checkpoint(trained_checkpoint, "net.onnx", tmp_path, options)
+    assert [(c["runtime"], c["device"]) for c in report["comparisons"]] == [("torch", "cpu")]
+    skipped = {(s["runtime"], s["device"]): s["reason"] for s in report["skipped_comparisons"]}
+    assert set(skipped) == set(compare[1:])
+    assert "only on NVIDIA GPUs" in skipped[("tensorrt", "cpu")]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| comparison (tensorrt, cpu) | skipped: TensorRT runs only on NVIDIA GPUs" in markdown
+
+
+def test_comparison_plan_decides_on_availability_facts():
+    from nasdeploy.export.deploy import comparison_plan
+    from nasdeploy.hardware.base import Availability
+
+    present = {"torch"}
+    probe = lambda device, names: {n: Availability(n, n in present, missing="absent here", install="pip install it")  # noqa: E731
+                                   for n in names}
+    wanted, skipped = comparison_plan([("tensorrt", "cuda:0"), ("onnxruntime", "cuda:0"), ("torch", "cuda:0")],
+                                      "torch", "cuda:0", probe)
+    assert wanted == [] and [s["runtime"] for s in skipped] == ["tensorrt", "onnxruntime"]
+    assert skipped[0]["reason"] == "absent here; pip install it"
+    present.add("onnxruntime")
+    wanted, skipped = comparison_plan([("onnxruntime", "cuda:0"), ("torch", "cuda:0")], "tensorrt", "cuda:0", probe)
+    assert wanted == [("onnxruntime", "cuda:0"), ("torch", "cuda:0")] and skipped == []
+
+
 def test_cli_user_error_exits_2(tmp_path):
     env = {"PYTHONPATH": str(REPO / "pipeline")}
     import os

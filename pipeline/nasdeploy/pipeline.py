@@ -411,7 +411,10 @@ def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
     if export_finished(out, stage_dir(run_dir, "train") / "model.pt"):
         return StageResult("skipped", 0.0, {"report": str(out / "report.json")})
     started = time.perf_counter()
-    comparisons = [(runtime, config.device) for runtime in ("onnxruntime", "torch") if runtime != config.runtime]
+    from nasdeploy.hardware.runtimes import deployment_order
+
+    # every other deployment runtime of the device; those absent here are skipped with a line in the report
+    comparisons = [(runtime, config.device) for runtime in deployment_order(config.device) if runtime != config.runtime]
     options = ExportOptions(
         budget_ms=budget_ms, table=stage_dir(run_dir, "profile") / "table.json", runtime=config.runtime,
         device=config.device, compare=comparisons, table_policy=config.table_policy(),
@@ -465,6 +468,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "device": report.get("device"),
         "onnxruntime_median_ms": by_runtime.get("onnxruntime"),
         "torch_median_ms": by_runtime.get("torch"),
+        "skipped_comparisons": report.get("skipped_comparisons", []),
         "parity_max_abs_diff": report["parity"][0]["max_abs_diff"],
         "spot_check": (report.get("spot_check") or {}).get("summary"),
         "flops": report.get("flops"),

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from nasdeploy.cli.app import app
@@ -109,6 +110,8 @@ def run_table(state: dict, out: Path) -> Table:
     table.add_row("budget check", verdict)
     table.add_row(f"ONNX Runtime ({s['device']}) median", _ms(s["onnxruntime_median_ms"]))
     table.add_row(f"PyTorch ({s['device']}) median", _ms(s["torch_median_ms"]))
+    for absent in s.get("skipped_comparisons", []):
+        table.add_row(f"{absent['runtime']} ({absent['device']})", escape(f"skipped: {absent['reason']}"))
     table.add_row("parity max |ONNX − torch|", f"{s['parity_max_abs_diff']:.2e}")
     table.add_row("parameters / FLOPs", f"{s['params']:,} / " + ("—" if s["flops"] is None else f"{s['flops']:,}"))
     table.add_row("stage time (profile + search + train + export)", f"{state.get('stage_time_s', 0.0):.0f} s")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -18,6 +18,8 @@ from nasdeploy.export.measure import method_from_dict, module_measurement, onnx_
 from nasdeploy.export.onnx_export import FP32_ATOL, export_onnx
 from nasdeploy.export.report import build_report, write_report
 from nasdeploy.hardware import BACKENDS, MeasureMethod
+from nasdeploy.hardware.base import Availability
+from nasdeploy.hardware.runtimes import probe_runtimes
 from nasdeploy.spaces.record import ArchitectureRecord
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,23 @@ def searched_table(record: ArchitectureRecord):
         return None
 
 
+def comparison_plan(compare: list[tuple[str, str]], target: str, device: str,
+                    probe: Callable[[str, list[str]], Mapping[str, Availability]] = probe_runtimes):
+    """(the comparisons to measure, the ones skipped): a comparison whose runtime is absent on its device is skipped
+    with its reason and fix (logged, and a line in the report), never an error: it is not what is deployed."""
+    wanted, skipped = [], []
+    for runtime, where in compare:
+        if (runtime, where) == (target, device):
+            continue
+        fact = probe(where, [runtime])[runtime]
+        if fact.present:
+            wanted.append((runtime, where))
+            continue
+        skipped.append({"runtime": runtime, "device": where, "reason": f"{fact.missing}; {fact.install}"})
+        log.warning("comparison %s on %s skipped: %s", runtime, where, skipped[-1]["reason"])
+    return wanted, skipped
+
+
 def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: str,
                    method: MeasureMethod) -> dict[str, Any]:
     if not BACKENDS.get(runtime).measures_onnx:  # e.g. torch: the module itself is what that runtime deploys
@@ -173,16 +192,17 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     log.info("re-measuring %s on %s/%s (%d runs after %d warm-up)", onnx_path.name, runtime, options.device,
              method.repeats, method.warmup)
     measurement = measure_target(onnx_path, model, input_shape, runtime, options.device, method)
+    wanted, skipped = comparison_plan(options.compare, runtime, options.device)
     comparisons = [measure_target(onnx_path, model, input_shape, other, device,
-                                  method_from_dict(method.to_dict(), dtype="float32"))
-                   for other, device in options.compare if (other, device) != (runtime, options.device)]
+                                  method_from_dict(method.to_dict(), dtype="float32")) for other, device in wanted]
     budget = options.budget_ms if options.budget_ms is not None else record.metrics.get("latency_budget_ms")
     report = build_report(
         name=out_dir.name, files=files, budget_ms=budget, predicted_ms=predicted, measurement=measurement,
         parity=parity, model_metrics=payload.get("metrics", {}), comparisons=comparisons, table=table_name,
         extra={"space": record.space, "arch": record.to_json()["arch"], "input_shape": list(input_shape),
                "checkpoint_sha256": file_sha256(checkpoint), "spot_check": prediction["spot_check"],
-               "predicted_table_ms": prediction["predicted_table_ms"], "speed_ratio": prediction["speed_ratio"]},
+               "predicted_table_ms": prediction["predicted_table_ms"], "speed_ratio": prediction["speed_ratio"],
+               "skipped_comparisons": skipped},
     )
     json_path, md_path = write_report(report, out_dir)
     files.update({"report_json": str(json_path), "report_md": str(md_path)})

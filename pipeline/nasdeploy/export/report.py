@@ -111,6 +111,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     for other in report.get("comparisons", []):
         rows.append((f"measured median ({other['runtime']}, {other['device']})", _ms(other.get("median_ms"))))
+    for absent in report.get("skipped_comparisons", []):
+        rows.append((f"comparison ({absent['runtime']}, {absent['device']})", f"skipped: {absent['reason']}"))
     for parity in report.get("parity", []):
         verdict = "pass" if parity["passed"] else "FAIL"
         rows.append((f"parity {parity['runtime']} vs torch", f"max abs diff {parity['max_abs_diff']:.2e} ≤ {parity['atol']:.1e}: {verdict}"
