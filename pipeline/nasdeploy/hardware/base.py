@@ -111,9 +111,10 @@ class Backend(ABC):
     measures_onnx: bool = True  # runs an ONNX file (``nasdeploy measure model.onnx``)
 
     @classmethod
-    @abstractmethod
     def availability(cls, device: str) -> Availability:
-        """Whether this runtime can run on ``device`` here, without building anything heavy."""
+        """Whether this runtime can run on ``device`` here, without building anything heavy. A backend that does not
+        say is taken as present; with no ``preference`` it is never a default, only used when named."""
+        return Availability(cls.name, True)
 
     def __init__(self, device: str, method: MeasureMethod):
         self.device = device
