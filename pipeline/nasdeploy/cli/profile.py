@@ -49,6 +49,8 @@ def profile(
     threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads / ORT intra-op); default 1."),
     dtype: str = typer.Option("float32", help="float32 | float16 (GPU)."),
     clock: str = typer.Option("auto", help="auto | thread | wall: auto times CPU runs with one thread by thread CPU time (immune to other processes), else wall clock."),
+    execution: str = typer.Option("auto", help="torch on CUDA: cuda-graph (replays of one captured graph, as a deployed "
+                                  "engine runs) | eager (each kernel launched from Python); auto: cuda-graph on CUDA, eager on CPU."),
     reference: bool = typer.Option(PROFILE_DEFAULTS["reference"], help="Time a fixed reference network before every op and "
                                    "network and express each at the reference's quiet-state speed (removes the machine's "
                                    "slow phases from the table)."),
@@ -77,7 +79,7 @@ def profile(
     if batch < 1 or repeats < 1 or rounds < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise NasDeployError("--batch, --repeats, --rounds and --threads must be positive and --warmup not negative; e.g. --repeats 40")
     measure = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch, rounds=rounds, clock=clock,
-                            reference=reference)
+                            reference=reference, execution=execution)
     backend = get_backend(runtime, device, measure)  # fails at once if the device or runtime is absent
     template = make_template(space, preset, op_space, input_size)
     started = time.perf_counter()

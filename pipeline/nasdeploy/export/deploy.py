@@ -194,7 +194,8 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     measurement = measure_target(onnx_path, model, input_shape, runtime, options.device, method)
     wanted, skipped = comparison_plan(options.compare, runtime, options.device)
     comparisons = [measure_target(onnx_path, model, input_shape, other, device,
-                                  method_from_dict(method.to_dict(), dtype="float32")) for other, device in wanted]
+                                  method_from_dict(method.to_dict(), dtype="float32", execution="auto"))
+                   for other, device in wanted]  # each comparison runs its runtime's default way on its device
     budget = options.budget_ms if options.budget_ms is not None else record.metrics.get("latency_budget_ms")
     report = build_report(
         name=out_dir.name, files=files, budget_ms=budget, predicted_ms=predicted, measurement=measurement,

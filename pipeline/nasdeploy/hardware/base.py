@@ -33,6 +33,10 @@ class MeasureMethod:
     # reference's quiet-state speed (``latency.rounds.normalise``): a shared machine's speed moves in phases of
     # seconds to minutes, and an item timed in a slow phase is then scaled back, instead of entering the table slow.
     reference: bool = False
+    # How torch runs a module on CUDA: "cuda-graph" replays one captured graph (the regime a deployed engine runs in:
+    # no per-kernel launch from Python; eager was 6.7-7.7x slower on small DARTS nets on an H200), "eager" launches
+    # each kernel from Python; "auto": cuda-graph on CUDA, eager on CPU. Tables made before this field were eager.
+    execution: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
