@@ -391,3 +391,51 @@ def test_tensorrt_engine_parity(tmp_path, fp16):
     engine = tmp_path / "net.engine"
     result = export_tensorrt(net, onnx_path, engine, (1, 3, 32, 32), fp16=fp16, real_inputs=digits_batch(16))
     assert engine.is_file() and result.passed and result.max_abs_diff <= result.atol
+
+
+def test_tensorrt_profile_shapes_cover_the_measured_batch():
+    from nasdeploy.hardware.tensorrt_backend import MAX_BATCH, profile_shapes
+
+    assert profile_shapes((-1, 3, 32, 32), (8, 3, 32, 32)) == ((1, 3, 32, 32), (8, 3, 32, 32), (MAX_BATCH, 3, 32, 32))
+    assert profile_shapes((-1, 3, 32, 32), (128, 3, 32, 32))[2] == (128, 3, 32, 32)
+    assert profile_shapes((-1, 3, 32, 32), None) == ((1, 3, 32, 32), (1, 3, 32, 32), (MAX_BATCH, 3, 32, 32))
+
+
+def test_tensorrt_networks_are_strongly_typed_where_the_flag_exists_and_failures_are_checked():
+    from types import SimpleNamespace
+
+    from nasdeploy.hardware.tensorrt_backend import check, network_flags
+
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))) == 2
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace())) == 0
+    check(True, "execute_async_v3")
+    with pytest.raises(NasDeployError, match="TensorRT execute_async_v3 failed"):
+        check(False, "execute_async_v3")
+
+
+def test_dynamic_batch_onnx_for_an_engine_has_a_symbolic_batch(tmp_path):
+    import onnx
+
+    from nasdeploy.hardware.onnx_file import export_module
+
+    path = export_module(nn.Conv2d(3, 4, 3), (2, 3, 8, 8), tmp_path / "dyn.onnx", dynamic_batch=True)
+    batch = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value
+    fixed = export_module(nn.Conv2d(3, 4, 3), (2, 3, 8, 8), tmp_path / "fixed.onnx")
+    assert onnx.load(str(fixed)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+
+
+@pytest.mark.gpu
+def test_tensorrt_measures_the_engine_file_it_is_given(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    pytest.importorskip("tensorrt", reason="tensorrt package not installed")
+    from nasdeploy.export.tensorrt_export import build_engine
+    from nasdeploy.hardware import MeasureMethod, get_backend
+    from nasdeploy.hardware.onnx_file import export_module
+
+    onnx_path = export_module(nn.Conv2d(3, 4, 3), (1, 3, 16, 16), tmp_path / "c.onnx", dynamic_batch=True)
+    build_engine(onnx_path, tmp_path / "c.engine")
+    backend = get_backend("tensorrt", "cuda:0", MeasureMethod(warmup=2, repeats=5))
+    for batch in (1, 8):  # a dynamic-batch engine re-measured at another batch (optimisation profile)
+        assert len(backend.measure_onnx(tmp_path / "c.engine", (batch, 3, 16, 16)).samples_ms) == 5

@@ -181,8 +181,11 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
         from nasdeploy.export.tensorrt_export import export_tensorrt
 
         engine_path = onnx_path.with_suffix(".fp16.engine" if options.fp16 else ".engine")
-        parity.append(export_tensorrt(model, onnx_path, engine_path, input_shape, options.fp16, real, options.device).to_dict())
+        parity.append(export_tensorrt(model, onnx_path, engine_path, input_shape, options.fp16, real, options.device,
+                                      options.dynamic_batch).to_dict())
         files["tensorrt_engine"] = str(engine_path)
+        if options.fp16:
+            files["tensorrt_fp16_onnx"] = str(onnx_path.with_suffix(".fp16.onnx"))  # the engine's source
 
     dtype = "float16" if options.fp16 and runtime == "tensorrt" else None
     overrides = {**(options.method or {}), "batch": input_shape[0]}
@@ -191,7 +194,9 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     method = method_from_dict(table_method, **overrides)
     log.info("re-measuring %s on %s/%s (%d runs after %d warm-up)", onnx_path.name, runtime, options.device,
              method.repeats, method.warmup)
-    measurement = measure_target(onnx_path, model, input_shape, runtime, options.device, method)
+    # the engine export wrote is the one measured (not a rebuild); other runtimes read the ONNX file
+    measurement = measure_target(Path(files.get(f"{runtime}_engine", onnx_path)), model, input_shape, runtime,
+                                 options.device, method)
     wanted, skipped = comparison_plan(options.compare, runtime, options.device)
     comparisons = [measure_target(onnx_path, model, input_shape, other, device,
                                   method_from_dict(method.to_dict(), dtype="float32", execution="auto"))
