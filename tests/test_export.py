@@ -270,7 +270,21 @@ def test_comparison_plan_decides_on_availability_facts():
     assert skipped[0]["reason"] == "absent here; pip install it"
     present.add("onnxruntime")
     wanted, skipped = comparison_plan([("onnxruntime", "cuda:0"), ("torch", "cuda:0")], "tensorrt", "cuda:0", probe)
-    assert wanted == [("onnxruntime", "cuda:0"), ("torch", "cuda:0")] and skipped == []
+    assert wanted == [("onnxruntime", "cuda:0", "auto"), ("torch", "cuda:0", "auto")] and skipped == []
+
+
+def test_a_gpu_run_compares_every_other_runtime_and_torch_both_ways():
+    from nasdeploy.export.deploy import comparison_plan
+    from nasdeploy.hardware.base import Availability
+    from nasdeploy.pipeline import run_comparisons
+
+    assert run_comparisons("cpu", "onnxruntime") == [("torch", "cpu")]
+    planned = run_comparisons("cuda:0", "torch")
+    assert planned == [("tensorrt", "cuda:0"), ("onnxruntime", "cuda:0"), ("torch", "cuda:0"), ("torch", "cuda:0", "eager")]
+    everything = lambda device, names: {n: Availability(n, True) for n in names}  # noqa: E731
+    wanted, skipped = comparison_plan(planned, "torch", "cuda:0", everything)
+    assert wanted == [("tensorrt", "cuda:0", "auto"), ("onnxruntime", "cuda:0", "auto"), ("torch", "cuda:0", "eager")]
+    assert skipped == []
 
 
 def test_cli_user_error_exits_2(tmp_path):
@@ -439,3 +453,15 @@ def test_tensorrt_measures_the_engine_file_it_is_given(tmp_path):
     backend = get_backend("tensorrt", "cuda:0", MeasureMethod(warmup=2, repeats=5))
     for batch in (1, 8):  # a dynamic-batch engine re-measured at another batch (optimisation profile)
         assert len(backend.measure_onnx(tmp_path / "c.engine", (batch, 3, 16, 16)).samples_ms) == 5
+
+
+def test_run_summary_keeps_torch_graph_and_eager_apart():
+    from nasdeploy.pipeline import medians_by_runtime
+
+    report = {"runtime": "onnxruntime", "measured_median_ms": 1.0, "comparisons": [
+        {"runtime": "torch", "device": "cuda:0", "median_ms": 2.5, "method": {"execution": "cuda-graph"}},
+        {"runtime": "torch", "device": "cuda:0", "median_ms": 17.0, "method": {"execution": "eager"}}]}
+    assert medians_by_runtime(report) == ({"onnxruntime": 1.0, "torch": 2.5}, 17.0)
+    on_cpu = {"runtime": "onnxruntime", "measured_median_ms": 1.0,
+              "comparisons": [{"runtime": "torch", "device": "cpu", "median_ms": 9.0, "method": {"execution": "eager"}}]}
+    assert medians_by_runtime(on_cpu) == ({"onnxruntime": 1.0, "torch": 9.0}, None)

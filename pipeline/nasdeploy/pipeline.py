@@ -403,6 +403,16 @@ def file_sha256(path: Path) -> str | None:
     return sha(path)
 
 
+def run_comparisons(device: str, target: str) -> list[tuple[str, ...]]:
+    """Every other deployment runtime of the device, then torch (on a GPU both CUDA graphs and eager); those absent
+    here are skipped with a line in the report, the target's own measurement is not repeated."""
+    from nasdeploy.export.deploy import torch_comparisons
+    from nasdeploy.hardware.runtimes import deployment_order
+
+    others = [(runtime, device) for runtime in deployment_order(device) if runtime not in (target, "torch")]
+    return others + torch_comparisons(device)
+
+
 def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageResult:
     """Export to ONNX with parity, re-measure with ONNX Runtime and torch on the device, write the report."""
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
@@ -411,10 +421,7 @@ def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
     if export_finished(out, stage_dir(run_dir, "train") / "model.pt"):
         return StageResult("skipped", 0.0, {"report": str(out / "report.json")})
     started = time.perf_counter()
-    from nasdeploy.hardware.runtimes import deployment_order
-
-    # every other deployment runtime of the device; those absent here are skipped with a line in the report
-    comparisons = [(runtime, config.device) for runtime in deployment_order(config.device) if runtime != config.runtime]
+    comparisons = run_comparisons(config.device, config.runtime)
     options = ExportOptions(
         budget_ms=budget_ms, table=stage_dir(run_dir, "profile") / "table.json", runtime=config.runtime,
         device=config.device, compare=comparisons, table_policy=config.table_policy(),
@@ -444,14 +451,25 @@ def load_run_state(run_dir: Path, config: RunConfig) -> dict[str, Any]:
     return state
 
 
+def medians_by_runtime(report: dict[str, Any]) -> tuple[dict[str, float], float | None]:
+    """({runtime: median} as each runs by default, torch's eager median on a GPU or None) from an export report."""
+    by_runtime = {report["runtime"]: report["measured_median_ms"]}
+    eager = None
+    for other in report.get("comparisons", []):
+        if (other.get("method") or {}).get("execution") == "eager" and other["device"] != "cpu":
+            eager = other["median_ms"]
+        else:
+            by_runtime.setdefault(other["runtime"], other["median_ms"])
+    return by_runtime, eager
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The figures the terminal summary shows, read back from the export report."""
     from nasdeploy.spaces.record import ArchitectureRecord
 
     report = read_json(stage_dir(run_dir, "export") / "report.json", "export report")
     searched = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json").metrics
-    by_runtime = {report["runtime"]: report["measured_median_ms"]}
-    by_runtime.update({c["runtime"]: c["median_ms"] for c in report.get("comparisons", [])})
+    by_runtime, eager = medians_by_runtime(report)
     return {
         "test_accuracy": report.get("test_accuracy"),
         "budget_ms": report.get("budget_ms"),
@@ -468,6 +486,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "device": report.get("device"),
         "onnxruntime_median_ms": by_runtime.get("onnxruntime"),
         "torch_median_ms": by_runtime.get("torch"),
+        "torch_eager_median_ms": eager,
         "skipped_comparisons": report.get("skipped_comparisons", []),
         "parity_max_abs_diff": report["parity"][0]["max_abs_diff"],
         "spot_check": (report.get("spot_check") or {}).get("summary"),

@@ -32,7 +32,8 @@ def export(
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Export with a dynamic batch axis."),
     atol: float = typer.Option(1e-4, help="fp32 parity tolerance: max |ONNX Runtime − PyTorch| on logits."),
     data: Optional[str] = typer.Option(None, help="Dataset for the real parity inputs (default: the training data)."),
-    compare_torch: bool = typer.Option(True, help="Also measure the PyTorch module on the same device for comparison."),
+    compare_torch: bool = typer.Option(True, help="Also measure the PyTorch module on the same device for comparison "
+                                       "(on a GPU: as CUDA-graph replays and eager)."),
     warmup: Optional[int] = typer.Option(None, help="Untimed runs before timing (default: the table's method, else 10)."),
     repeats: Optional[int] = typer.Option(None, help="Timed runs (default: the table's method, else 50)."),
     spot_check_tolerance: float = tolerance_option(),
@@ -47,7 +48,7 @@ def export(
     the paper preset, export stops naming the 'nasdeploy train' command to run.
     """
     from nasdeploy.errors import NasDeployError
-    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint, torch_comparisons
     from nasdeploy.export.report import summary_table
     from nasdeploy.hardware.devices import require_device
     from nasdeploy.units import parse_latency
@@ -67,7 +68,7 @@ def export(
     options = ExportOptions(
         budget_ms=parse_latency(budget) if budget else None, table=table, runtime=runtime, device=device,
         tensorrt=tensorrt, fp16=fp16, exporter=exporter, dynamic_batch=dynamic_batch, atol=atol, data=data,
-        compare=[("torch", device)] if compare_torch else [],
+        compare=torch_comparisons(device) if compare_torch else [],
         method={k: v for k, v in {"warmup": warmup, "repeats": repeats}.items() if v is not None}, table_policy=policy,
     )
     folder = out_dir or default_folder or Path("exports") / (checkpoint.resolve().parent.name or "model")

@@ -110,6 +110,8 @@ def run_table(state: dict, out: Path) -> Table:
     table.add_row("budget check", verdict)
     table.add_row(f"ONNX Runtime ({s['device']}) median", _ms(s["onnxruntime_median_ms"]))
     table.add_row(f"PyTorch ({s['device']}) median", _ms(s["torch_median_ms"]))
+    if s.get("torch_eager_median_ms") is not None:
+        table.add_row(f"PyTorch eager ({s['device']}) median", _ms(s["torch_eager_median_ms"]))
     for absent in s.get("skipped_comparisons", []):
         table.add_row(f"{absent['runtime']} ({absent['device']})", escape(f"skipped: {absent['reason']}"))
     table.add_row("parity max |ONNX − torch|", f"{s['parity_max_abs_diff']:.2e}")

@@ -37,7 +37,8 @@ class ExportOptions:
     atol: float = FP32_ATOL
     real_inputs: int = 32  # dataset images checked for parity
     data: str | None = None  # None: the dataset the model was trained on
-    compare: list[tuple[str, str]] = field(default_factory=list)  # extra (runtime, device) measurements
+    # extra measurements: (runtime, device) run that runtime's default way, (runtime, device, execution) another way
+    compare: list[tuple[str, ...]] = field(default_factory=list)
     method: dict[str, Any] | None = None  # MeasureMethod fields overriding the table's method (else the defaults)
     table_policy: Any = None  # latency.trust.TablePolicy for the prediction's table (None: the defaults)
 
@@ -124,17 +125,27 @@ def searched_table(record: ArchitectureRecord):
         return None
 
 
-def comparison_plan(compare: list[tuple[str, str]], target: str, device: str,
+def torch_comparisons(device: str) -> list[tuple[str, ...]]:
+    """torch on ``device`` as it runs by default (CUDA graphs on a GPU) and, on a GPU, eager as well, so a report
+    shows both ways the same network runs in PyTorch."""
+    from nasdeploy.hardware.devices import cuda_index
+
+    return [("torch", device)] + ([("torch", device, "eager")] if cuda_index(device) is not None else [])
+
+
+def comparison_plan(compare: list[tuple[str, ...]], target: str, device: str,
                     probe: Callable[[str, list[str]], Mapping[str, Availability]] = probe_runtimes):
-    """(the comparisons to measure, the ones skipped): a comparison whose runtime is absent on its device is skipped
-    with its reason and fix (logged, and a line in the report), never an error: it is not what is deployed."""
+    """(the comparisons to measure as (runtime, device, execution), the ones skipped): a comparison whose runtime is
+    absent on its device is skipped with its reason and fix (logged, a line in the report), never an error: it is not
+    what is deployed. One that repeats the target measurement is dropped."""
     wanted, skipped = [], []
-    for runtime, where in compare:
-        if (runtime, where) == (target, device):
+    for runtime, where, *how in compare:
+        execution = how[0] if how else "auto"
+        if (runtime, where, execution) == (target, device, "auto"):
             continue
         fact = probe(where, [runtime])[runtime]
         if fact.present:
-            wanted.append((runtime, where))
+            wanted.append((runtime, where, execution))
             continue
         skipped.append({"runtime": runtime, "device": where, "reason": f"{fact.missing}; {fact.install}"})
         log.warning("comparison %s on %s skipped: %s", runtime, where, skipped[-1]["reason"])
@@ -199,8 +210,8 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
                                  options.device, method)
     wanted, skipped = comparison_plan(options.compare, runtime, options.device)
     comparisons = [measure_target(onnx_path, model, input_shape, other, device,
-                                  method_from_dict(method.to_dict(), dtype="float32", execution="auto"))
-                   for other, device in wanted]  # each comparison runs its runtime's default way on its device
+                                  method_from_dict(method.to_dict(), dtype="float32", execution=execution))
+                   for other, device, execution in wanted]
     budget = options.budget_ms if options.budget_ms is not None else record.metrics.get("latency_budget_ms")
     report = build_report(
         name=out_dir.name, files=files, budget_ms=budget, predicted_ms=predicted, measurement=measurement,
