@@ -249,6 +249,54 @@ def test_export_with_torch_comparison(tmp_path, trained_checkpoint):
     assert report["comparisons"][0]["median_ms"] > 0 and report["measurement"]["n"] == 5
 
 
+def test_absent_comparison_runtimes_are_skipped_with_a_line_not_an_error(tmp_path, trained_checkpoint):
+    """``run --device cuda:0`` on a torch-only GPU host compares with runtimes that are not there: here onnxruntime's
+    CUDA provider (a CPU build) and TensorRT on cpu are as absent as they would be there."""
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+
+    compare = [("torch", "cpu"), ("onnxruntime", "cuda:0"), ("tensorrt", "cpu")]
+    if torch.cuda.is_available():
+        compare = [("torch", "cpu"), ("tensorrt", "cpu")]
+    options = ExportOptions(budget_ms=50.0, compare=compare, method=FAST.to_dict())
+    report = export_checkpoint(trained_checkpoint, "net.onnx", tmp_path, options)
+    assert [(c["runtime"], c["device"]) for c in report["comparisons"]] == [("torch", "cpu")]
+    skipped = {(s["runtime"], s["device"]): s["reason"] for s in report["skipped_comparisons"]}
+    assert set(skipped) == set(compare[1:])
+    assert "only on NVIDIA GPUs" in skipped[("tensorrt", "cpu")]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| comparison (tensorrt, cpu) | skipped: TensorRT runs only on NVIDIA GPUs" in markdown
+
+
+def test_comparison_plan_decides_on_availability_facts():
+    from nasdeploy.export.deploy import comparison_plan
+    from nasdeploy.hardware.base import Availability
+
+    present = {"torch"}
+    probe = lambda device, names: {n: Availability(n, n in present, missing="absent here", install="pip install it")  # noqa: E731
+                                   for n in names}
+    wanted, skipped = comparison_plan([("tensorrt", "cuda:0"), ("onnxruntime", "cuda:0"), ("torch", "cuda:0")],
+                                      "torch", "cuda:0", probe)
+    assert wanted == [] and [s["runtime"] for s in skipped] == ["tensorrt", "onnxruntime"]
+    assert skipped[0]["reason"] == "absent here; pip install it"
+    present.add("onnxruntime")
+    wanted, skipped = comparison_plan([("onnxruntime", "cuda:0"), ("torch", "cuda:0")], "tensorrt", "cuda:0", probe)
+    assert wanted == [("onnxruntime", "cuda:0", "auto"), ("torch", "cuda:0", "auto")] and skipped == []
+
+
+def test_a_gpu_run_compares_every_other_runtime_and_torch_both_ways():
+    from nasdeploy.export.deploy import comparison_plan
+    from nasdeploy.hardware.base import Availability
+    from nasdeploy.pipeline import run_comparisons
+
+    assert run_comparisons("cpu", "onnxruntime") == [("torch", "cpu")]
+    planned = run_comparisons("cuda:0", "torch")
+    assert planned == [("tensorrt", "cuda:0"), ("onnxruntime", "cuda:0"), ("torch", "cuda:0"), ("torch", "cuda:0", "eager")]
+    everything = lambda device, names: {n: Availability(n, True) for n in names}  # noqa: E731
+    wanted, skipped = comparison_plan(planned, "torch", "cuda:0", everything)
+    assert wanted == [("tensorrt", "cuda:0", "auto"), ("onnxruntime", "cuda:0", "auto"), ("torch", "cuda:0", "eager")]
+    assert skipped == []
+
+
 def test_cli_user_error_exits_2(tmp_path):
     env = {"PYTHONPATH": str(REPO / "pipeline")}
     import os
@@ -367,3 +415,63 @@ def test_tensorrt_engine_parity(tmp_path, fp16):
     engine = tmp_path / "net.engine"
     result = export_tensorrt(net, onnx_path, engine, (1, 3, 32, 32), fp16=fp16, real_inputs=digits_batch(16))
     assert engine.is_file() and result.passed and result.max_abs_diff <= result.atol
+
+
+def test_tensorrt_profile_shapes_cover_the_measured_batch():
+    from nasdeploy.hardware.tensorrt_backend import MAX_BATCH, profile_shapes
+
+    assert profile_shapes((-1, 3, 32, 32), (8, 3, 32, 32)) == ((1, 3, 32, 32), (8, 3, 32, 32), (MAX_BATCH, 3, 32, 32))
+    assert profile_shapes((-1, 3, 32, 32), (128, 3, 32, 32))[2] == (128, 3, 32, 32)
+    assert profile_shapes((-1, 3, 32, 32), None) == ((1, 3, 32, 32), (1, 3, 32, 32), (MAX_BATCH, 3, 32, 32))
+
+
+def test_tensorrt_networks_are_strongly_typed_where_the_flag_exists_and_failures_are_checked():
+    from types import SimpleNamespace
+
+    from nasdeploy.hardware.tensorrt_backend import check, network_flags
+
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))) == 2
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace())) == 0
+    check(True, "execute_async_v3")
+    with pytest.raises(NasDeployError, match="TensorRT execute_async_v3 failed"):
+        check(False, "execute_async_v3")
+
+
+def test_dynamic_batch_onnx_for_an_engine_has_a_symbolic_batch(tmp_path):
+    import onnx
+
+    from nasdeploy.hardware.onnx_file import export_module
+
+    path = export_module(nn.Conv2d(3, 4, 3), (2, 3, 8, 8), tmp_path / "dyn.onnx", dynamic_batch=True)
+    batch = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value
+    fixed = export_module(nn.Conv2d(3, 4, 3), (2, 3, 8, 8), tmp_path / "fixed.onnx")
+    assert onnx.load(str(fixed)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+
+
+@pytest.mark.gpu
+def test_tensorrt_measures_the_engine_file_it_is_given(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    pytest.importorskip("tensorrt", reason="tensorrt package not installed")
+    from nasdeploy.export.tensorrt_export import build_engine
+    from nasdeploy.hardware import MeasureMethod, get_backend
+    from nasdeploy.hardware.onnx_file import export_module
+
+    onnx_path = export_module(nn.Conv2d(3, 4, 3), (1, 3, 16, 16), tmp_path / "c.onnx", dynamic_batch=True)
+    build_engine(onnx_path, tmp_path / "c.engine")
+    backend = get_backend("tensorrt", "cuda:0", MeasureMethod(warmup=2, repeats=5))
+    for batch in (1, 8):  # a dynamic-batch engine re-measured at another batch (optimisation profile)
+        assert len(backend.measure_onnx(tmp_path / "c.engine", (batch, 3, 16, 16)).samples_ms) == 5
+
+
+def test_run_summary_keeps_torch_graph_and_eager_apart():
+    from nasdeploy.pipeline import medians_by_runtime
+
+    report = {"runtime": "onnxruntime", "measured_median_ms": 1.0, "comparisons": [
+        {"runtime": "torch", "device": "cuda:0", "median_ms": 2.5, "method": {"execution": "cuda-graph"}},
+        {"runtime": "torch", "device": "cuda:0", "median_ms": 17.0, "method": {"execution": "eager"}}]}
+    assert medians_by_runtime(report) == ({"onnxruntime": 1.0, "torch": 2.5}, 17.0)
+    on_cpu = {"runtime": "onnxruntime", "measured_median_ms": 1.0,
+              "comparisons": [{"runtime": "torch", "device": "cpu", "median_ms": 9.0, "method": {"execution": "eager"}}]}
+    assert medians_by_runtime(on_cpu) == ({"onnxruntime": 1.0, "torch": 9.0}, None)

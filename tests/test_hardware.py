@@ -97,7 +97,7 @@ def test_onnxruntime_cpu_measures_exported_onnx(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 def test_absent_cuda_device_fails_with_fix(runtime):
-    with pytest.raises(NasDeployError, match=r"no CUDA device 'cuda:0'.*use --device cpu"):
+    with pytest.raises(NasDeployError, match=r"--device cuda:0: no CUDA device is visible here.*visible devices: cpu; pass --device cpu"):
         get_backend(runtime, "cuda:0", MeasureMethod())
 
 
@@ -142,3 +142,65 @@ def test_tensorrt_measures_engine():
         pytest.skip("TensorRT not installed (pip install 'nasdeploy[tensorrt]')")
     backend = get_backend("tensorrt", "cuda:0", MeasureMethod(warmup=3, repeats=20))
     check_timing(backend.measure_module(small_module(), (1, 8, 32, 32)), 20)
+
+
+def test_execution_resolves_to_cuda_graph_on_gpu_and_eager_on_cpu():
+    from nasdeploy.hardware.timing import resolve_execution
+
+    assert resolve_execution("auto", on_gpu=True) == "cuda-graph"
+    assert resolve_execution("auto", on_gpu=False) == "eager"
+    assert resolve_execution("eager", on_gpu=True) == "eager"
+    with pytest.raises(NasDeployError, match="CUDA graphs need a cuda device; use --execution eager"):
+        resolve_execution("cuda-graph", on_gpu=False)
+    with pytest.raises(NasDeployError, match="unknown execution 'graph'"):
+        resolve_execution("graph", on_gpu=True)
+
+
+def test_torch_cpu_records_eager_and_refuses_cuda_graphs():
+    backend = get_backend("torch", "cpu", MeasureMethod(warmup=1, repeats=3))
+    assert backend.method.to_dict()["execution"] == "eager"
+    with pytest.raises(NasDeployError) as info:
+        get_backend("torch", "cpu", MeasureMethod(execution="cuda-graph"))
+    assert "\n" not in str(info.value)
+
+
+def test_a_table_from_before_the_execution_field_reads_as_eager():
+    from types import SimpleNamespace
+
+    from nasdeploy.latency.profiler import stored_method
+
+    legacy = SimpleNamespace(method={"warmup": 3, "repeats": 10, "clock": "cuda-event"})
+    assert stored_method(legacy).execution == "eager"
+    assert stored_method(SimpleNamespace(method={"execution": "cuda-graph"})).execution == "cuda-graph"
+
+
+def test_report_names_how_torch_ran_on_a_gpu():
+    from nasdeploy.export.report import where
+
+    assert where({"runtime": "torch", "device": "cuda:0", "method": {"execution": "cuda-graph"}}) == "torch, cuda:0, cuda-graph"
+    assert where({"runtime": "torch", "device": "cpu", "method": {"execution": "eager"}}) == "torch, cpu"
+    assert where({"runtime": "onnxruntime", "device": "cuda:0", "method": {"execution": "auto"}}) == "onnxruntime, cuda:0"
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_graph_replays_the_captured_work_once_per_sample():
+    """Eager warm-up runs, a capture that runs nothing, then ``warmup + repeats`` replays: counted on a tensor."""
+    from nasdeploy.hardware.timing import EAGER_WARMUP_BEFORE_CAPTURE, time_cuda_graph
+
+    counter = torch.zeros(1, device="cuda:0")
+    method = MeasureMethod(warmup=2, repeats=7)
+    timing = time_cuda_graph(lambda: counter.add_(1), method, 0)
+    torch.cuda.synchronize()
+    assert len(timing.samples_ms) == 7 and all(t > 0 for t in timing.samples_ms)
+    assert counter.item() == max(2, EAGER_WARMUP_BEFORE_CAPTURE) + 2 + 7
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_torch_cuda_defaults_to_graphs_and_eager_stays_explicit():
+    graph = get_backend("torch", "cuda:0", MeasureMethod(warmup=3, repeats=20))
+    eager = get_backend("torch", "cuda:0", MeasureMethod(warmup=3, repeats=20, execution="eager"))
+    assert graph.method.execution == "cuda-graph" and eager.method.execution == "eager"
+    check_timing(graph.measure_module(small_module(), (1, 8, 16, 16)), 20)
+    check_timing(eager.measure_module(small_module(), (1, 8, 16, 16)), 20)

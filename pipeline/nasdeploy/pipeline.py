@@ -55,7 +55,7 @@ class RunConfig:
     data: str = "digits"
     preset: str = "cpu"
     device: str = "cpu"
-    runtime: str = "onnxruntime"  # latency table and deployment runtime
+    runtime: str | None = None  # latency table and deployment runtime; None: the device's best present (run_pipeline)
     seed: int = 0
     table: Path | None = None  # a ready latency table; None: the machine's cached table, profiled if absent
     table_root: Path | None = None  # None: latency.table.table_root() (the user cache, never the checkout)
@@ -65,6 +65,14 @@ class RunConfig:
     spot_check_tolerance: float | None = None  # None: the preset's (SPOT_CHECK_TOLERANCE)
     recalibrate: bool = False
     trust_table: bool = False
+
+    def __post_init__(self) -> None:
+        from nasdeploy.hardware.devices import require_device
+        from nasdeploy.hardware.runtimes import resolve_runtime
+
+        require_device(self.device)  # an absent cuda:N is refused before any stage touches the run folder
+        # resolved once, so run.json records it and every stage (table, search, export) uses the same runtime
+        self.runtime = resolve_runtime(self.device, self.runtime).runtime
 
     def table_policy(self) -> TablePolicy:
         tolerance = self.spot_check_tolerance if self.spot_check_tolerance is not None else SPOT_CHECK_TOLERANCE.get(self.preset, 0.10)
@@ -395,6 +403,16 @@ def file_sha256(path: Path) -> str | None:
     return sha(path)
 
 
+def run_comparisons(device: str, target: str) -> list[tuple[str, ...]]:
+    """Every other deployment runtime of the device, then torch (on a GPU both CUDA graphs and eager); those absent
+    here are skipped with a line in the report, the target's own measurement is not repeated."""
+    from nasdeploy.export.deploy import torch_comparisons
+    from nasdeploy.hardware.runtimes import deployment_order
+
+    others = [(runtime, device) for runtime in deployment_order(device) if runtime not in (target, "torch")]
+    return others + torch_comparisons(device)
+
+
 def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageResult:
     """Export to ONNX with parity, re-measure with ONNX Runtime and torch on the device, write the report."""
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
@@ -403,7 +421,7 @@ def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
     if export_finished(out, stage_dir(run_dir, "train") / "model.pt"):
         return StageResult("skipped", 0.0, {"report": str(out / "report.json")})
     started = time.perf_counter()
-    comparisons = [(runtime, config.device) for runtime in ("onnxruntime", "torch") if runtime != config.runtime]
+    comparisons = run_comparisons(config.device, config.runtime)
     options = ExportOptions(
         budget_ms=budget_ms, table=stage_dir(run_dir, "profile") / "table.json", runtime=config.runtime,
         device=config.device, compare=comparisons, table_policy=config.table_policy(),
@@ -433,14 +451,25 @@ def load_run_state(run_dir: Path, config: RunConfig) -> dict[str, Any]:
     return state
 
 
+def medians_by_runtime(report: dict[str, Any]) -> tuple[dict[str, float], float | None]:
+    """({runtime: median} as each runs by default, torch's eager median on a GPU or None) from an export report."""
+    by_runtime = {report["runtime"]: report["measured_median_ms"]}
+    eager = None
+    for other in report.get("comparisons", []):
+        if (other.get("method") or {}).get("execution") == "eager" and other["device"] != "cpu":
+            eager = other["median_ms"]
+        else:
+            by_runtime.setdefault(other["runtime"], other["median_ms"])
+    return by_runtime, eager
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The figures the terminal summary shows, read back from the export report."""
     from nasdeploy.spaces.record import ArchitectureRecord
 
     report = read_json(stage_dir(run_dir, "export") / "report.json", "export report")
     searched = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json").metrics
-    by_runtime = {report["runtime"]: report["measured_median_ms"]}
-    by_runtime.update({c["runtime"]: c["median_ms"] for c in report.get("comparisons", [])})
+    by_runtime, eager = medians_by_runtime(report)
     return {
         "test_accuracy": report.get("test_accuracy"),
         "budget_ms": report.get("budget_ms"),
@@ -457,6 +486,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "device": report.get("device"),
         "onnxruntime_median_ms": by_runtime.get("onnxruntime"),
         "torch_median_ms": by_runtime.get("torch"),
+        "torch_eager_median_ms": eager,
+        "skipped_comparisons": report.get("skipped_comparisons", []),
         "parity_max_abs_diff": report["parity"][0]["max_abs_diff"],
         "spot_check": (report.get("spot_check") or {}).get("summary"),
         "flops": report.get("flops"),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from nasdeploy.cli.app import app
 from nasdeploy.errors import NasDeployError
 from nasdeploy.progress import console
 
 # Each module adds its commands to ``app``.
-from nasdeploy.cli import profile, search, train, export, run  # noqa: E402,F401
+from nasdeploy.cli import profile, search, train, export, run, runtimes  # noqa: E402,F401
 
 
 # the commands that run data-parallel under torchrun (nasdeploy.distributed); the others are one-process jobs
@@ -21,7 +23,8 @@ def main() -> None:
         refuse_torchrun_for_other_commands(sys.argv[1:])
         app(standalone_mode=True)
     except NasDeployError as exc:  # under torchrun every rank prints its line, prefixed with its rank
-        console.print(f"{rank_prefix()}[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: a fix such as pip install 'nasdeploy[tensorrt]' must not be read as rich markup
+        console.print(f"{rank_prefix()}[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -21,7 +21,7 @@ def export(
     budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: the one searched for)."),
     table: Optional[Path] = typer.Option(None, help="Latency table for the prediction (default: the search's prediction)."),
     runtime: Optional[str] = typer.Option(None, help="Runtime to re-measure on: onnxruntime | tensorrt | torch "
-                                          "(default: tensorrt with --tensorrt, else onnxruntime)."),
+                                          "(default: tensorrt with --tensorrt, else the device's best present)."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine on --device cuda:N, check its parity "
                                   "(fp32: max abs diff ≤ 1e-3) and re-measure it there. GPU only."),
@@ -32,7 +32,8 @@ def export(
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Export with a dynamic batch axis."),
     atol: float = typer.Option(1e-4, help="fp32 parity tolerance: max |ONNX Runtime − PyTorch| on logits."),
     data: Optional[str] = typer.Option(None, help="Dataset for the real parity inputs (default: the training data)."),
-    compare_torch: bool = typer.Option(True, help="Also measure the PyTorch module on the same device for comparison."),
+    compare_torch: bool = typer.Option(True, help="Also measure the PyTorch module on the same device for comparison "
+                                       "(on a GPU: as CUDA-graph replays and eager)."),
     warmup: Optional[int] = typer.Option(None, help="Untimed runs before timing (default: the table's method, else 10)."),
     repeats: Optional[int] = typer.Option(None, help="Timed runs (default: the table's method, else 50)."),
     spot_check_tolerance: float = tolerance_option(),
@@ -47,11 +48,13 @@ def export(
     the paper preset, export stops naming the 'nasdeploy train' command to run.
     """
     from nasdeploy.errors import NasDeployError
-    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint, torch_comparisons
     from nasdeploy.export.report import summary_table
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.units import parse_latency
 
     setup_logging(verbose)
+    require_device(device)  # before any work, even the retraining an export without --checkpoint may start
     policy = table_policy(spot_check_tolerance, recalibrate, trust_table)
     default_folder = None
     if checkpoint is None:
@@ -65,7 +68,7 @@ def export(
     options = ExportOptions(
         budget_ms=parse_latency(budget) if budget else None, table=table, runtime=runtime, device=device,
         tensorrt=tensorrt, fp16=fp16, exporter=exporter, dynamic_batch=dynamic_batch, atol=atol, data=data,
-        compare=[("torch", device)] if compare_torch else [],
+        compare=torch_comparisons(device) if compare_torch else [],
         method={k: v for k, v in {"warmup": warmup, "repeats": repeats}.items() if v is not None}, table_policy=policy,
     )
     folder = out_dir or default_folder or Path("exports") / (checkpoint.resolve().parent.name or "model")
@@ -95,7 +98,7 @@ def measure(
     model: Path = typer.Argument(..., help="ONNX file to measure, or a searched arch.json (with --table)."),
     table: Optional[Path] = typer.Option(None, help="With an arch.json: the latency table whose backend and method measure it."),
     allow_other_machine: bool = typer.Option(False, help="With an arch.json: measure even if the table was profiled on another machine."),
-    runtime: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt."),
+    runtime: Optional[str] = typer.Option(None, help="onnxruntime | tensorrt (default: the device's best present that runs ONNX)."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     batch: Optional[int] = typer.Option(None, help="Batch size for a graph with a dynamic batch axis."),
     input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224 (default: read from the graph)."),
@@ -117,14 +120,18 @@ def measure(
     from nasdeploy.errors import NasDeployError
     from nasdeploy.export.measure import ONNX_RUNTIMES, onnx_measurement, parse_shape
     from nasdeploy.hardware import MeasureMethod
+    from nasdeploy.hardware.devices import require_device
+    from nasdeploy.hardware.runtimes import resolve_runtime
     from nasdeploy.io import atomic_write_json
 
     setup_logging(verbose)
+    require_device(device)  # before any work
     if model.suffix == ".json":
         measure_arch(model, table, json_out, allow_other_machine, table_policy(spot_check_tolerance, recalibrate, trust_table))
         return
-    if runtime not in ONNX_RUNTIMES:
+    if runtime is not None and runtime not in ONNX_RUNTIMES:
         raise NasDeployError(f"measure takes an ONNX file, so --runtime is one of {', '.join(ONNX_RUNTIMES)}, not {runtime!r}")
+    runtime = resolve_runtime(device, runtime, needs_onnx=True).runtime
     if warmup < 0 or repeats < 1 or (batch is not None and batch < 1):
         raise NasDeployError("--warmup must be >= 0, --repeats and --batch >= 1; e.g. --warmup 10 --repeats 50")
     shape = parse_shape(input_shape)
@@ -142,6 +149,7 @@ def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional
                  policy=None) -> None:
     """``nasdeploy measure arch.json --table T``: the table's spot check, then predicted vs measured on its backend."""
     from nasdeploy.errors import NasDeployError
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.io import atomic_write_json
     from nasdeploy.latency.table import load_table
     from nasdeploy.latency.trust import TablePolicy, spot_check
@@ -152,6 +160,7 @@ def measure_arch(arch_path: Path, table_path: Optional[Path], json_out: Optional
         raise NasDeployError(f"{arch_path} is an architecture: pass --table LUT.json to measure it on that table's backend")
     record = ArchitectureRecord.load(arch_path)
     lut = load_table(table_path, space=record.space)
+    require_device(lut.device)  # measured on the table's device, which must be here
     check_same_machine(lut, allow_other_machine)  # refused before the spot check measures anything
     check = spot_check(lut, policy or TablePolicy())
     result = {**measure_architecture(lut, record, allow_other_machine), "spot_check": check}

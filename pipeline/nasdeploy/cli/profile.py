@@ -36,8 +36,8 @@ def make_template(space_name: str, preset: str, op_space: Optional[str], input_s
 @app.command()
 def profile(
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
-    runtime: str = typer.Option("onnxruntime", help="onnxruntime | torch | tensorrt (default: onnxruntime, the runtime "
-                                "'search', 'run' and 'export' deploy to)."),
+    runtime: Optional[str] = typer.Option(None, help="onnxruntime | torch | tensorrt (default: the device's best present, as "
+                                          "'search', 'run' and 'export' resolve it; nasdeploy runtimes lists them)."),
     space: str = typer.Option("darts", help="Search space: darts | darts_macro | mobilenet."),
     op_space: Optional[str] = typer.Option(None, help="DARTS operation space 1 | 2 | 3 | 4 | combined (preset default if unset)."),
     input_size: Optional[int] = typer.Option(None, help="Input height = width (preset default if unset)."),
@@ -49,6 +49,8 @@ def profile(
     threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads / ORT intra-op); default 1."),
     dtype: str = typer.Option("float32", help="float32 | float16 (GPU)."),
     clock: str = typer.Option("auto", help="auto | thread | wall: auto times CPU runs with one thread by thread CPU time (immune to other processes), else wall clock."),
+    execution: str = typer.Option("auto", help="torch on CUDA: cuda-graph (replays of one captured graph, as a deployed "
+                                  "engine runs) | eager (each kernel launched from Python); auto: cuda-graph on CUDA, eager on CPU."),
     reference: bool = typer.Option(PROFILE_DEFAULTS["reference"], help="Time a fixed reference network before every op and "
                                    "network and express each at the reference's quiet-state speed. Off by default: on a "
                                    "2-core VM it added the reference's noise (README, Latency methodology)."),
@@ -66,14 +68,18 @@ def profile(
 ) -> None:
     """Measure every op instance of a space's template on one runtime and device; writes a latency table."""
     from nasdeploy.hardware import MeasureMethod, get_backend
+    from nasdeploy.hardware.devices import require_device
+    from nasdeploy.hardware.runtimes import resolve_runtime
 
     setup_logging(verbose)
+    require_device(device)  # an absent cuda:N is one line before any work
+    runtime = resolve_runtime(device, runtime).runtime  # logs which and why
     if method not in METHODS:
         raise NasDeployError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
     if batch < 1 or repeats < 1 or rounds < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise NasDeployError("--batch, --repeats, --rounds and --threads must be positive and --warmup not negative; e.g. --repeats 40")
     measure = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch, rounds=rounds, clock=clock,
-                            reference=reference)
+                            reference=reference, execution=execution)
     backend = get_backend(runtime, device, measure)  # fails at once if the device or runtime is absent
     template = make_template(space, preset, op_space, input_size)
     started = time.perf_counter()
@@ -146,12 +152,14 @@ def validate_lut(
 ) -> None:
     """Predict and measure random architectures end to end; report ±5/±10 % shares, RMSE and Kendall τ."""
     from nasdeploy.latency.table import load_table
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.latency.validate import retest_table, validate_table
 
     setup_logging(verbose)
     if samples < 2:
         raise NasDeployError("--samples must be at least 2 to rank predictions; e.g. --samples 50")
     lut = load_table(table)
+    require_device(lut.device)  # the table's device must be here to measure on it
     out = out or table.with_name(table.stem + "-fidelity")
     report = validate_table(lut, samples, seed, out, allow_other_machine)
     print_fidelity([(f"{lut.runtime} {lut.device}", report)])

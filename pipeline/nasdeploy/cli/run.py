@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from nasdeploy.cli.app import app
@@ -24,7 +25,8 @@ def run(
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<space>-<strategy>-<preset>); re-running skips "
                                        "finished stages."),
     device: str = typer.Option("cpu", help="cpu | cuda:N (search, training and measurement)."),
-    runtime: str = typer.Option("onnxruntime", help="Runtime the table is profiled on and the net deployed to."),
+    runtime: Optional[str] = typer.Option(None, help="Runtime the table is profiled on and the net deployed to (default: the "
+                                          "device's best present; nasdeploy runtimes lists them)."),
     table: Optional[Path] = typer.Option(None, help="Use this latency table instead of the machine's cached/profiled one."),
     table_root: Optional[Path] = typer.Option(None, help="Folder of this machine's tables (default: $NASDEPLOY_TABLE_ROOT, else "
                                               "~/.cache/nasdeploy/latency_tables)."),
@@ -42,9 +44,11 @@ def run(
     """Profile the machine, search under the budget, retrain, export to ONNX with parity and re-measure."""
     from nasdeploy.cli.search import parse_settings
     from nasdeploy.pipeline import RunConfig, run_pipeline
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.units import parse_latency
 
     setup_logging(verbose)
+    require_device(device)  # before any work (run_pipeline checks it again for library callers)
     space = space or default_space(strategy)
     out = out or default_run_folder(space, strategy, preset)
     config = RunConfig(
@@ -106,6 +110,10 @@ def run_table(state: dict, out: Path) -> Table:
     table.add_row("budget check", verdict)
     table.add_row(f"ONNX Runtime ({s['device']}) median", _ms(s["onnxruntime_median_ms"]))
     table.add_row(f"PyTorch ({s['device']}) median", _ms(s["torch_median_ms"]))
+    if s.get("torch_eager_median_ms") is not None:
+        table.add_row(f"PyTorch eager ({s['device']}) median", _ms(s["torch_eager_median_ms"]))
+    for absent in s.get("skipped_comparisons", []):
+        table.add_row(f"{absent['runtime']} ({absent['device']})", escape(f"skipped: {absent['reason']}"))
     table.add_row("parity max |ONNX − torch|", f"{s['parity_max_abs_diff']:.2e}")
     table.add_row("parameters / FLOPs", f"{s['params']:,} / " + ("—" if s["flops"] is None else f"{s['flops']:,}"))
     table.add_row("stage time (profile + search + train + export)", f"{state.get('stage_time_s', 0.0):.0f} s")

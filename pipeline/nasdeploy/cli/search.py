@@ -45,7 +45,8 @@ def search(
     device: str = typer.Option("cpu", help="Torch device the search trains on (cpu, cuda:0); under torchrun 'cuda' means "
                                            "cuda:LOCAL_RANK."),
     dist_backend: str = typer.Option("auto", help="Under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo."),
-    runtime: str = typer.Option("onnxruntime", help="Runtime of the table looked up without --table: onnxruntime | torch | tensorrt."),
+    runtime: Optional[str] = typer.Option(None, help="Runtime of the table looked up without --table: onnxruntime | torch | "
+                                          "tensorrt (default: the device's best present; nasdeploy runtimes)."),
     table_root: Optional[Path] = typer.Option(None, help="Where this machine's tables are looked up and profiled "
                                               "(default: $NASDEPLOY_TABLE_ROOT, else ~/.cache/nasdeploy/latency_tables)."),
     spot_check_tolerance: float = tolerance_option(),
@@ -55,9 +56,11 @@ def search(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Search an architecture under a latency and/or FLOPs budget; writes OUT/arch.json and OUT/search_log.json."""
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.search.base import SearchRequest, default_space, default_strategy, get_strategy
 
     setup_logging(verbose)
+    require_device(device)  # before any work; the search context checks it again for library callers
     name = strategy or default_strategy(space or "darts")
     request = SearchRequest(
         space=space or default_space(name), out_dir=out, table_path=table,

@@ -37,9 +37,11 @@ def train(
     """Retrain an architecture with its recipe (SGD, schedule, cutout, drop-path, auxiliary tower, grad clipping)."""
     from nasdeploy.spaces.record import ArchitectureRecord
     from nasdeploy.search.base import searched_recipe
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.train.trainer import preset_config, train_architecture
 
     setup_logging(verbose)
+    require_device(device)  # before any work
     record = ArchitectureRecord.load(arch)
     config = preset_config(preset, recipe or searched_recipe(record), epochs=epochs, batch_size=batch_size, lr=lr, cutout=cutout, drop_path=drop_path,
                            auxiliary_weight=auxiliary_weight, seed=seed, device=device, threads=threads,

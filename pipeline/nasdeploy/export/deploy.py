@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -17,19 +17,18 @@ from nasdeploy.io import read_json
 from nasdeploy.export.measure import method_from_dict, module_measurement, onnx_measurement
 from nasdeploy.export.onnx_export import FP32_ATOL, export_onnx
 from nasdeploy.export.report import build_report, write_report
-from nasdeploy.hardware import MeasureMethod
+from nasdeploy.hardware import BACKENDS, MeasureMethod
+from nasdeploy.hardware.base import Availability
+from nasdeploy.hardware.runtimes import probe_runtimes
 from nasdeploy.spaces.record import ArchitectureRecord
 
 log = logging.getLogger(__name__)
-
-RUNTIMES = ("onnxruntime", "tensorrt", "torch")
-
 
 @dataclass
 class ExportOptions:
     budget_ms: float | None = None  # None: the budget the architecture was searched for
     table: Path | None = None  # LUT for the prediction; None: the prediction stored by the search
-    runtime: str | None = None  # where the deployed net is re-measured; None: tensorrt with --tensorrt, else onnxruntime
+    runtime: str | None = None  # where the deployed net is re-measured; None: tensorrt with --tensorrt, else the device's best
     device: str = "cpu"
     tensorrt: bool = False
     fp16: bool = False
@@ -38,17 +37,20 @@ class ExportOptions:
     atol: float = FP32_ATOL
     real_inputs: int = 32  # dataset images checked for parity
     data: str | None = None  # None: the dataset the model was trained on
-    compare: list[tuple[str, str]] = field(default_factory=list)  # extra (runtime, device) measurements
+    # extra measurements: (runtime, device) run that runtime's default way, (runtime, device, execution) another way
+    compare: list[tuple[str, ...]] = field(default_factory=list)
     method: dict[str, Any] | None = None  # MeasureMethod fields overriding the table's method (else the defaults)
     table_policy: Any = None  # latency.trust.TablePolicy for the prediction's table (None: the defaults)
 
 
 def target_runtime(options: ExportOptions) -> str:
-    """The runtime the deployed net is re-measured on: ``options.runtime``, else tensorrt with --tensorrt."""
-    runtime = options.runtime or ("tensorrt" if options.tensorrt else "onnxruntime")
-    if runtime not in RUNTIMES:
-        raise NasDeployError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-    return runtime
+    """The runtime the deployed net is re-measured on: ``options.runtime`` (checked present), tensorrt with
+    --tensorrt, else the device's best present runtime (``hardware.runtimes.resolve_runtime``, as search and run)."""
+    from nasdeploy.hardware.runtimes import resolve_runtime
+
+    if options.runtime is None and options.tensorrt:
+        return "tensorrt"  # checked by require_tensorrt before any work
+    return resolve_runtime(options.device, options.runtime).runtime
 
 
 def file_sha256(path: Path | str) -> str | None:
@@ -123,17 +125,46 @@ def searched_table(record: ArchitectureRecord):
         return None
 
 
+def torch_comparisons(device: str) -> list[tuple[str, ...]]:
+    """torch on ``device`` as it runs by default (CUDA graphs on a GPU) and, on a GPU, eager as well, so a report
+    shows both ways the same network runs in PyTorch."""
+    from nasdeploy.hardware.devices import cuda_index
+
+    return [("torch", device)] + ([("torch", device, "eager")] if cuda_index(device) is not None else [])
+
+
+def comparison_plan(compare: list[tuple[str, ...]], target: str, device: str,
+                    probe: Callable[[str, list[str]], Mapping[str, Availability]] = probe_runtimes):
+    """(the comparisons to measure as (runtime, device, execution), the ones skipped): a comparison whose runtime is
+    absent on its device is skipped with its reason and fix (logged, a line in the report), never an error: it is not
+    what is deployed. One that repeats the target measurement is dropped."""
+    wanted, skipped = [], []
+    for runtime, where, *how in compare:
+        execution = how[0] if how else "auto"
+        if (runtime, where, execution) == (target, device, "auto"):
+            continue
+        fact = probe(where, [runtime])[runtime]
+        if fact.present:
+            wanted.append((runtime, where, execution))
+            continue
+        skipped.append({"runtime": runtime, "device": where, "reason": f"{fact.missing}; {fact.install}"})
+        log.warning("comparison %s on %s skipped: %s", runtime, where, skipped[-1]["reason"])
+    return wanted, skipped
+
+
 def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: str,
                    method: MeasureMethod) -> dict[str, Any]:
-    if runtime == "torch":
+    if not BACKENDS.get(runtime).measures_onnx:  # e.g. torch: the module itself is what that runtime deploys
         return module_measurement(model, input_shape, "torch", device, method).to_dict()
     return onnx_measurement(onnx_path, runtime, device, method, input_shape).to_dict()
 
 
 def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Path | str, options: ExportOptions) -> dict[str, Any]:
     """Export, validate, re-measure and report; writes OUT/<onnx_name>, [engine], report.json, report.md."""
+    from nasdeploy.hardware.devices import require_device
     from nasdeploy.train.trainer import load_trained_model
 
+    require_device(options.device)  # before any work
     runtime = target_runtime(options)
     wants_engine = options.tensorrt or runtime == "tensorrt"
     if options.fp16 and not wants_engine:
@@ -161,8 +192,11 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
         from nasdeploy.export.tensorrt_export import export_tensorrt
 
         engine_path = onnx_path.with_suffix(".fp16.engine" if options.fp16 else ".engine")
-        parity.append(export_tensorrt(model, onnx_path, engine_path, input_shape, options.fp16, real, options.device).to_dict())
+        parity.append(export_tensorrt(model, onnx_path, engine_path, input_shape, options.fp16, real, options.device,
+                                      options.dynamic_batch).to_dict())
         files["tensorrt_engine"] = str(engine_path)
+        if options.fp16:
+            files["tensorrt_fp16_onnx"] = str(onnx_path.with_suffix(".fp16.onnx"))  # the engine's source
 
     dtype = "float16" if options.fp16 and runtime == "tensorrt" else None
     overrides = {**(options.method or {}), "batch": input_shape[0]}
@@ -171,17 +205,21 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     method = method_from_dict(table_method, **overrides)
     log.info("re-measuring %s on %s/%s (%d runs after %d warm-up, best of %d rounds as in the table)", onnx_path.name,
              runtime, options.device, method.repeats, method.warmup, method.rounds)
-    measurement = measure_target(onnx_path, model, input_shape, runtime, options.device, method)
+    # the engine export wrote is the one measured (not a rebuild); other runtimes read the ONNX file
+    measurement = measure_target(Path(files.get(f"{runtime}_engine", onnx_path)), model, input_shape, runtime,
+                                 options.device, method)
+    wanted, skipped = comparison_plan(options.compare, runtime, options.device)
     comparisons = [measure_target(onnx_path, model, input_shape, other, device,
-                                  method_from_dict(method.to_dict(), dtype="float32"))
-                   for other, device in options.compare if (other, device) != (runtime, options.device)]
+                                  method_from_dict(method.to_dict(), dtype="float32", execution=execution))
+                   for other, device, execution in wanted]
     budget = options.budget_ms if options.budget_ms is not None else record.metrics.get("latency_budget_ms")
     report = build_report(
         name=out_dir.name, files=files, budget_ms=budget, predicted_ms=predicted, measurement=measurement,
         parity=parity, model_metrics=payload.get("metrics", {}), comparisons=comparisons, table=table_name,
         extra={"space": record.space, "arch": record.to_json()["arch"], "input_shape": list(input_shape),
                "checkpoint_sha256": file_sha256(checkpoint), "spot_check": prediction["spot_check"],
-               "predicted_table_ms": prediction["predicted_table_ms"], "speed_ratio": prediction["speed_ratio"]},
+               "predicted_table_ms": prediction["predicted_table_ms"], "speed_ratio": prediction["speed_ratio"],
+               "skipped_comparisons": skipped},
     )
     json_path, md_path = write_report(report, out_dir)
     files.update({"report_json": str(json_path), "report_md": str(md_path)})

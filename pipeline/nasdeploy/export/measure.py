@@ -14,9 +14,9 @@ from typing import Any, Callable
 from torch import nn
 
 from nasdeploy.export.onnx_export import onnx_input_shape
-from nasdeploy.hardware import MeasureMethod, Timing, fingerprint, get_backend
+from nasdeploy.hardware import BACKENDS, MeasureMethod, Timing, fingerprint, get_backend
 
-ONNX_RUNTIMES = ("onnxruntime", "tensorrt")
+ONNX_RUNTIMES = tuple(name for name in BACKENDS if BACKENDS.get(name).measures_onnx)  # read from the registry
 
 
 @dataclass

@@ -96,6 +96,13 @@ def drift_note(report: dict[str, Any]) -> str:
     return f" (table {table_ms:.3f} ms × drift {ratio:.3f}: the machine runs {100 * (ratio - 1):+.1f} % vs when profiled)"
 
 
+def where(measured: dict[str, Any]) -> str:
+    """``torch, cuda:0, cuda-graph``: the runtime, the device and, for torch on a GPU, how the module ran."""
+    execution = (measured.get("method") or {}).get("execution")
+    shown = execution if execution in ("cuda-graph", "eager") and measured.get("device") != "cpu" else None
+    return ", ".join(str(part) for part in (measured.get("runtime"), measured.get("device"), shown) if part)
+
+
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs shared by the Markdown report and the terminal table."""
     budget_state = {True: "within budget", False: "OVER budget", None: "no budget"}[report.get("within_budget")]
@@ -103,14 +110,16 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("test accuracy", "—" if report.get("test_accuracy") is None else f"{report['test_accuracy'] * 100:.2f} %"),
         ("latency budget", _ms(report.get("budget_ms"))),
         ("LUT-predicted latency", _ms(report.get("predicted_latency_ms")) + drift_note(report)),
-        (f"measured median ({report.get('runtime')}, {report.get('device')})", _ms(report.get("measured_median_ms"))),
+        (f"measured median ({where(report)})", _ms(report.get("measured_median_ms"))),
         ("measured p90", _ms(report.get("measured_p90_ms"))),
         ("prediction error (pred − meas) / meas", _pct(report.get("relative_prediction_error"))),
         ("budget check", budget_state),
         ("latency table spot check", (report.get("spot_check") or {}).get("summary") or "— (no table behind the prediction)"),
     ]
     for other in report.get("comparisons", []):
-        rows.append((f"measured median ({other['runtime']}, {other['device']})", _ms(other.get("median_ms"))))
+        rows.append((f"measured median ({where(other)})", _ms(other.get("median_ms"))))
+    for absent in report.get("skipped_comparisons", []):
+        rows.append((f"comparison ({absent['runtime']}, {absent['device']})", f"skipped: {absent['reason']}"))
     for parity in report.get("parity", []):
         verdict = "pass" if parity["passed"] else "FAIL"
         rows.append((f"parity {parity['runtime']} vs torch", f"max abs diff {parity['max_abs_diff']:.2e} ≤ {parity['atol']:.1e}: {verdict}"

@@ -2,6 +2,8 @@
 
 Tolerances (logits of the same inputs as the ONNX check):
 * fp32 engines: max |diff| <= 1e-3 (TF32 is switched off, so only kernel summation order differs);
+* fp16 engines are built from an fp16 ONNX of the model (``<name>.fp16.onnx``): TensorRT 11 networks are strongly
+  typed, with no fp16 builder flag, and 10.x builds them the same way;
 * fp16 engines: max |diff| <= 1e-2 × max |logit| (relative to the logit scale) **and** top-1 agreement
   >= 99 % on the real inputs; half precision keeps ~3 significant digits, so an absolute 1e-4 is not
   attainable, while a wrong graph breaks both conditions by far.
@@ -52,59 +54,50 @@ def fp16_tolerance(reference: np.ndarray) -> float:
 
 
 def build_engine(onnx_path: Path, engine_path: Path, fp16: bool = False, device: str = "cuda:0") -> bytes:
-    """Serialise a TensorRT engine for ``onnx_path`` to ``engine_path`` (atomic); returns the plan bytes."""
+    """Serialise a TensorRT engine for ``onnx_path`` to ``engine_path`` (atomic); returns the plan bytes.
+
+    ``fp16`` must come with an fp16 ONNX (:func:`fp16_onnx`): networks are strongly typed (TensorRT 11 has no fp16
+    flag), so the ONNX's types are the engine's; ``fp16`` here only checks that they are.
+    """
+    from nasdeploy.hardware.tensorrt_backend import build_plan, engine_dtype, load_engine
+
     trt = require_tensorrt(device)
     logger = trt.Logger(trt.Logger.ERROR)
     with torch.cuda.device(torch.device(device)):
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(Path(onnx_path).read_bytes()):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise NasDeployError(f"TensorRT cannot parse {onnx_path}: {errors}; export again with another opset")
-        config = builder.create_builder_config()
-        config.clear_flag(trt.BuilderFlag.TF32)
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        input_tensor = network.get_input(0)
-        if any(d < 0 for d in input_tensor.shape):
-            shape = tuple(1 if d < 0 else d for d in input_tensor.shape)
-            profile = builder.create_optimization_profile()
-            big = tuple(64 if d < 0 else d for d in input_tensor.shape)
-            profile.set_shape(input_tensor.name, shape, shape, big)
-            config.add_optimization_profile(profile)
-        plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise NasDeployError(f"TensorRT could not build an engine from {onnx_path}; see the TensorRT log")
-    data = bytes(plan)
+        data = build_plan(trt, onnx_path, logger)
+        engine_dtype(trt, load_engine(trt, data, logger), "float16" if fp16 else "float32")
     atomic_write_bytes(engine_path, data)
     return data
 
 
+def fp16_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, device: str, dynamic_batch: bool = False) -> Path:
+    """The model in half precision as ONNX, traced on the GPU: the source of an fp16 engine."""
+    import copy
+
+    from nasdeploy.hardware.onnx_file import export_module
+
+    return export_module(copy.deepcopy(model), tuple(input_shape), path, torch.float16, device, dynamic_batch)
+
+
 def run_engine(plan: bytes, batches: list[np.ndarray], device: str = "cuda:0") -> list[np.ndarray]:
-    """Logits of a serialised engine for each input batch (buffers are torch CUDA tensors)."""
+    """Logits of a serialised engine for each input batch, on a stream of its own under ``device``'s guard."""
+    from nasdeploy.hardware.tensorrt_backend import bind, enqueue, load_engine
+
     trt = require_tensorrt(device)
     logger = trt.Logger(trt.Logger.ERROR)
     torch_device = torch.device(device)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    input_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-    output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-    stream = torch.cuda.current_stream(torch_device)  # same stream as the input copies
     outputs = []
-    for batch in batches:
-        x = torch.from_numpy(batch).to(torch_device).contiguous()
-        context.set_input_shape(input_name, tuple(x.shape))
-        out_dtype = torch.float16 if engine.get_tensor_dtype(output_name) == trt.DataType.HALF else torch.float32
-        if engine.get_tensor_dtype(input_name) == trt.DataType.HALF:
-            x = x.half()
-        y = torch.empty(tuple(context.get_tensor_shape(output_name)), device=torch_device, dtype=out_dtype)
-        context.set_tensor_address(input_name, x.data_ptr())
-        context.set_tensor_address(output_name, y.data_ptr())
-        context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-        outputs.append(y.float().cpu().numpy())
+    with torch.cuda.device(torch_device):
+        engine = load_engine(trt, plan, logger)
+        context = engine.create_execution_context()
+        stream = torch.cuda.Stream(torch_device)
+        for batch in batches:
+            x, y = bind(trt, engine, context, tuple(batch.shape), torch_device)  # one input, one output (logits)
+            x.copy_(torch.from_numpy(batch).to(torch_device, x.dtype))
+            stream.wait_stream(torch.cuda.current_stream(torch_device))  # the copy is done before the engine reads x
+            enqueue(context, stream)
+            stream.synchronize()
+            outputs.append(y.float().cpu().numpy())
     return outputs
 
 
@@ -116,10 +109,13 @@ def export_tensorrt(
     fp16: bool = False,
     real_inputs: torch.Tensor | None = None,
     device: str = "cuda:0",
+    dynamic_batch: bool = False,
 ) -> ParityResult:
     """Build the engine and check it against PyTorch; a failed check deletes the engine and raises."""
     engine_path = Path(engine_path)
-    plan = build_engine(onnx_path, engine_path, fp16, device)
+    source = (fp16_onnx(model, input_shape, Path(onnx_path).with_suffix(".fp16.onnx"), device, dynamic_batch) if fp16
+              else Path(onnx_path))
+    plan = build_engine(source, engine_path, fp16, device)
     try:
         random_batches, real_batches = parity_inputs(tuple(input_shape), real_inputs)
         model = model.eval().cpu().float()
@@ -138,8 +134,8 @@ def export_tensorrt(
             top1_agreement=agreement, random_inputs=sum(len(b) for b in random_batches),
             real_inputs=sum(len(b) for b in real_batches), max_abs_diff_random=diff_random,
             max_abs_diff_real=diff_real, exporter="tensorrt", opset=0,
-            notes=[f"fp16 tolerance = {FP16_RTOL:g} x max|logit|, top-1 agreement >= {FP16_MIN_TOP1:g}" if fp16
-                   else "fp32 engine built with TF32 off"],
+            notes=[f"fp16 engine built from {source.name} (strongly typed); tolerance = {FP16_RTOL:g} x max|logit|, "
+                   f"top-1 agreement >= {FP16_MIN_TOP1:g}" if fp16 else "fp32 engine built with TF32 off"],
         )
         if not passed:
             raise NasDeployError(

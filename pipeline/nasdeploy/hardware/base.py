@@ -33,6 +33,10 @@ class MeasureMethod:
     # reference's quiet-state speed (``latency.rounds.normalise``): a shared machine's speed moves in phases of
     # seconds to minutes, and an item timed in a slow phase is then scaled back, instead of entering the table slow.
     reference: bool = False
+    # How torch runs a module on CUDA: "cuda-graph" replays one captured graph (the regime a deployed engine runs in:
+    # no per-kernel launch from Python; eager was 6.7-7.7x slower on small DARTS nets on an H200), "eager" launches
+    # each kernel from Python; "auto": cuda-graph on CUDA, eager on CPU. Tables made before this field were eager.
+    execution: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,10 +90,35 @@ class Timing:
         return found
 
 
+@dataclass(frozen=True)
+class Availability:
+    """One runtime on one device: present or not, its version, what is missing and the command that adds it."""
+
+    runtime: str
+    present: bool
+    version: str | None = None
+    missing: str = ""  # why it is absent ("" when present)
+    install: str = ""  # how to get it
+    label: str = ""  # how it runs there when that is not obvious, e.g. "CUDA graphs"
+
+    def describe(self) -> str:
+        return f"{self.runtime} ({self.label})" if self.label else self.runtime
+
+
 class Backend(ABC):
     """A runtime on a device. Construction fails with NasDeployError if either is absent."""
 
     name: str
+    # rank as a deployment runtime per device kind ("cpu", "cuda"), lower first; a kind left out: never chosen
+    # there by default (``hardware.runtimes.resolve_runtime`` reads it, so no list of names exists elsewhere)
+    preference: dict[str, int] = {}
+    measures_onnx: bool = True  # runs an ONNX file (``nasdeploy measure model.onnx``)
+
+    @classmethod
+    def availability(cls, device: str) -> Availability:
+        """Whether this runtime can run on ``device`` here, without building anything heavy. A backend that does not
+        say is taken as present; with no ``preference`` it is never a default, only used when named."""
+        return Availability(cls.name, True)
 
     def __init__(self, device: str, method: MeasureMethod):
         self.device = device

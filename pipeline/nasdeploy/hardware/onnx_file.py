@@ -19,19 +19,23 @@ from torch import nn
 OPSET = 17
 
 
-def export_module(module: nn.Module, input_shape: tuple[int, ...], path: Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``module`` (eval mode, fixed input shape) as ONNX to ``path``."""
-    module = module.eval().to("cpu", dtype)
-    x = torch.randn(*input_shape, dtype=dtype)
+def export_module(module: nn.Module, input_shape: tuple[int, ...], path: Path, dtype: torch.dtype = torch.float32,
+                  device: str = "cpu", dynamic_batch: bool = False) -> Path:
+    """Write ``module`` (eval mode, fixed input shape) as ONNX to ``path``; an fp16 graph is traced on a GPU
+    ``device`` (half kernels are a GPU's, and the graph's types are what a strongly typed TensorRT network uses)."""
+    module = module.eval().to(device, dtype)
+    x = torch.randn(*input_shape, dtype=dtype, device=device)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
         torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["output"])
+                          input_names=["input"], output_names=["output"], dynamic_axes=axes)
     return path
 
 
 @contextmanager
-def temporary_onnx(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Iterator[Path]:
+def temporary_onnx(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                   device: str = "cpu") -> Iterator[Path]:
     """``module`` exported to an ONNX file that is deleted afterwards."""
     with tempfile.TemporaryDirectory(prefix="nasdeploy-onnx-") as folder:
-        yield export_module(module, input_shape, Path(folder) / "module.onnx", dtype)
+        yield export_module(module, input_shape, Path(folder) / "module.onnx", dtype, device)

@@ -9,11 +9,12 @@ import numpy as np
 from torch import nn
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.hardware.base import BACKENDS, Backend, MeasureMethod, Timing
-from nasdeploy.hardware.devices import default_threads, require_device
+from nasdeploy.hardware.base import BACKENDS, Availability, Backend, MeasureMethod, Timing
+from nasdeploy.hardware.devices import cuda_index, default_threads, require_device
 from nasdeploy.hardware.onnx_file import temporary_onnx
 from nasdeploy.hardware.timing import host_clock, time_host
 
+GPU_INSTALL = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -30,6 +31,23 @@ class OnnxRuntimeBackend(Backend):
     """``session.run`` timed on the host (it returns once outputs are on the host, so GPU work is included)."""
 
     name = "onnxruntime"
+    preference = {"cuda": 1, "cpu": 0}
+
+    @classmethod
+    def availability(cls, device: str) -> Availability:
+        on_gpu = cuda_index(device) is not None
+        install = GPU_INSTALL if on_gpu else "pip install onnxruntime"
+        try:
+            ort = _onnxruntime()
+        except NasDeployError:
+            return Availability(cls.name, False, None, "onnxruntime is not installed", install)
+        if not on_gpu:
+            return Availability(cls.name, True, ort.__version__, install=install)
+        providers = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in providers:
+            return Availability(cls.name, False, ort.__version__, f"onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+                                f"(providers: {', '.join(providers)})", install)
+        return Availability(cls.name, True, ort.__version__, install=install, label="CUDAExecutionProvider")
 
     def __init__(self, device: str, method: MeasureMethod):
         super().__init__(device, method)
@@ -49,7 +67,7 @@ class OnnxRuntimeBackend(Backend):
         if "CUDAExecutionProvider" not in available:
             raise NasDeployError(
                 f"onnxruntime has no CUDA execution provider (has: {', '.join(available)}); "
-                "pip uninstall onnxruntime && pip install onnxruntime-gpu, or use --runtime torch"
+                f"{GPU_INSTALL}, or use --runtime torch"
             )
         options = {"device_id": self.cuda_index}
         providers: list = [("CUDAExecutionProvider", options), "CPUExecutionProvider"]

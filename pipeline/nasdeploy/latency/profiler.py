@@ -105,11 +105,14 @@ def new_table(space: SearchSpace, template: Any, backend: Backend, device: str, 
     )
 
 
-METHOD_FIELDS = ("warmup", "repeats", "threads", "dtype", "batch", "rounds", "clock", "reference")
+METHOD_FIELDS = ("warmup", "repeats", "threads", "dtype", "batch", "rounds", "clock", "reference", "execution")
+# what a table made before a field existed was measured with: every torch measurement was eager
+LEGACY_METHOD = {"execution": "eager"}
 
 
 def stored_method(table: LatencyTable) -> MeasureMethod:
-    return MeasureMethod(**{k: table.method[k] for k in METHOD_FIELDS if k in table.method})
+    stored = {**LEGACY_METHOD, **table.method}
+    return MeasureMethod(**{k: stored[k] for k in METHOD_FIELDS if k in stored})
 
 
 def open_table(path: Path, space: SearchSpace, template: Any, backend: Backend, device: str, method: MeasureMethod, resume: bool) -> LatencyTable:

@@ -243,6 +243,8 @@ def profile_command(table: LatencyTable, path: Path | str | None = None) -> str:
         parts.append(f"--clock {m['clock']}")
     if table.dtype != "float32":
         parts.append(f"--dtype {table.dtype}")
+    if m.get("execution") == "eager" and table.device != "cpu":
+        parts.append("--execution eager")
     if not m.get("reference", False):
         parts.append("--no-reference")
     target = path or table.path

@@ -42,15 +42,11 @@ COMMON_KEYS = ("strategy", "search_seconds", "latency_budget_ms", "flops_budget"
 
 
 def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise NasDeployError(f"unknown device {name!r}; pass --device cpu or --device cuda:0") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NasDeployError(f"device {name!r} asked for but no CUDA device is visible; pass --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise NasDeployError(f"device {name!r} is not supported for search; pass --device cpu or --device cuda:0")
-    return device
+    """The device the search trains on; an absent ``cuda:N`` is refused (naming the visible ones) before any work."""
+    from nasdeploy.hardware.devices import require_device
+
+    index = require_device(name)
+    return torch.device("cpu") if index is None else torch.device("cuda", index)
 
 
 def materialise(dataset) -> TensorDataset:
@@ -369,7 +365,10 @@ def discover_table(request, space_name: str, template):
     from nasdeploy.latency.table import load_table
     from nasdeploy.latency.trust import table_for_search
 
-    path = table_for_search(space_name, template, request.runtime, request.device, root=request.table_root)  # names it
+    from nasdeploy.hardware.runtimes import resolve_runtime
+
+    runtime = resolve_runtime(request.device, request.runtime).runtime  # the same choice as profile, run and export
+    path = table_for_search(space_name, template, runtime, request.device, root=request.table_root)  # names it
     return load_table(path, space=space_name, template=template)
 
 

@@ -31,7 +31,7 @@ class SearchRequest:
     resume: bool = False
     device: str = "cpu"  # torch device the search trains on
     options: dict[str, Any] = field(default_factory=dict)
-    runtime: str = "onnxruntime"  # runtime of the table looked up / profiled when no table_path is given
+    runtime: str | None = None  # runtime of the table looked up / profiled without table_path; None: the device's best
     table_root: Path | None = None  # None: latency.table.table_root() (the user cache, $NASDEPLOY_TABLE_ROOT)
     # how a reused table is spot-checked on this machine (tolerance, --recalibrate, --trust-table)
     table_policy: TablePolicy = field(default_factory=TablePolicy)
