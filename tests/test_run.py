@@ -160,7 +160,7 @@ def test_export_finished_checks_report_onnx_and_checkpoint(tmp_path):
     train_architecture(_small_record(0), "digits", config, tmp_path / "train")
     checkpoint, out = tmp_path / "train" / "model.pt", tmp_path / "export"
     assert not export_finished(out, checkpoint)
-    report = export_checkpoint(checkpoint, "model.onnx", out, ExportOptions(method={"warmup": 1, "repeats": 3}))
+    report = export_checkpoint(checkpoint, out / "model.onnx", None, ExportOptions(method={"warmup": 1, "repeats": 3}))
     assert len(report["checkpoint_sha256"]) == 64
     assert export_finished(out, checkpoint)
 

@@ -408,7 +408,7 @@ def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
         budget_ms=budget_ms, table=stage_dir(run_dir, "profile") / "table.json", runtime=config.runtime,
         device=config.device, compare=comparisons, table_policy=config.table_policy(),
     )
-    export_checkpoint(stage_dir(run_dir, "train") / "model.pt", "model.onnx", out, options)
+    export_checkpoint(stage_dir(run_dir, "train") / "model.pt", out / "model.onnx", out, options)
     return StageResult("done", time.perf_counter() - started, {"report": str(out / "report.json"), "onnx": str(out / "model.onnx")})
 
 
