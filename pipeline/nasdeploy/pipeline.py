@@ -3,6 +3,7 @@
 Layout of ``runs/<name>/``::
 
     run.json              settings, budget (and where it came from), each stage's status, final summary
+    .nasdeploy.lock       who writes the folder now (one writer at a time, ``folder_lock``)
     profile/table.json    the latency table used (copied from the machine's table cache after its spot check, or profiled now)
     search/arch.json      the searched architecture (+ the strategy's log, plots, checkpoint)
     train/model.pt        retrained weights (+ metrics.json, checkpoint.pt)
@@ -485,9 +486,14 @@ def run_budget(config: RunConfig, run_dir: Path, state: dict[str, Any]) -> tuple
 
 
 def run_pipeline(config: RunConfig, on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, Any]:
-    """Run (or continue) every stage; returns the final run.json contents."""
-    run_dir = Path(config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Run (or continue) every stage, holding the run folder's lock (one writer); returns the final run.json contents."""
+    from nasdeploy.folder_lock import hold_folder
+
+    with hold_folder(config.out, "run folder") as run_dir:
+        return run_stages(config, run_dir, on_stage)
+
+
+def run_stages(config: RunConfig, run_dir: Path, on_stage: Callable[[str, StageResult], None] | None) -> dict[str, Any]:
     state = load_run_state(run_dir, config)
     state_path = run_dir / "run.json"
     started = time.perf_counter()

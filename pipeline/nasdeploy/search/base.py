@@ -27,6 +27,16 @@ from typing import Any, ClassVar
 from nasdeploy.search.request import STRATEGIES, SearchRequest, SearchResult  # noqa: F401
 
 
+def one_writer(out_dir: Path):
+    """The search folder's lock (``folder_lock``), held by the process that writes it (rank 0 under torchrun)."""
+    from contextlib import nullcontext
+
+    from nasdeploy.distributed import is_main_process
+    from nasdeploy.folder_lock import hold_folder
+
+    return hold_folder(out_dir, "search folder") if is_main_process() else nullcontext()
+
+
 class SearchStrategy(ABC):
     name: ClassVar[str]
     spaces: ClassVar[tuple[str, ...]] = ("darts",)  # spaces it searches; the first is its default
@@ -84,10 +94,9 @@ class SearchStrategy(ABC):
         from nasdeploy.search.context import build_context
 
         config = self.settings(request.preset, request.options)
-        ctx = build_context(self, request, config)
-        if ctx.parallel.is_main:  # under torchrun rank 0 writes
-            Path(request.out_dir).mkdir(parents=True, exist_ok=True)
-        return ctx.write_result(self.search(ctx, config))
+        with one_writer(request.out_dir):
+            ctx = build_context(self, request, config)
+            return ctx.write_result(self.search(ctx, config))
 
 
 def default_strategy(space: str) -> str:
