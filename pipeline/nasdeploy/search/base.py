@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 # what a search is asked, what it returns and the registry of strategies live in ``search.request`` (the context
 # needs them too); re-exported here, the contract's one import
+from nasdeploy.progress import preflight
 from nasdeploy.search.request import STRATEGIES, SearchRequest, SearchResult  # noqa: F401
 
 
@@ -95,7 +96,8 @@ class SearchStrategy(ABC):
 
         config = self.settings(request.preset, request.options)
         with one_writer(request.out_dir):
-            ctx = build_context(self, request, config)
+            with preflight():  # the checks' INFO lines are dropped when they refuse: the error line stands alone
+                ctx = build_context(self, request, config)
             return ctx.write_result(self.search(ctx, config))
 
 
