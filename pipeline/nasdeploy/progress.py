@@ -26,12 +26,13 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in
 
 
 class HoldingHandler(RichHandler):
-    """Rich logging that holds INFO lines back while a command checks its input (:func:`preflight`)."""
+    """Rich logging that holds INFO lines back while a command checks its input (:func:`preflight`); a line logged
+    with ``extra=SHOW_NOW`` (one that explains minutes of work starting now) is never held."""
 
     held: list[logging.LogRecord] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.held is not None and record.levelno < logging.WARNING:
+        if self.held is not None and record.levelno < logging.WARNING and not getattr(record, "show_now", False):
             self.held.append(record)
             return
         super().emit(record)
@@ -42,14 +43,17 @@ class HoldingHandler(RichHandler):
             super().emit(record)
 
 
+SHOW_NOW = {"show_now": True}
+
+
 def _holding_handler() -> HoldingHandler | None:
     return next((h for h in logging.getLogger().handlers if isinstance(h, HoldingHandler)), None)
 
 
 @contextlib.contextmanager
 def preflight() -> Iterator[None]:
-    """A command's checks: their INFO lines are shown once they pass (or work with a progress bar starts), and
-    dropped when they refuse the input, so a refusal is its one error line. Warnings are never held."""
+    """A command's checks: their INFO lines are shown once they pass and dropped when they refuse the input, so a
+    refusal is its one error line. Warnings and ``SHOW_NOW`` lines are never held."""
     from nasdeploy.errors import NasDeployError
 
     handler = _holding_handler()
@@ -88,9 +92,6 @@ def progress_bar(transient: bool = False) -> Progress:
     """
     from nasdeploy.distributed import is_main_process
 
-    handler = _holding_handler()
-    if handler is not None:  # work starts: the lines that explain it come first
-        handler.show_held()
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -101,5 +102,5 @@ def progress_bar(transient: bool = False) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=transient,
-        disable=not is_main_process(),
+        disable=not is_main_process() or (transient and not console.is_terminal),  # a vanishing bar in a log is a blank line
     )
