@@ -40,7 +40,7 @@ def export(
     spot_check_tolerance: float = tolerance_option(),
     recalibrate: bool = recalibrate_option(),
     trust_table: bool = trust_option(),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
     """Export the inference graph to ONNX_PATH, prove parity, re-measure on the target runtime and write report.json/.md
     beside it (or in --out-dir).
@@ -112,7 +112,7 @@ def measure(
     spot_check_tolerance: float = tolerance_option(),
     recalibrate: bool = recalibrate_option(),
     trust_table: bool = trust_option(),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
     """Measure any ONNX file with the profiler's method and print median/p10/p90 with device and versions.
 

@@ -62,7 +62,7 @@ def profile(
                                                    "ones by more than 6 % (leave-one-out), to learn per-op corrections "
                                                    "(default 80 when --fit-samples is at least 40; 0: never)."),
     resume: bool = typer.Option(True, help="Skip entries already in OUT (continue an interrupted run)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
     """Measure every op instance of a space's template on one runtime and device; writes a latency table."""
     from nasdeploy.hardware import MeasureMethod, get_backend
