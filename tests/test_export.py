@@ -307,6 +307,15 @@ def test_strict_follows_searched_budget_and_needs_one(tmp_path, trained_checkpoi
     assert not (tmp_path / "none").exists()  # refused before exporting anything
 
 
+def test_export_without_a_path_writes_model_onnx_in_the_out_dir(tmp_path, trained_checkpoint):
+    from nasdeploy.cli import app
+
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(trained_checkpoint), "--out-dir", str(tmp_path / "out"),
+                                      "--no-compare-torch", "--warmup", "1", "--repeats", "3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "report.json", "report.md"]
+
+
 def test_fp16_and_tensorrt_flags_fail_before_exporting(tmp_path, trained_checkpoint):
     from nasdeploy.cli import app
 
