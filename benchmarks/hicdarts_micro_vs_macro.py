@@ -43,7 +43,7 @@ def main() -> None:
     config = preset_config(state["settings"]["preset"], used["recipe"], epochs=epochs, seed=used["seed"], device=used.get("device", "cpu"))
     micro_train = train_architecture(micro, state["settings"]["data"], config, out / "train")
     options = ExportOptions(table=run_dir / "profile" / "table.json", runtime="onnxruntime", device="cpu")
-    micro_report = export_checkpoint(out / "train" / "model.pt", "model.onnx", out / "export", options)
+    micro_report = export_checkpoint(out / "train" / "model.pt", out / "export" / "model.onnx", out / "export", options)
     rows = [("micro phase (E_micro's cells / types, DARTS template)", micro, micro_train, micro_report),
             ("macro phase (E_macro, searched template)", macro, macro_train, macro_report)]
     table = ["| network | arch | predicted ms | measured ms (ORT) | params | test accuracy | epochs |",

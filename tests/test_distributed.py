@@ -27,8 +27,10 @@ PIPELINE = HERE.parent / "pipeline"
 
 
 def torchrun(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    # TMPDIR inside the test's folder: torchrun's agent makes its torchelastic_* log folders there, not in /tmp
+    (cwd / "tmp").mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{PIPELINE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "NASDEPLOY_CACHE_DIR": str(cwd / "cache"), "COLUMNS": "200"}
+           "NASDEPLOY_CACHE_DIR": str(cwd / "cache"), "COLUMNS": "200", "TMPDIR": str(cwd / "tmp")}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
@@ -188,6 +190,7 @@ def test_bad_batch_is_one_line_and_exit_2_on_every_rank(tmp_path):
         assert "global batch 33 is not divisible by the world size 2; pass --batch-size 32 or --batch-size 34" in line
     assert text.count("exitcode  : 2") + text.count("exitcode: 2") >= 1  # torchrun's summary names exit code 2
     assert not (tmp_path / "out").exists()
+    assert list((tmp_path / "tmp").glob("torchelastic_*"))  # torchrun's log folders went into the test's folder
 
 
 @pytest.mark.slow

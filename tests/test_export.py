@@ -213,8 +213,8 @@ def trained_checkpoint(tmp_path_factory):
 
 
 def _export_args(checkpoint: Path, out_dir: Path, budget: str) -> list[str]:
-    return ["export", "model.onnx", "--checkpoint", str(checkpoint), "--budget", budget, "--strict",
-            "--out-dir", str(out_dir), "--no-compare-torch", "--warmup", "2", "--repeats", "5"]
+    return ["export", str(out_dir / "model.onnx"), "--checkpoint", str(checkpoint), "--budget", budget, "--strict",
+            "--no-compare-torch", "--warmup", "2", "--repeats", "5"]
 
 
 def test_export_command_report_and_strict_exit_codes(tmp_path, trained_checkpoint):
@@ -244,7 +244,9 @@ def test_export_with_torch_comparison(tmp_path, trained_checkpoint):
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
 
     options = ExportOptions(budget_ms=50.0, compare=[("torch", "cpu")], method=FAST.to_dict())
-    report = export_checkpoint(trained_checkpoint, "net.onnx", tmp_path, options)
+    report = export_checkpoint(trained_checkpoint, tmp_path / "onnx" / "net.onnx", tmp_path / "reports", options)
+    assert (tmp_path / "onnx" / "net.onnx").is_file() and (tmp_path / "reports" / "report.json").is_file()
+    assert not (tmp_path / "onnx" / "report.json").exists()
     assert [c["runtime"] for c in report["comparisons"]] == ["torch"]
     assert report["comparisons"][0]["median_ms"] > 0 and report["measurement"]["n"] == 5
 
@@ -346,9 +348,10 @@ def test_measure_command_on_torchvision_mobilenet_v3_small(tmp_path):
 def test_strict_follows_searched_budget_and_needs_one(tmp_path, trained_checkpoint):
     from nasdeploy.cli import app
 
-    args = ["export", "model.onnx", "--checkpoint", str(trained_checkpoint), "--strict", "--no-compare-torch",
+    args = ["export", str(tmp_path / "model.onnx"), "--checkpoint", str(trained_checkpoint), "--strict", "--no-compare-torch",
             "--warmup", "1", "--repeats", "3"]
     result = CliRunner().invoke(app, args + ["--out-dir", str(tmp_path / "searched")])
+    assert (tmp_path / "model.onnx").is_file() and not (tmp_path / "searched" / "model.onnx").exists()
     report = json.loads((tmp_path / "searched" / "report.json").read_text())
     assert report["budget_ms"] == 2.0  # the budget stored by the search
     assert result.exit_code == (0 if report["measured_median_ms"] <= 2.0 else 1), result.output
@@ -362,10 +365,19 @@ def test_strict_follows_searched_budget_and_needs_one(tmp_path, trained_checkpoi
     assert not (tmp_path / "none").exists()  # refused before exporting anything
 
 
+def test_export_without_a_path_writes_model_onnx_in_the_out_dir(tmp_path, trained_checkpoint):
+    from nasdeploy.cli import app
+
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(trained_checkpoint), "--out-dir", str(tmp_path / "out"),
+                                      "--no-compare-torch", "--warmup", "1", "--repeats", "3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "report.json", "report.md"]
+
+
 def test_fp16_and_tensorrt_flags_fail_before_exporting(tmp_path, trained_checkpoint):
     from nasdeploy.cli import app
 
-    base = ["export", "model.onnx", "--checkpoint", str(trained_checkpoint), "--out-dir", str(tmp_path / "x")]
+    base = ["export", str(tmp_path / "x" / "model.onnx"), "--checkpoint", str(trained_checkpoint)]
     fp16 = CliRunner().invoke(app, base + ["--fp16"])
     assert isinstance(fp16.exception, NasDeployError) and "add --tensorrt" in str(fp16.exception)
     trt = CliRunner().invoke(app, base + ["--tensorrt"])  # device cpu: never a TensorRT target

@@ -3,7 +3,7 @@
 Every ``import`` in ``pipeline/nasdeploy`` counts, the ones inside functions too (a lazy import hides a circle
 from Python, not from a reader). Layers, low to high: ``hardware``, ``latency``, ``spaces``, ``train`` · ``search`` ·
 ``export``, ``pipeline.py``, ``cli``. The plain helpers beside them (``errors``, ``io``, ``registry``, ``progress``,
-``units``, ``seeds``, ``distributed``) have no layer: any layer may use them, and their own arrows are only checked
+``units``, ``seeds``, ``distributed``, ``folder_lock``) have no layer: any layer may use them, and their own arrows are only checked
 for circles. A module importing its own package (``import nasdeploy.search`` in ``get_strategy``) is the registry
 idiom, not counted: the package's ``__init__`` imports the built-ins, which register themselves.
 Run as a script to print the circles, up-arrows and long classes: ``python tests/test_layout.py``.

@@ -153,6 +153,33 @@ def test_cli_profile_on_absent_cuda_exits_2():
     assert "--device cuda:0: no CUDA device is visible here" in result.stderr and "Traceback" not in result.stderr
 
 
+def fake_validation(monkeypatch, within_10pct: float) -> None:
+    """validate-lut on a stand-in table whose drift-corrected ±10 % share is ``within_10pct`` (nothing measured)."""
+    from types import SimpleNamespace
+
+    import nasdeploy.latency.table as table_module
+    import nasdeploy.latency.validate as validate_module
+
+    lut = SimpleNamespace(runtime="onnxruntime", device="cpu", path=Path("t.json"))
+    report = {"machine_drift_ratio": 1.0, "mismatches": [], "metrics_drift_corrected": {"within_10pct": within_10pct}}
+    monkeypatch.setattr(table_module, "load_table", lambda path: lut)
+    monkeypatch.setattr(table_module, "profile_command", lambda table, path: f"nasdeploy profile --out {path}")
+    monkeypatch.setattr(validate_module, "validate_table", lambda *args: report)
+    monkeypatch.setattr("nasdeploy.cli.profile.print_fidelity", lambda *args, **kwargs: None)
+
+
+@pytest.mark.parametrize("within, args, code", [(0.0, [], 1), (0.88, [], 1), (0.9, [], 0), (0.0, ["--no-strict"], 0)])
+def test_cli_validate_lut_exits_1_when_the_table_does_not_fit(monkeypatch, within, args, code):
+    from typer.testing import CliRunner
+
+    from nasdeploy.cli import app
+
+    fake_validation(monkeypatch, within)
+    result = CliRunner().invoke(app, ["validate-lut", "--table", "t.json", *args])
+    assert result.exit_code == code, result.output
+    assert ("this table does not fit this machine" in result.output) is (within < 0.9)
+
+
 def test_cli_validate_corrupt_table_exits_2(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")
@@ -201,6 +228,8 @@ def test_retest_measures_the_validation_networks_again(torch_table, tmp_path):
 
 def test_cli_validate_lut_retest(torch_table, tmp_path):
     result = run_cli("validate-lut", "--table", str(torch_table.path), "--samples", "2", "--out", str(tmp_path), "--retest")
-    assert result.returncode == 0, result.stderr
+    fits = json.loads((tmp_path / "lut_fidelity.json").read_text())["metrics_drift_corrected"]["within_10pct"] >= 0.9
+    assert result.returncode == (0 if fits else 1), result.stderr  # strict by default: 1 when the table does not fit
+    assert ("does not fit this machine" in result.stderr) is not fits
     saved = json.loads((tmp_path / "retest.json").read_text())
     assert saved["metrics"]["n"] == 2 and "test-retest" in result.stdout + result.stderr  # rich writes to stderr

@@ -160,7 +160,7 @@ def test_export_finished_checks_report_onnx_and_checkpoint(tmp_path):
     train_architecture(_small_record(0), "digits", config, tmp_path / "train")
     checkpoint, out = tmp_path / "train" / "model.pt", tmp_path / "export"
     assert not export_finished(out, checkpoint)
-    report = export_checkpoint(checkpoint, "model.onnx", out, ExportOptions(method={"warmup": 1, "repeats": 3}))
+    report = export_checkpoint(checkpoint, out / "model.onnx", None, ExportOptions(method={"warmup": 1, "repeats": 3}))
     assert len(report["checkpoint_sha256"]) == 64
     assert export_finished(out, checkpoint)
 
@@ -211,7 +211,7 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     # the searched architecture measured on its table's own backend, next to its prediction
     arch, table_json = out / "search" / "arch.json", out / "profile" / "table.json"
     # the tiny preset's quick table is held to the tiny preset's spot-check tolerance, as `run` holds it
-    tolerance = str(SPOT_CHECK_TOLERANCE["tiny"])
+    tolerance = str(100 * SPOT_CHECK_TOLERANCE["tiny"])  # the option is in per cent
     measured = CliRunner().invoke(app, ["measure", str(arch), "--table", str(table_json), "--json", str(tmp_path / "m.json"),
                                         "--spot-check-tolerance", tolerance])
     assert measured.exit_code == 0, measured.output

@@ -38,9 +38,10 @@ def test_settings_defaults_presets_and_types():
     assert (config.samples, config.scale, config.label, config.verbose) == (8, 2.5, "x", True)
     assert make_settings("toy", ToyConfig, TOY_PRESETS, "paper", {"samples": "3"}).samples == 3
     assert make_settings("toy", ToyConfig, TOY_PRESETS, "tiny", {"label": "none"}).label is None
-    with pytest.raises(NasDeployError, match=r"toy has no setting 'bogus'; valid settings: label \(str \| None\), "
-                                             r"samples \(int\), scale \(float\), verbose \(bool\)"):
+    with pytest.raises(NasDeployError, match=r"^toy has no setting 'bogus'; its 4 settings: nasdeploy strategies toy$"):
         make_settings("toy", ToyConfig, TOY_PRESETS, "tiny", {"bogus": 1})
+    with pytest.raises(NasDeployError, match=r"^toy has no setting 'sample' \(did you mean 'samples'\?\); "):
+        make_settings("toy", ToyConfig, TOY_PRESETS, "tiny", {"sample": 1})
     with pytest.raises(NasDeployError, match=r"toy setting samples='2.5' is not a valid int"):
         make_settings("toy", ToyConfig, TOY_PRESETS, "tiny", {"samples": "2.5"})
     with pytest.raises(NasDeployError, match="not a valid float"):
@@ -178,6 +179,34 @@ def test_two_views_are_independent_augmentations_without_labels(registered, lut,
     image = ctx.data.train.tensors[0][0]
     assert a.min() < 0 and image.min() < 0 and a.max() <= image.max() + 3.0
     assert ctx.data.flip is False  # digits are never mirrored
+
+
+def test_a_refused_search_prints_its_error_without_the_info_lines_of_its_checks(registered, lut, tmp_path, capsys,
+                                                                               monkeypatch):
+    """The context's INFO lines (here: one logged while loading the data) are held until its checks pass."""
+    import logging
+
+    import nasdeploy.search.context as context
+    from nasdeploy.progress import HoldingHandler, setup_logging
+
+    original = context.load_search_data
+
+    def loading(*args, **kwargs):
+        logging.getLogger("nasdeploy.test").info("loading the search data")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(context, "load_search_data", loading)
+    setup_logging()
+    try:
+        with pytest.raises(NasDeployError, match="below the cheapest"):
+            get_strategy(registered).run(toy_request(tmp_path / "refused", lut, budget=1e-6))
+        assert "loading the search data" not in capsys.readouterr().err
+        get_strategy(registered).run(toy_request(tmp_path / "accepted", lut, budget=10_000.0))
+        assert "loading the search data" in capsys.readouterr().err  # shown once the checks pass
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, HoldingHandler)]:
+            root.removeHandler(handler)
 
 
 def test_search_without_table_uses_this_machines_table_from_the_table_root(registered, tmp_path):

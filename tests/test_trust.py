@@ -261,7 +261,9 @@ def test_export_without_checkpoint_takes_the_latest_search_and_retrains_it_once(
     result = CliRunner().invoke(app, ["export", "model.onnx", "--no-compare-torch", "--warmup", "1", "--repeats", "3"])
     assert result.exit_code == 0, result.output
     assert "checkpoint: runs/search/train/model.pt (the latest search, runs/search/arch.json)" in result.output
-    report = json.loads(Path("exports/search/report.json").read_text())
+    assert Path("model.onnx").is_file() and not Path("exports").exists()  # the file named, report beside it
+    report = json.loads(Path("report.json").read_text())
+    assert report["files"]["onnx"] == "model.onnx"
     assert report["files"]["checkpoint"] == "runs/search/train/model.pt" and report["parity"][0]["passed"]
 
     def no_training(*args, **kwargs):

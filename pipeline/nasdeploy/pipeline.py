@@ -3,6 +3,7 @@
 Layout of ``runs/<name>/``::
 
     run.json              settings, budget (and where it came from), each stage's status, final summary
+    .nasdeploy.lock       who writes the folder now (one writer at a time, ``folder_lock``)
     profile/table.json    the latency table used (copied from the machine's table cache after its spot check, or profiled now)
     search/arch.json      the searched architecture (+ the strategy's log, plots, checkpoint)
     train/model.pt        retrained weights (+ metrics.json, checkpoint.pt)
@@ -426,7 +427,7 @@ def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
         budget_ms=budget_ms, table=stage_dir(run_dir, "profile") / "table.json", runtime=config.runtime,
         device=config.device, compare=comparisons, table_policy=config.table_policy(),
     )
-    export_checkpoint(stage_dir(run_dir, "train") / "model.pt", "model.onnx", out, options)
+    export_checkpoint(stage_dir(run_dir, "train") / "model.pt", out / "model.onnx", out, options)
     return StageResult("done", time.perf_counter() - started, {"report": str(out / "report.json"), "onnx": str(out / "model.onnx")})
 
 
@@ -516,9 +517,14 @@ def run_budget(config: RunConfig, run_dir: Path, state: dict[str, Any]) -> tuple
 
 
 def run_pipeline(config: RunConfig, on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, Any]:
-    """Run (or continue) every stage; returns the final run.json contents."""
-    run_dir = Path(config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Run (or continue) every stage, holding the run folder's lock (one writer); returns the final run.json contents."""
+    from nasdeploy.folder_lock import hold_folder
+
+    with hold_folder(config.out, "run folder") as run_dir:
+        return run_stages(config, run_dir, on_stage)
+
+
+def run_stages(config: RunConfig, run_dir: Path, on_stage: Callable[[str, StageResult], None] | None) -> dict[str, Any]:
     state = load_run_state(run_dir, config)
     state_path = run_dir / "run.json"
     started = time.perf_counter()

@@ -15,7 +15,8 @@ from nasdeploy.progress import console, setup_logging
 
 @app.command()
 def export(
-    onnx_name: Path = typer.Argument(Path("model.onnx"), help="ONNX file name, written inside --out-dir."),
+    onnx_path: Optional[Path] = typer.Argument(None, help="Where to write the ONNX file, e.g. model.onnx (default: "
+                                               "model.onnx in --out-dir, else in exports/<checkpoint folder>/)."),
     checkpoint: Optional[Path] = typer.Option(None, help="model.pt written by 'nasdeploy train' (default: the trained model of "
                                               "the latest search or run folder under runs/, retrained first if it never was)."),
     budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: the one searched for)."),
@@ -27,7 +28,8 @@ def export(
                                   "(fp32: max abs diff ≤ 1e-3) and re-measure it there. GPU only."),
     fp16: bool = typer.Option(False, "--fp16", help="Build the TensorRT engine in fp16 (tolerance 1e-2 × max |logit|, top-1 ≥ 99 %)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measured median latency exceeds the budget."),
-    out_dir: Optional[Path] = typer.Option(None, help="Output folder (default exports/<checkpoint folder name>)."),
+    out_dir: Optional[Path] = typer.Option(None, help="Folder for report.json, report.md and the TensorRT engine "
+                                           "(default: the ONNX file's folder)."),
     exporter: str = typer.Option("legacy", help="torch.onnx exporter: legacy (TorchScript, opset 17) | dynamo (opset 18)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Export with a dynamic batch axis."),
     atol: float = typer.Option(1e-4, help="fp32 parity tolerance: max |ONNX Runtime − PyTorch| on logits."),
@@ -39,9 +41,10 @@ def export(
     spot_check_tolerance: float = tolerance_option(),
     recalibrate: bool = recalibrate_option(),
     trust_table: bool = trust_option(),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
-    """Export the inference graph, prove parity, re-measure on the target runtime and write report.json/.md.
+    """Export the inference graph to ONNX_PATH, prove parity, re-measure on the target runtime and write report.json/.md
+    beside it (or in --out-dir).
 
     Without --checkpoint, exports the trained model of the latest search or run folder under runs/; an
     architecture that was never retrained is retrained first with its preset's recipe (tiny, cpu) or, for
@@ -56,13 +59,14 @@ def export(
     setup_logging(verbose)
     require_device(device)  # before any work, even the retraining an export without --checkpoint may start
     policy = table_policy(spot_check_tolerance, recalibrate, trust_table)
-    default_folder = None
     if checkpoint is None:
         from nasdeploy.export.latest import latest_trained_model
 
         checkpoint, found = latest_trained_model()
         default_folder = Path("exports") / found.name
         console.print(f"checkpoint: {checkpoint} (the latest search, {found.arch})")
+    else:
+        default_folder = Path("exports") / (checkpoint.resolve().parent.name or "model")
     if strict and budget is None:
         _require_searched_budget(checkpoint)
     options = ExportOptions(
@@ -71,10 +75,11 @@ def export(
         compare=torch_comparisons(device) if compare_torch else [],
         method={k: v for k, v in {"warmup": warmup, "repeats": repeats}.items() if v is not None}, table_policy=policy,
     )
-    folder = out_dir or default_folder or Path("exports") / (checkpoint.resolve().parent.name or "model")
-    report = export_checkpoint(checkpoint, onnx_name, folder, options)
+    onnx_path = onnx_path or (out_dir or default_folder) / "model.onnx"
+    folder = out_dir or onnx_path.parent
+    report = export_checkpoint(checkpoint, onnx_path, folder, options)
     console.print(summary_table(report))
-    console.print(f"report: {folder / 'report.json'} and {folder / 'report.md'}")
+    console.print(f"model: {onnx_path}; report: {folder / 'report.json'} and {folder / 'report.md'}")
     if strict and report["budget_ms"] is None:
         raise NasDeployError("--strict needs a latency budget, and none was given or searched for; pass --budget, e.g. --budget 22ms")
     if strict and report["within_budget"] is False:
@@ -110,7 +115,7 @@ def measure(
     spot_check_tolerance: float = tolerance_option(),
     recalibrate: bool = recalibrate_option(),
     trust_table: bool = trust_option(),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
     """Measure any ONNX file with the profiler's method and print median/p10/p90 with device and versions.
 

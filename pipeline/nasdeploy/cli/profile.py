@@ -64,7 +64,7 @@ def profile(
                                                    "ones by more than 6 % (leave-one-out), to learn per-op corrections "
                                                    "(default 80 when --fit-samples is at least 40; 0: never)."),
     resume: bool = typer.Option(True, help="Skip entries already in OUT (continue an interrupted run)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
     """Measure every op instance of a space's template on one runtime and device; writes a latency table."""
     from nasdeploy.hardware import MeasureMethod, get_backend
@@ -148,12 +148,18 @@ def validate_lut(
     allow_other_machine: bool = typer.Option(False, help="Measure even if this machine's fingerprint differs from the table's."),
     retest: bool = typer.Option(False, help="Measure the same networks again and score the first measurement against the "
                                 "second: the fidelity a perfect table could reach on this machine as it is (retest.json)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    strict: bool = typer.Option(True, help="Exit with code 1 when the table does not fit this machine (--no-strict: report "
+                                "it and exit 0)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
-    """Predict and measure random architectures end to end; report ±5/±10 % shares, RMSE and Kendall τ."""
+    """Predict and measure random architectures end to end; report ±5/±10 % shares, RMSE and Kendall τ.
+
+    Exit codes: 0 the table fits this machine (at least 90 % of the networks within ±10 % after the drift
+    correction); 1 it does not (0 with --no-strict); 2 bad input (a missing or corrupt table, a bad option).
+    """
     from nasdeploy.latency.table import load_table
     from nasdeploy.hardware.devices import require_device
-    from nasdeploy.latency.validate import retest_table, validate_table
+    from nasdeploy.latency.validate import fits_machine, retest_table, validate_table
 
     setup_logging(verbose)
     if samples < 2:
@@ -171,13 +177,16 @@ def validate_lut(
         console.print(f"[bold yellow]this table was made on another machine or setup:[/] {'; '.join(report['mismatches'])}")
     console.print(f"drift {drift:+.1%}: this machine runs {abs(drift):.1%} {'slower' if drift > 0 else 'faster'} than when the "
                   "table was profiled; search, run, export and measure scale its predictions by that")
-    corrected = report["metrics_drift_corrected"]["within_10pct"]
-    if corrected < 0.9:
+    if not fits_machine(report):
         from nasdeploy.latency.table import profile_command
 
+        corrected = report["metrics_drift_corrected"]["within_10pct"]
         console.print(f"[bold red]this table does not fit this machine[/] ({corrected:.0%} of nets within ±10 % after the drift "
-                      f"correction): re-profile with '{profile_command(lut, lut.path).replace(' --out ', ' --no-resume --out ')}', "
-                      "or let a command refit it here with --recalibrate")
+                      f"correction, 90 % needed): re-profile with '{profile_command(lut, lut.path).replace(' --out ', ' --no-resume --out ')}', "
+                      "or let a command refit it here with --recalibrate" + ("" if strict else " (--no-strict: exit 0)"),
+                      soft_wrap=True)
+        if strict:
+            raise typer.Exit(code=1)
 
 
 def print_fidelity(reports: list[tuple[str, dict]], title: str = "latency table fidelity (predicted vs measured end to end)") -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.padding import Padding
 from rich.table import Table
 
 from nasdeploy.cli.app import app
@@ -31,12 +32,15 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
 
 @app.command()
 def search(
-    strategy: Optional[str] = typer.Option(None, help="Search strategy (nasdeploy strategies lists them; default: the space's)."),
-    space: Optional[str] = typer.Option(None, help="Search space: darts | darts_macro | mobilenet (default: the strategy's first)."),
+    strategy: Optional[str] = typer.Option(None, help="Search strategy, listed by 'nasdeploy strategies' (default: icdarts; "
+                                           "senas with --space mobilenet, hierarchical-icdarts with --space darts_macro)."),
+    space: Optional[str] = typer.Option(None, help="Search space: darts | darts_macro | mobilenet (default: the strategy's "
+                                        "own, darts for icdarts, mobilenet for senas)."),
     table: Optional[Path] = typer.Option(None, help="Latency table (LUT) JSON; default: this machine's table for the space "
                                                     "and runtime (profiled first if there is none)."),
-    latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms."),
-    flops_budget: Optional[str] = typer.Option(None, help="FLOPs (multiply-adds) budget, e.g. 320M."),
+    latency_budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: none, the search is not "
+                                                 "held to a latency; 'nasdeploy run' derives one from the table)."),
+    flops_budget: Optional[str] = typer.Option(None, help="FLOPs (multiply-adds) budget, e.g. 320M (default: none)."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
     out: Path = typer.Option(Path("runs/search"), help="Output folder (arch.json, search_log.json, drawing, checkpoint)."),
     preset: str = typer.Option("cpu", help="Template and schedule size: tiny | cpu | paper."),
@@ -52,8 +56,8 @@ def search(
     spot_check_tolerance: float = tolerance_option(),
     recalibrate: bool = recalibrate_option(),
     trust_table: bool = trust_option(),
-    settings: list[str] = typer.Option([], "--set", help="A strategy setting as key=value (repeatable; nasdeploy strategies NAME)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    settings: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="A strategy setting as key=value (repeatable; nasdeploy strategies NAME)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
     """Search an architecture under a latency and/or FLOPs budget; writes OUT/arch.json and OUT/search_log.json."""
     from nasdeploy.hardware.devices import require_device
@@ -82,24 +86,55 @@ def strategies(name: Optional[str] = typer.Argument(None, help="A strategy: list
     from nasdeploy.search.settings import describe_settings
 
     if name is None:
-        listing = Table(title="search strategies (nasdeploy strategies NAME for settings)")
-        for column in ("strategy", "spaces", "FLOPs budget", "what it is", "where"):
-            listing.add_column(column)
-        for key in STRATEGIES:
-            cls = STRATEGIES.get(key)
-            listing.add_row(key, ", ".join(cls.spaces), "yes" if cls.uses_flops_budget else "no", cls.summary,
-                            source_place(cls))
-        console.print(listing)
+        print_strategies({key: STRATEGIES.get(key) for key in STRATEGIES})
         return
     chosen = get_strategy(name)
-    settings = Table(title=f"{name} settings: nasdeploy search --strategy {name} --set key=value")
-    for column in ("setting", "type", "default", *chosen.presets, "meaning"):
-        settings.add_column(column)
-    for row in describe_settings(chosen.config_class, chosen.presets):
-        per_preset = [json.dumps(row.presets[p]) if p in row.presets else "" for p in chosen.presets]
-        settings.add_row(row.name, row.type, json.dumps(row.default), *per_preset, row.help)
-    settings.caption = f"strategy: {source_place(type(chosen))}, settings: {source_place(chosen.config_class)}"
-    console.print(settings)
+    presets = preset_columns(chosen.presets)
+    rows = [(row.name, row.type, [json.dumps(row.presets.get(p, row.default)) for p in presets], row.help)
+            for row in describe_settings(chosen.config_class, chosen.presets)]  # the value each preset runs with
+    console.print(f"{name} settings: nasdeploy search --strategy {name} [--preset {'|'.join(presets)}] --set key=value; "
+                  f"each preset's value ({DEFAULT_PRESET}* applies without --preset)", soft_wrap=True)
+    if console.width < 120:  # narrow terminal: one block per setting, no name cut
+        for setting, kind, values, meaning in rows:
+            console.print(f"  {setting} ({kind}): " + ", ".join(f"{p}{'*' if p == DEFAULT_PRESET else ''} {v}"
+                                                              for p, v in zip(presets, values)), highlight=False)
+            console.print(Padding(meaning, (0, 0, 0, 6)), highlight=False)
+    else:
+        settings = Table()
+        for column in ("setting", "type", *(f"{p}*" if p == DEFAULT_PRESET else p for p in presets)):
+            settings.add_column(column, no_wrap=True)
+        settings.add_column("meaning")
+        for setting, kind, values, meaning in rows:
+            settings.add_row(setting, kind, *values, meaning)
+        console.print(settings)
+    console.print(f"strategy: {source_place(type(chosen))}, settings: {source_place(chosen.config_class)}")
+
+
+def print_strategies(classes: dict) -> None:
+    rows = [(key, ", ".join(cls.spaces), "yes" if cls.uses_flops_budget else "no", cls.summary, source_place(cls))
+            for key, cls in classes.items()]
+    console.print("search strategies (nasdeploy strategies NAME for settings)")
+    if console.width < 120:  # narrow terminal: one block per strategy, no name cut
+        for strategy, spaces, flops, summary, where in rows:
+            console.print(f"  {strategy} (spaces: {spaces}; FLOPs budget: {flops}) in {where}", highlight=False)
+            console.print(Padding(summary, (0, 0, 0, 6)), highlight=False)
+        return
+    listing = Table()
+    for column in ("strategy", "spaces", "FLOPs budget"):
+        listing.add_column(column, no_wrap=True)
+    listing.add_column("what it is")
+    listing.add_column("where", no_wrap=True)
+    for row in rows:
+        listing.add_row(*row)
+    console.print(listing)
+
+
+DEFAULT_PRESET = "cpu"  # search's and run's --preset default
+
+
+def preset_columns(presets: dict) -> list[str]:
+    """The presets, the one that applies without --preset first."""
+    return sorted(presets, key=lambda p: p != DEFAULT_PRESET)
 
 
 def source_place(obj) -> str:

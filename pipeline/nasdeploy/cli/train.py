@@ -32,7 +32,7 @@ def train(
     device: str = typer.Option("cpu", help="Torch device (cpu, cuda:0); under torchrun 'cuda' means cuda:LOCAL_RANK."),
     dist_backend: str = typer.Option("auto", help="Under torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: all cores)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
     """Retrain an architecture with its recipe (SGD, schedule, cutout, drop-path, auxiliary tower, grad clipping)."""
     from nasdeploy.spaces.record import ArchitectureRecord

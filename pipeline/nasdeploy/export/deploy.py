@@ -159,8 +159,9 @@ def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: st
     return onnx_measurement(onnx_path, runtime, device, method, input_shape).to_dict()
 
 
-def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Path | str, options: ExportOptions) -> dict[str, Any]:
-    """Export, validate, re-measure and report; writes OUT/<onnx_name>, [engine], report.json, report.md."""
+def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Path | str | None, options: ExportOptions) -> dict[str, Any]:
+    """Export, validate, re-measure and report: the ONNX file at ``onnx_path``; the TensorRT engine, report.json and
+    report.md in ``out_dir``, or beside the ONNX file when ``out_dir`` is None."""
     from nasdeploy.hardware.devices import require_device
     from nasdeploy.train.trainer import load_trained_model
 
@@ -175,7 +176,8 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
         require_tensorrt(options.device)
     if options.budget_ms is not None and options.budget_ms <= 0:
         raise NasDeployError(f"latency budget must be positive, got {options.budget_ms} ms; pass e.g. --budget 22ms")
-    out_dir = Path(out_dir)
+    onnx_path = Path(onnx_path)
+    out_dir = onnx_path.parent if out_dir is None else Path(out_dir)
     model, payload = load_trained_model(checkpoint)
     record = ArchitectureRecord.from_json(payload["record"], source=str(checkpoint))
     input_shape = tuple(payload["input_shape"])
@@ -185,13 +187,12 @@ def export_checkpoint(checkpoint: Path | str, onnx_name: str | Path, out_dir: Pa
     prediction = predicted_latency(record, options.table, options.table_policy)
     predicted, table_method, table_name = prediction["predicted_ms"], prediction["method"], prediction["table"]
 
-    onnx_path = out_dir / Path(onnx_name).name
     parity = [export_onnx(model, input_shape, onnx_path, options.atol, real, options.exporter, options.dynamic_batch).to_dict()]
     files = {"onnx": str(onnx_path), "checkpoint": str(checkpoint)}
     if wants_engine:
         from nasdeploy.export.tensorrt_export import export_tensorrt
 
-        engine_path = onnx_path.with_suffix(".fp16.engine" if options.fp16 else ".engine")
+        engine_path = out_dir / f"{onnx_path.stem}{'.fp16' if options.fp16 else ''}.engine"
         parity.append(export_tensorrt(model, onnx_path, engine_path, input_shape, options.fp16, real, options.device,
                                       options.dynamic_batch).to_dict())
         files["tensorrt_engine"] = str(engine_path)

@@ -327,7 +327,7 @@ def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], r
     next to it and the records come back expressed at its quiet state over this session (``rounds.normalise``)."""
     rounds = backend.method.rounds
     prepared: dict[int, Any] = {}
-    with progress_bar() as bar:
+    with progress_bar(transient=True) as bar:  # seconds of checks: the bar goes when done, the result is the line
         task = bar.add_task(label, total=len(networks) * rounds, info="")
         for r in range(rounds):
             for i, network in enumerate(networks):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasdeploy.errors import NasDeployError
+from nasdeploy.errors import NasDeployError, what_is_wrong
 from nasdeploy.io import atomic_write_json, read_json
 from nasdeploy.spaces.base import OpInstance
 
@@ -141,6 +141,9 @@ class LatencyTable:
         if not isinstance(d, dict):
             raise NasDeployError(f"{source} is not a latency table (top level is not an object); regenerate it with 'nasdeploy profile'")
         version = d.get("schema_version")
+        if version is None:
+            raise NasDeployError(f"{source} has no 'schema_version' field, so it is not a table this nasdeploy wrote; "
+                                 "regenerate it with 'nasdeploy profile'")
         if version != SCHEMA_VERSION:
             raise NasDeployError(
                 f"{source} has schema version {version}, this nasdeploy reads {SCHEMA_VERSION}; regenerate it with 'nasdeploy profile'"
@@ -153,7 +156,8 @@ class LatencyTable:
                 created=str(d.get("created", "")), command=str(d.get("command", "")),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise NasDeployError(f"{source} is not a valid latency table ({exc!r}); regenerate it with 'nasdeploy profile'") from None
+            raise NasDeployError(f"{source} is not a valid latency table ({what_is_wrong(exc)}); regenerate it with "
+                                 "'nasdeploy profile'") from None
 
 
 def table_sha256(table: LatencyTable) -> str:

@@ -37,6 +37,7 @@ from typing import Any
 from nasdeploy.errors import NasDeployError
 from nasdeploy.hardware.fingerprint import boot_id, fingerprint, fingerprint_id, machine_mismatches
 from nasdeploy.io import atomic_write_json
+from nasdeploy.progress import SHOW_NOW
 from nasdeploy.latency.table import (LatencyTable, cache_dir, default_table_path, load_table, profile_command, profiled_here as
                                      content_profiled_here, save_table, table_sha256)
 from nasdeploy.latency.versions import version_mismatches  # noqa: F401  (re-exported: trust.version_mismatches)
@@ -126,7 +127,7 @@ def table_for_search(space: str, template: Any, runtime: str, device: str, root:
         return found
     path = default_table_path(space, template, runtime, device, batch, root)
     log.info("this machine has no %s/%s latency table for %s at %s: profiling it first (about a minute on one core)",
-             runtime, device, space, path)
+             runtime, device, space, path, extra=SHOW_NOW)  # shown before the minutes of profiling, not after
     method = MeasureMethod(batch=batch, **PROFILE_DEFAULTS)
     table = profile_space(space, template, runtime, device, method, path, resume=True, fit_samples=DEFAULT_FIT_SAMPLES)
     return Path(table.path)

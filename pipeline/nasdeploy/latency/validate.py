@@ -83,6 +83,15 @@ def table_backend(table: LatencyTable, allow_other_machine: bool = False):
     return space, template, method, backend, network_input_shape(template, table.batch)
 
 
+# a table fits this machine when at least this share of random networks is predicted within ±10 % after drift correction
+FIT_SHARE = 0.9
+
+
+def fits_machine(report: dict[str, Any]) -> bool:
+    """The verdict ``validate-lut`` reports (and exits 1 on): the drift-corrected ±10 % share reaches FIT_SHARE."""
+    return report["metrics_drift_corrected"]["within_10pct"] >= FIT_SHARE
+
+
 def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_dir: Path | str | None = None,
                    allow_other_machine: bool = False) -> dict[str, Any]:
     """Sample ``samples`` architectures (seeds ``seed``..), predict and measure each; write JSON and a scatter PNG."""

@@ -24,7 +24,18 @@ from typing import Any, ClassVar
 
 # what a search is asked, what it returns and the registry of strategies live in ``search.request`` (the context
 # needs them too); re-exported here, the contract's one import
+from nasdeploy.progress import preflight
 from nasdeploy.search.request import STRATEGIES, SearchRequest, SearchResult  # noqa: F401
+
+
+def one_writer(out_dir: Path):
+    """The search folder's lock (``folder_lock``), held by the process that writes it (rank 0 under torchrun)."""
+    from contextlib import nullcontext
+
+    from nasdeploy.distributed import is_main_process
+    from nasdeploy.folder_lock import hold_folder
+
+    return hold_folder(out_dir, "search folder") if is_main_process() else nullcontext()
 
 
 class SearchStrategy(ABC):
@@ -84,10 +95,10 @@ class SearchStrategy(ABC):
         from nasdeploy.search.context import build_context
 
         config = self.settings(request.preset, request.options)
-        ctx = build_context(self, request, config)
-        if ctx.parallel.is_main:  # under torchrun rank 0 writes
-            Path(request.out_dir).mkdir(parents=True, exist_ok=True)
-        return ctx.write_result(self.search(ctx, config))
+        with one_writer(request.out_dir):
+            with preflight():  # the checks' INFO lines are dropped when they refuse: the error line stands alone
+                ctx = build_context(self, request, config)
+            return ctx.write_result(self.search(ctx, config))
 
 
 def default_strategy(space: str) -> str:

@@ -84,15 +84,22 @@ def make_settings(strategy: str, config_class: type, presets: dict[str, dict[str
     for key, raw in (options or {}).items():
         name = aliases.get(key, key)
         if name not in types:
-            valid = ", ".join(f"{n} ({t})" for n, t in sorted(types.items()))
-            raise NasDeployError(f"{strategy} has no setting {key!r}; valid settings: {valid} "
-                                 f"(list them with: nasdeploy strategies {strategy})")
+            raise NasDeployError(f"{strategy} has no setting {key!r}{closest_names(key, types)}; its {len(types)} settings: "
+                                 f"nasdeploy strategies {strategy}")
         try:
             values[name] = parse_value(raw, types[name])
         except (TypeError, ValueError):
             raise NasDeployError(f"{strategy} setting {key}={raw!r} is not a valid {types[name]}; "
                                  f"pass e.g. --set {key}={getattr(config_class(), name)}") from None
     return config_class(**values)
+
+
+def closest_names(key: str, names: Any) -> str:
+    """``" (did you mean 'a' or 'b'?)"`` for the names closest to a mistyped ``key``, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(n) for n in close)}?)" if close else ""
 
 
 def describe_settings(config_class: type, presets: dict[str, dict[str, Any]]) -> list[SettingInfo]:

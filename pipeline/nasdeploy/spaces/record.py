@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasdeploy.errors import NasDeployError
+from nasdeploy.errors import NasDeployError, what_is_wrong
 from nasdeploy.io import atomic_write_json, read_json
 from nasdeploy.spaces.base import SearchSpace, get_space
 
@@ -41,6 +41,9 @@ class ArchitectureRecord:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], source: str = "architecture") -> "ArchitectureRecord":
+        if isinstance(d, dict) and "schema_version" not in d:
+            raise NasDeployError(f"{source} has no 'schema_version' field; if it is this nasdeploy's architecture format, "
+                                 f"add \"schema_version\": {ARCH_SCHEMA_VERSION}, else re-run 'nasdeploy search'")
         try:
             version = d["schema_version"]
             if version != ARCH_SCHEMA_VERSION:
@@ -55,7 +58,8 @@ class ArchitectureRecord:
                 metrics=dict(d.get("metrics", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise NasDeployError(f"{source} is not a valid architecture file ({exc!r}); pass a file written by 'nasdeploy search'") from None
+            raise NasDeployError(f"{source} is not a valid architecture file ({what_is_wrong(exc)}); pass a file written by "
+                                 "'nasdeploy search'") from None
 
     def save(self, path: Path | str) -> None:
         atomic_write_json(path, self.to_json())
