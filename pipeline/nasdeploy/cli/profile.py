@@ -122,6 +122,10 @@ def print_profile(table, seconds: float) -> None:
     if table.reference:
         summary.add_row("reference network", f"timed {len(table.reference['medians'])} times next to the ops and networks, "
                         f"quiet-state median {table.reference['canonical_ms']:.3f} ms")
+    from nasdeploy.latency.profiler import non_delegated_ops
+
+    for op_type, keys in non_delegated_ops(table).items():  # never silent: these entries time a fallback kernel
+        summary.add_row("not delegated", f"{op_type} in {len(keys)} entries (e.g. {keys[0]})")
     summary.add_row("method", ", ".join(f"{k}={v}" for k, v in table.method.items()))
     summary.add_row("time", f"{seconds:.1f} s")
     console.print(summary)

@@ -216,6 +216,7 @@ def measure_entries(table: LatencyTable, space: SearchSpace, instances: list[OpI
             continue
         if inst.key() not in prepared:
             prepared[inst.key()] = backend.prepare(space.build_op(inst), op_input_shape(inst, table.batch))
+            entry = {**(entry or {}), **backend.program_notes()}  # e.g. ExecuTorch: ops its delegate did not take
         timing = timed(prepared[inst.key()], reference)
         table.add(inst, add_round(entry, timing))
         measured += 1
@@ -223,6 +224,15 @@ def measure_entries(table: LatencyTable, space: SearchSpace, instances: list[OpI
         if measured % save_every == 0:
             save_table(table, table.path)
     save_table(table, table.path)
+
+
+def non_delegated_ops(table: LatencyTable) -> dict[str, list[str]]:
+    """Op type -> the table's entries whose program left it to a slower fallback (``Backend.program_notes``)."""
+    found: dict[str, list[str]] = {}
+    for key, entry in sorted(table.entries.items()):
+        for op_type in entry.get("non_delegated", {}):
+            found.setdefault(op_type, []).append(key)
+    return found
 
 
 class FitNetworks:
