@@ -7,6 +7,7 @@ the absent-runtime tests hide the package from the import system, so they run ev
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from nasdeploy.errors import NasDeployError
 from nasdeploy.hardware import MeasureMethod
 
+REPO = Path(__file__).resolve().parents[1]
 FAST = MeasureMethod(warmup=2, repeats=5)
 
 
@@ -31,8 +33,11 @@ needs_executorch = pytest.mark.skipif(not executorch_present(), reason="executor
 
 def conv_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    net[1].running_mean.uniform_(-1, 1)  # non-trivial statistics: folding BN into the conv changes float rounding
+    net[1].running_var.uniform_(0.5, 2)
+    return net
 
 
 class WithCumsum(nn.Module):
@@ -145,3 +150,133 @@ def test_executorch_is_cpu_only_and_never_a_default():
     fact = ExecuTorchBackend.availability("cuda:0")
     assert not fact.present and "CPUs only" in fact.missing
     assert "executorch" not in deployment_order("cpu") and "executorch" not in deployment_order("cuda:0")
+
+
+# ---------------------------------------------------------------- .pte export and measurement
+
+
+def digits_batch(n: int = 8, size: int = 16) -> torch.Tensor:
+    from nasdeploy.train.data import load_dataset
+
+    dataset, _ = load_dataset("digits", train=False, input_size=size)
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_pte_export_checks_parity_on_real_inputs_and_measures(tmp_path):
+    from nasdeploy.export.pte_export import export_pte, pte_measurement
+
+    path = tmp_path / "net.pte"
+    net = nn.Sequential(conv_net()[:3], nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    result = export_pte(net, (1, 3, 16, 16), path, real_inputs=digits_batch())
+    assert path.is_file() and result.passed and result.max_abs_diff <= result.atol == 1e-4
+    assert result.real_inputs == 8 and result.random_inputs == 4 and result.notes == []
+    measured = pte_measurement(path, method=FAST)
+    assert measured.input_shape == (1, 3, 16, 16) and measured.timing.median > 0 and len(measured.timing.samples_ms) == 5
+    assert measured.versions["executorch_backend"] == "xnnpack" and measured.method.threads == 1
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_pte_export_names_ops_xnnpack_did_not_take(tmp_path, caplog):
+    from nasdeploy.export.pte_export import export_pte
+
+    with caplog.at_level("WARNING"):
+        result = export_pte(WithCumsum().eval(), (1, 3, 8, 8), tmp_path / "cumsum.pte")
+    assert result.passed and result.notes == ["not delegated to XNNPACK (portable kernels): aten_cumsum_default x1"]
+    assert "aten_cumsum_default" in caplog.text
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_failing_pte_parity_writes_nothing(tmp_path):
+    from nasdeploy.export.pte_export import export_pte
+
+    path = tmp_path / "net.pte"
+    with pytest.raises(NasDeployError, match=r"ExecuTorch differs from PyTorch by max \|diff\| .* > tolerance 0 .*not written") as info:
+        export_pte(conv_net(), (1, 3, 16, 16), path, atol=0.0, real_inputs=digits_batch(4))
+    assert "\n" not in str(info.value) and not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_export_format_comes_from_the_suffix_or_the_option():
+    from nasdeploy.export.pte_export import export_format, pte_name
+
+    assert export_format("model.pte") == "pte" and export_format("model.onnx") == "onnx"
+    assert export_format("model.onnx", "pte") == "pte" and pte_name("model.onnx") == "model.pte"
+    with pytest.raises(NasDeployError, match="unknown export format 'tflite'"):
+        export_format("model.onnx", "tflite")
+
+
+def test_pte_runs_on_executorch_only():
+    from nasdeploy.export.pte_export import pte_runtime
+
+    with pytest.raises(NasDeployError, match="runs on --runtime executorch, not onnxruntime"):
+        pte_runtime("onnxruntime", False, "cpu")
+    with pytest.raises(NasDeployError, match="not tensorrt"):
+        pte_runtime(None, True, "cpu")
+
+
+def test_measure_pte_without_the_extra_is_one_line_exit_2(tmp_path):
+    """The real command line in a process where ``import executorch`` fails, as without the extra."""
+    import os
+    import subprocess
+
+    (tmp_path / "model.pte").write_bytes(b"never read: the runtime is checked first")
+    code = "import sys; sys.modules['executorch'] = None; from nasdeploy.cli import main; main()"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "pipeline")}
+    proc = subprocess.run([sys.executable, "-c", code, "measure", str(tmp_path / "model.pte")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pip install -e '.[mobile]'" in lines[0] and "executorch" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    from test_export import darts_record
+
+    from nasdeploy.train.trainer import TrainConfig, train_architecture
+
+    out = tmp_path_factory.mktemp("trained")
+    train_architecture(darts_record(), "digits", TrainConfig(epochs=1, batch_size=16, max_batches=2, threads=1), out)
+    return out / "model.pt"
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_export_command_writes_a_pte_with_parity_and_remeasures_it(tmp_path, trained_checkpoint):
+    import json
+
+    from typer.testing import CliRunner
+
+    from nasdeploy.cli import app
+
+    out = tmp_path / "pte"
+    args = ["export", "model.pte", "--checkpoint", str(trained_checkpoint), "--budget", "100s", "--out-dir", str(out),
+            "--warmup", "2", "--repeats", "5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "model.pte").is_file() and not (out / "model.onnx").exists() and report["files"]["pte"] == str(out / "model.pte")
+    assert report["parity"][0]["runtime"] == "executorch-xnnpack" and report["parity"][0]["passed"]
+    assert report["parity"][0]["real_inputs"] == 32 and report["parity"][0]["max_abs_diff"] <= 1e-4
+    assert report["runtime"] == "executorch" and report["versions"]["executorch_backend"] == "xnnpack"
+    assert report["measurement"]["n"] == 5 and report["measured_median_ms"] > 0
+    assert report["predicted_latency_ms"] == 1.0 and report["budget_ms"] == 100000.0 and report["within_budget"] is True
+    assert [c["runtime"] for c in report["comparisons"]] == ["torch"]
+    markdown = (out / "report.md").read_text()
+    assert "| measured median (executorch, cpu) |" in markdown and "| parity executorch-xnnpack vs torch |" in markdown
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_pte_export_skips_onnx_comparisons_with_a_line(tmp_path, trained_checkpoint):
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+
+    options = ExportOptions(budget_ms=50.0, format="pte", compare=[("onnxruntime", "cpu"), ("torch", "cpu")],
+                            method=FAST.to_dict())
+    report = export_checkpoint(trained_checkpoint, "net.onnx", tmp_path, options)
+    assert (tmp_path / "net.pte").is_file() and [c["runtime"] for c in report["comparisons"]] == ["torch"]
+    assert report["skipped_comparisons"] == [{"runtime": "onnxruntime", "device": "cpu",
+                                              "reason": "a .pte export writes no ONNX file; export model.onnx to compare"}]
