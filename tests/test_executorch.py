@@ -117,6 +117,8 @@ def test_profiler_stores_non_delegated_ops_per_entry(tmp_path):
     assert table.entries[cumsum.key()]["non_delegated"] == {"aten_cumsum_default": 1}
     assert "non_delegated" not in table.entries[conv.key()] and table.entries[conv.key()]["n"] == 5
     assert non_delegated_ops(table) == {"aten_cumsum_default": [cumsum.key()]}
+    table.overhead = {"samples": [{"median_ms": 1.0}, {"median_ms": 2.0, "non_delegated": {"aten_cumsum_default": 2}}]}
+    assert non_delegated_ops(table) == {"aten_cumsum_default": [cumsum.key(), "fit network 1"]}
 
 
 # ---------------------------------------------------------------- without the extra
@@ -215,6 +217,8 @@ def test_pte_runs_on_executorch_only():
         pte_runtime("onnxruntime", False, "cpu")
     with pytest.raises(NasDeployError, match="not tensorrt"):
         pte_runtime(None, True, "cpu")
+    with pytest.raises(NasDeployError, match="absent on cuda:0: ExecuTorch's XNNPACK backend runs on CPUs only"):
+        pte_runtime(None, False, "cuda:0")
 
 
 def test_measure_pte_without_the_extra_is_one_line_exit_2(tmp_path):
@@ -229,7 +233,8 @@ def test_measure_pte_without_the_extra_is_one_line_exit_2(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "pip install -e '.[mobile]'" in lines[0] and "executorch" in lines[0]
+    assert lines == ["error: a .pte program runs on ExecuTorch, absent on cpu: executorch is not installed; "
+                     "pip install -e '.[mobile]', or export model.onnx"]
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ def print_profile(table, seconds: float) -> None:
     from nasdeploy.latency.profiler import non_delegated_ops
 
     for op_type, keys in non_delegated_ops(table).items():  # never silent: these entries time a fallback kernel
-        summary.add_row("not delegated", f"{op_type} in {len(keys)} entries (e.g. {keys[0]})")
+        summary.add_row("not delegated", f"{op_type} in {len(keys)} entries or fit networks (e.g. {keys[0]})")
     summary.add_row("method", ", ".join(f"{k}={v}" for k, v in table.method.items()))
     summary.add_row("time", f"{seconds:.1f} s")
     console.print(summary)

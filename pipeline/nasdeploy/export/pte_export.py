@@ -46,12 +46,16 @@ def pte_name(name: str | Path) -> str:
 
 def pte_runtime(runtime: str | None, tensorrt: bool, device: str) -> str:
     """The runtime a .pte is re-measured on: executorch, checked present (one line naming the extra otherwise)."""
-    from nasdeploy.hardware.runtimes import resolve_runtime
+    from nasdeploy.hardware import BACKENDS
 
     if tensorrt or runtime not in (None, RUNTIME):
         raise NasDeployError(f"a .pte program runs on --runtime executorch, not {'tensorrt' if tensorrt else runtime}; "
                              "drop --runtime/--tensorrt, or export model.onnx")
-    return resolve_runtime(device, RUNTIME).runtime
+    fact = BACKENDS.get(RUNTIME).availability(device)
+    if not fact.present:
+        raise NasDeployError(f"a .pte program runs on ExecuTorch, absent on {device}: {fact.missing}; {fact.install}, "
+                             "or export model.onnx")
+    return RUNTIME
 
 
 def without_onnx(wanted: list[tuple[str, str]], skipped: list[dict]) -> tuple[list[tuple[str, str]], list[dict]]:
