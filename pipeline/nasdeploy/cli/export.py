@@ -21,7 +21,7 @@ def export(
                                               "the latest search or run folder under runs/, retrained first if it never was)."),
     budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: the one searched for)."),
     table: Optional[Path] = typer.Option(None, help="Latency table for the prediction (default: the search's prediction)."),
-    runtime: Optional[str] = typer.Option(None, help="Runtime to re-measure on: onnxruntime | tensorrt | torch "
+    runtime: Optional[str] = typer.Option(None, help="Runtime to re-measure on: onnxruntime | tensorrt | torch | executorch "
                                           "(default: tensorrt with --tensorrt, else the device's best present)."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine on --device cuda:N, check its parity "

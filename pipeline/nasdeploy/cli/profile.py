@@ -36,8 +36,8 @@ def make_template(space_name: str, preset: str, op_space: Optional[str], input_s
 @app.command()
 def profile(
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
-    runtime: Optional[str] = typer.Option(None, help="onnxruntime | torch | tensorrt (default: the device's best present, as "
-                                          "'search', 'run' and 'export' resolve it; nasdeploy runtimes lists them)."),
+    runtime: Optional[str] = typer.Option(None, help="onnxruntime | torch | tensorrt | executorch (default: the device's best "
+                                          "present, as 'search', 'run' and 'export' resolve it; nasdeploy runtimes lists them)."),
     space: str = typer.Option("darts", help="Search space: darts | darts_macro | mobilenet."),
     op_space: Optional[str] = typer.Option(None, help="DARTS operation space 1 | 2 | 3 | 4 | combined (preset default if unset)."),
     input_size: Optional[int] = typer.Option(None, help="Input height = width (preset default if unset)."),
