@@ -99,7 +99,8 @@ def measure(
     model: Path = typer.Argument(..., help="ONNX file to measure, a .pte (ExecuTorch), or a searched arch.json (with --table)."),
     table: Optional[Path] = typer.Option(None, help="With an arch.json: the latency table whose backend and method measure it."),
     allow_other_machine: bool = typer.Option(False, help="With an arch.json: measure even if the table was profiled on another machine."),
-    runtime: Optional[str] = typer.Option(None, help="onnxruntime | tensorrt (default: the device's best present that runs ONNX)."),
+    runtime: Optional[str] = typer.Option(None, help="onnxruntime | tensorrt (default: the device's best present that runs ONNX); "
+                                          "a .pte runs on executorch."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     batch: Optional[int] = typer.Option(None, help="Batch size for a graph with a dynamic batch axis."),
     input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224 (default: read from the graph)."),
