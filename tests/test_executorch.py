@@ -285,3 +285,17 @@ def test_pte_export_skips_onnx_comparisons_with_a_line(tmp_path, trained_checkpo
     assert (tmp_path / "net.pte").is_file() and [c["runtime"] for c in report["comparisons"]] == ["torch"]
     assert report["skipped_comparisons"] == [{"runtime": "onnxruntime", "device": "cpu",
                                               "reason": "a .pte export writes no ONNX file; export model.onnx to compare"}]
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_onnx_export_remeasured_on_executorch_lowers_the_module(tmp_path, trained_checkpoint):
+    """What ``nasdeploy run --runtime executorch`` exports today: the ONNX file, the net measured as an ExecuTorch program
+    (not as torch), ONNX Runtime as a comparison."""
+    from nasdeploy.export.deploy import ExportOptions, export_checkpoint
+
+    options = ExportOptions(budget_ms=50.0, runtime="executorch", compare=[("onnxruntime", "cpu")], method=FAST.to_dict())
+    report = export_checkpoint(trained_checkpoint, "net.onnx", tmp_path, options)
+    assert (tmp_path / "net.onnx").is_file() and report["parity"][0]["runtime"] == "onnxruntime-cpu"
+    assert report["runtime"] == "executorch" and report["versions"]["executorch_backend"] == "xnnpack"
+    assert report["measurement"]["n"] == 5 and [c["runtime"] for c in report["comparisons"]] == ["onnxruntime"]
