@@ -260,7 +260,7 @@ def test_absent_comparison_runtimes_are_skipped_with_a_line_not_an_error(tmp_pat
     if torch.cuda.is_available():
         compare = [("torch", "cpu"), ("tensorrt", "cpu")]
     options = ExportOptions(budget_ms=50.0, compare=compare, method=FAST.to_dict())
-    report = export_checkpoint(trained_checkpoint, "net.onnx", tmp_path, options)
+    report = export_checkpoint(trained_checkpoint, tmp_path / "net.onnx", tmp_path, options)
     assert [(c["runtime"], c["device"]) for c in report["comparisons"]] == [("torch", "cpu")]
     skipped = {(s["runtime"], s["device"]): s["reason"] for s in report["skipped_comparisons"]}
     assert set(skipped) == set(compare[1:])

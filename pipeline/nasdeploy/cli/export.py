@@ -15,13 +15,14 @@ from nasdeploy.progress import console, setup_logging
 
 @app.command()
 def export(
-    onnx_path: Optional[Path] = typer.Argument(None, help="Where to write the ONNX file, e.g. model.onnx (default: "
-                                               "model.onnx in --out-dir, else in exports/<checkpoint folder>/)."),
+    onnx_path: Optional[Path] = typer.Argument(None, help="Where to write the model, e.g. model.onnx, or model.pte for an "
+                                               "ExecuTorch (XNNPACK) program re-measured on ExecuTorch (default: model.onnx in "
+                                               "--out-dir, else in exports/<checkpoint folder>/)."),
     checkpoint: Optional[Path] = typer.Option(None, help="model.pt written by 'nasdeploy train' (default: the trained model of "
                                               "the latest search or run folder under runs/, retrained first if it never was)."),
     budget: Optional[str] = typer.Option(None, help="Latency budget, e.g. 22ms (default: the one searched for)."),
     table: Optional[Path] = typer.Option(None, help="Latency table for the prediction (default: the search's prediction)."),
-    runtime: Optional[str] = typer.Option(None, help="Runtime to re-measure on: onnxruntime | tensorrt | torch "
+    runtime: Optional[str] = typer.Option(None, help="Runtime to re-measure on: onnxruntime | tensorrt | torch | executorch "
                                           "(default: tensorrt with --tensorrt, else the device's best present)."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine on --device cuda:N, check its parity "
@@ -32,6 +33,7 @@ def export(
                                            "(default: the ONNX file's folder)."),
     exporter: str = typer.Option("legacy", help="torch.onnx exporter: legacy (TorchScript, opset 17) | dynamo (opset 18)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Export with a dynamic batch axis."),
+    format: Optional[str] = typer.Option(None, "--format", help="onnx | pte (default: from the file name's suffix)."),
     atol: float = typer.Option(1e-4, help="fp32 parity tolerance: max |ONNX Runtime − PyTorch| on logits."),
     data: Optional[str] = typer.Option(None, help="Dataset for the real parity inputs (default: the training data)."),
     compare_torch: bool = typer.Option(True, help="Also measure the PyTorch module on the same device for comparison "
@@ -71,7 +73,7 @@ def export(
         _require_searched_budget(checkpoint)
     options = ExportOptions(
         budget_ms=parse_latency(budget) if budget else None, table=table, runtime=runtime, device=device,
-        tensorrt=tensorrt, fp16=fp16, exporter=exporter, dynamic_batch=dynamic_batch, atol=atol, data=data,
+        tensorrt=tensorrt, fp16=fp16, exporter=exporter, dynamic_batch=dynamic_batch, format=format, atol=atol, data=data,
         compare=torch_comparisons(device) if compare_torch else [],
         method={k: v for k, v in {"warmup": warmup, "repeats": repeats}.items() if v is not None}, table_policy=policy,
     )
@@ -100,10 +102,11 @@ def _require_searched_budget(checkpoint: Path) -> None:
 
 @app.command()
 def measure(
-    model: Path = typer.Argument(..., help="ONNX file to measure, or a searched arch.json (with --table)."),
+    model: Path = typer.Argument(..., help="ONNX file to measure, a .pte (ExecuTorch), or a searched arch.json (with --table)."),
     table: Optional[Path] = typer.Option(None, help="With an arch.json: the latency table whose backend and method measure it."),
     allow_other_machine: bool = typer.Option(False, help="With an arch.json: measure even if the table was profiled on another machine."),
-    runtime: Optional[str] = typer.Option(None, help="onnxruntime | tensorrt (default: the device's best present that runs ONNX)."),
+    runtime: Optional[str] = typer.Option(None, help="onnxruntime | tensorrt (default: the device's best present that runs ONNX); "
+                                          "a .pte runs on executorch."),
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
     batch: Optional[int] = typer.Option(None, help="Batch size for a graph with a dynamic batch axis."),
     input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224 (default: read from the graph)."),
@@ -134,16 +137,21 @@ def measure(
     if model.suffix == ".json":
         measure_arch(model, table, json_out, allow_other_machine, table_policy(spot_check_tolerance, recalibrate, trust_table))
         return
-    if runtime is not None and runtime not in ONNX_RUNTIMES:
+    if runtime is not None and runtime not in ONNX_RUNTIMES and model.suffix != ".pte":
         raise NasDeployError(f"measure takes an ONNX file, so --runtime is one of {', '.join(ONNX_RUNTIMES)}, not {runtime!r}")
-    runtime = resolve_runtime(device, runtime, needs_onnx=True).runtime
     if warmup < 0 or repeats < 1 or (batch is not None and batch < 1):
         raise NasDeployError("--warmup must be >= 0, --repeats and --batch >= 1; e.g. --warmup 10 --repeats 50")
     shape = parse_shape(input_shape)
     if shape is not None and batch is not None:
         shape = (batch,) + shape[1:]
     method = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch or 1)
-    result = onnx_measurement(model, runtime, device, method, shape).to_dict()
+    if model.suffix == ".pte":  # an ExecuTorch program runs on ExecuTorch only
+        from nasdeploy.export.pte_export import pte_measurement, pte_runtime
+
+        pte_runtime(runtime, False, device)
+        result = pte_measurement(model, device, method, shape).to_dict()
+    else:
+        result = onnx_measurement(model, resolve_runtime(device, runtime, needs_onnx=True).runtime, device, method, shape).to_dict()
     console.print(measurement_table(model, result))
     if json_out is not None:
         atomic_write_json(json_out, {"model": str(model), **result})

@@ -36,8 +36,8 @@ def make_template(space_name: str, preset: str, op_space: Optional[str], input_s
 @app.command()
 def profile(
     device: str = typer.Option("cpu", help="cpu | cuda:N."),
-    runtime: Optional[str] = typer.Option(None, help="onnxruntime | torch | tensorrt (default: the device's best present, as "
-                                          "'search', 'run' and 'export' resolve it; nasdeploy runtimes lists them)."),
+    runtime: Optional[str] = typer.Option(None, help="onnxruntime | torch | tensorrt | executorch (default: the device's best "
+                                          "present, as 'search', 'run' and 'export' resolve it; nasdeploy runtimes lists them)."),
     space: str = typer.Option("darts", help="Search space: darts | darts_macro | mobilenet."),
     op_space: Optional[str] = typer.Option(None, help="DARTS operation space 1 | 2 | 3 | 4 | combined (preset default if unset)."),
     input_size: Optional[int] = typer.Option(None, help="Input height = width (preset default if unset)."),
@@ -122,6 +122,10 @@ def print_profile(table, seconds: float) -> None:
     if table.reference:
         summary.add_row("reference network", f"timed {len(table.reference['medians'])} times next to the ops and networks, "
                         f"quiet-state median {table.reference['canonical_ms']:.3f} ms")
+    from nasdeploy.latency.profiler import non_delegated_ops
+
+    for op_type, keys in non_delegated_ops(table).items():  # never silent: these entries time a fallback kernel
+        summary.add_row("not delegated", f"{op_type} in {len(keys)} entries or fit networks (e.g. {keys[0]})")
     summary.add_row("method", ", ".join(f"{k}={v}" for k, v in table.method.items()))
     summary.add_row("time", f"{seconds:.1f} s")
     console.print(summary)

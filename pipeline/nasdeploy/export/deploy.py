@@ -15,6 +15,7 @@ import torch
 from nasdeploy.errors import NasDeployError
 from nasdeploy.io import read_json
 from nasdeploy.export.measure import method_from_dict, module_measurement, onnx_measurement
+from nasdeploy.export import pte_export
 from nasdeploy.export.onnx_export import FP32_ATOL, export_onnx
 from nasdeploy.export.report import build_report, write_report
 from nasdeploy.hardware import BACKENDS, MeasureMethod
@@ -34,6 +35,7 @@ class ExportOptions:
     fp16: bool = False
     exporter: str = "legacy"
     dynamic_batch: bool = False
+    format: str | None = None  # "onnx" | "pte" (ExecuTorch); None: the file name's suffix decides
     atol: float = FP32_ATOL
     real_inputs: int = 32  # dataset images checked for parity
     data: str | None = None  # None: the dataset the model was trained on
@@ -154,8 +156,12 @@ def comparison_plan(compare: list[tuple[str, ...]], target: str, device: str,
 
 def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: str,
                    method: MeasureMethod) -> dict[str, Any]:
-    if not BACKENDS.get(runtime).measures_onnx:  # e.g. torch: the module itself is what that runtime deploys
-        return module_measurement(model, input_shape, "torch", device, method).to_dict()
+    if onnx_path.suffix == ".pte" and runtime == "executorch":  # the program export wrote is the one measured
+        from nasdeploy.export.pte_export import pte_measurement
+
+        return pte_measurement(onnx_path, device, method, input_shape).to_dict()
+    if not BACKENDS.get(runtime).measures_onnx:  # torch, executorch: the module itself, in that runtime
+        return module_measurement(model, input_shape, runtime, device, method).to_dict()
     return onnx_measurement(onnx_path, runtime, device, method, input_shape).to_dict()
 
 
@@ -166,7 +172,8 @@ def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Pa
     from nasdeploy.train.trainer import load_trained_model
 
     require_device(options.device)  # before any work
-    runtime = target_runtime(options)
+    pte = pte_export.export_format(onnx_path, options.format) == "pte"
+    runtime = pte_export.pte_runtime(options.runtime, options.tensorrt, options.device) if pte else target_runtime(options)
     wants_engine = options.tensorrt or runtime == "tensorrt"
     if options.fp16 and not wants_engine:
         raise NasDeployError("--fp16 applies to the TensorRT engine; add --tensorrt (GPU), or drop --fp16")
@@ -187,8 +194,12 @@ def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Pa
     prediction = predicted_latency(record, options.table, options.table_policy)
     predicted, table_method, table_name = prediction["predicted_ms"], prediction["method"], prediction["table"]
 
-    parity = [export_onnx(model, input_shape, onnx_path, options.atol, real, options.exporter, options.dynamic_batch).to_dict()]
-    files = {"onnx": str(onnx_path), "checkpoint": str(checkpoint)}
+    if pte:  # --format pte with an .onnx name writes the .pte beside where the ONNX file would go
+        onnx_path = onnx_path.with_name(pte_export.pte_name(onnx_path))
+        parity = [pte_export.export_pte(model, input_shape, onnx_path, options.atol, real).to_dict()]
+    else:
+        parity = [export_onnx(model, input_shape, onnx_path, options.atol, real, options.exporter, options.dynamic_batch).to_dict()]
+    files = {"pte" if pte else "onnx": str(onnx_path), "checkpoint": str(checkpoint)}
     if wants_engine:
         from nasdeploy.export.tensorrt_export import export_tensorrt
 
@@ -210,6 +221,8 @@ def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Pa
     measurement = measure_target(Path(files.get(f"{runtime}_engine", onnx_path)), model, input_shape, runtime,
                                  options.device, method)
     wanted, skipped = comparison_plan(options.compare, runtime, options.device)
+    if pte:  # no ONNX file was written to compare on
+        wanted, skipped = pte_export.without_onnx(wanted, skipped)
     comparisons = [measure_target(onnx_path, model, input_shape, other, device,
                                   method_from_dict(method.to_dict(), dtype="float32", execution=execution))
                    for other, device, execution in wanted]

@@ -1,9 +1,9 @@
-"""Backends (torch, onnxruntime, tensorrt) that measure modules and ONNX graphs, and device fingerprints."""
+"""Backends (torch, onnxruntime, tensorrt, executorch) that measure modules and ONNX graphs, and device fingerprints."""
 
 from __future__ import annotations
 
 from nasdeploy.hardware.base import BACKENDS, Backend, MeasureMethod, Timing
-from nasdeploy.hardware import onnxruntime_backend, tensorrt_backend, torch_backend  # noqa: F401  (register)
+from nasdeploy.hardware import executorch_backend, onnxruntime_backend, tensorrt_backend, torch_backend  # noqa: F401  (register)
 from nasdeploy.hardware.fingerprint import fingerprint, fingerprint_id
 
 

@@ -136,6 +136,11 @@ class Backend(ABC):
         session): interleaved rounds then cost only their timed runs."""
         return lambda: self.measure_module(module, input_shape)
 
+    def program_notes(self) -> dict[str, Any]:
+        """Facts about the program prepared last that a latency table keeps next to its entry (ExecuTorch: the ops
+        its delegate did not take); none by default."""
+        return {}
+
     @abstractmethod
     def versions(self) -> dict[str, str]:
         """Runtime versions to record (torch, onnxruntime, tensorrt, CUDA, cuDNN...)."""

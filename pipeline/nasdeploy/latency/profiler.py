@@ -224,6 +224,7 @@ def measure_entries(table: LatencyTable, space: SearchSpace, instances: list[OpI
             continue
         if inst.key() not in prepared:
             prepared[inst.key()] = backend.prepare(space.build_op(inst), op_input_shape(inst, table.batch))
+            entry = {**(entry or {}), **backend.program_notes()}  # e.g. ExecuTorch: ops its delegate did not take
         timing = timed(prepared[inst.key()], reference)
         table.add(inst, add_round(entry, timing))
         measured += 1
@@ -231,6 +232,17 @@ def measure_entries(table: LatencyTable, space: SearchSpace, instances: list[OpI
         if measured % save_every == 0:
             save_table(table, table.path)
     save_table(table, table.path)
+
+
+def non_delegated_ops(table: LatencyTable) -> dict[str, list[str]]:
+    """Op type -> the table's entries (and ``fit network N``) whose program left it to a slower fallback
+    (``Backend.program_notes``)."""
+    found: dict[str, list[str]] = {}
+    samples = [(f"fit network {i}", s) for i, s in enumerate((table.overhead or {}).get("samples") or [])]
+    for key, entry in sorted(table.entries.items()) + samples:
+        for op_type in entry.get("non_delegated", {}):
+            found.setdefault(op_type, []).append(key)
+    return found
 
 
 class FitNetworks:
@@ -278,6 +290,7 @@ class FitNetworks:
             if i not in self.prepared:
                 network = self.space.build(self.space.arch_from_json(record["arch"]), self.template)
                 self.prepared[i] = backend.prepare(network, shape)
+                record = {**record, **backend.program_notes()}  # a whole network's fallbacks, as an op entry's
             timing = timed(self.prepared[i], self.reference)
             self.records[i] = add_round(record, timing)
             self.table.overhead = {"samples": self.records, "coef": None}
