@@ -258,7 +258,7 @@ def test_export_command_writes_a_pte_with_parity_and_remeasures_it(tmp_path, tra
     from nasdeploy.cli import app
 
     out = tmp_path / "pte"
-    args = ["export", "model.pte", "--checkpoint", str(trained_checkpoint), "--budget", "100s", "--out-dir", str(out),
+    args = ["export", str(out / "model.pte"), "--checkpoint", str(trained_checkpoint), "--budget", "100s", "--out-dir", str(out),
             "--warmup", "2", "--repeats", "5"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

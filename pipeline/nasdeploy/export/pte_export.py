@@ -58,14 +58,15 @@ def pte_runtime(runtime: str | None, tensorrt: bool, device: str) -> str:
     return RUNTIME
 
 
-def without_onnx(wanted: list[tuple[str, str]], skipped: list[dict]) -> tuple[list[tuple[str, str]], list[dict]]:
-    """Comparisons of a .pte export: those that run an ONNX file are skipped with the reason (a line in the report)."""
+def without_onnx(wanted: list[tuple], skipped: list[dict]) -> tuple[list[tuple], list[dict]]:
+    """Comparisons of a .pte export ((runtime, device, execution) entries): those that run an ONNX file are skipped
+    with the reason (a line in the report)."""
     from nasdeploy.hardware import BACKENDS
 
-    onnx = [(runtime, device) for runtime, device in wanted if BACKENDS.get(runtime).measures_onnx]
+    onnx = [entry for entry in wanted if BACKENDS.get(entry[0]).measures_onnx]
     reason = "a .pte export writes no ONNX file; export model.onnx to compare"
     return ([w for w in wanted if w not in onnx],
-            skipped + [{"runtime": runtime, "device": device, "reason": reason} for runtime, device in onnx])
+            skipped + [{"runtime": entry[0], "device": entry[1], "reason": reason} for entry in onnx])
 
 
 def pte_outputs(path: Path, batches: list[np.ndarray]) -> list[np.ndarray]:
