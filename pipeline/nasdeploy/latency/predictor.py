@@ -216,8 +216,8 @@ def expected_latency_darts(alpha_normal: torch.Tensor, alpha_reduce: torch.Tenso
         edges = None if edge_weights is None else edge_weights[1 if reduction else 0]
         per_type[reduction] = per_type[reduction] + cell_expected_latency(alpha, edge_costs, template.nodes, rule, edges)
     if cell_counts is not None:  # P = Σ_i C_i · (Σ l^c softmax(l^c)) with the given C_i
-        here = [sum(1 for r, _ in costs if r == kind) for kind in (False, True)]
-        per_type = [value * (count / n if n else 0.0) for value, count, n in zip(per_type, cell_counts, here)]
+        per_type = [value * (count / n if n else 0.0)
+                    for value, count, n in zip(per_type, cell_counts, cell_type_counts(template))]
     total = per_type[0] + per_type[1]  # P += C_i · (Σ l^c softmax(l^c)) over the cell types
     if include_fixed and source is None:
         total = total + fixed
