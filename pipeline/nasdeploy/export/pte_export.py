@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.export.measure import Measurement
+from nasdeploy.export.measure import Measurement, best_round
 from nasdeploy.export.onnx_export import FP32_ATOL, ParityResult, compare, parity_inputs, torch_outputs
 from nasdeploy.hardware import MeasureMethod, fingerprint, get_backend
 from nasdeploy.hardware.executorch_backend import PTE_SUFFIX, import_executorch, load_method, lower, pte_input_shape
@@ -132,5 +132,6 @@ def pte_measurement(path: Path | str, device: str = "cpu", method: MeasureMethod
     backend = get_backend(RUNTIME, device, method)  # checks device and package first
     shape = tuple(input_shape) if input_shape else pte_input_shape(path)
     backend.method.batch = shape[0]
-    timing = backend.measure_pte(Path(path), shape)
-    return Measurement(RUNTIME, device, shape, timing, backend.method, backend.versions(), fingerprint(device, backend.threads))
+    timing, medians = best_round(lambda: backend.measure_pte(Path(path), shape), method.rounds)  # the table's rule
+    return Measurement(RUNTIME, device, shape, timing, backend.method, backend.versions(), fingerprint(device, backend.threads),
+                       medians)
