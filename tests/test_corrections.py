@@ -81,3 +81,18 @@ def test_profiler_measures_more_fit_networks_when_the_model_misses_them(tmp_path
     # a table asked for with fewer fit networks than the default is a quick one: never extended by default
     quick = profiler.profile_space("darts", template, "torch", "cpu", MeasureMethod(**method), tmp_path / "quick.json", fit_samples=4)
     assert len(quick.overhead["samples"]) == 4
+
+
+def test_one_standard_error_rule_prefers_the_simplest_model_within_one_standard_error():
+    import numpy as np
+
+    from nasdeploy.latency.overhead import one_standard_error_choice
+
+    # squared errors: "weak" the lowest (mean 4, std 2, se 1: threshold 5), "strong" mean 4.9 (within), "none" 16
+    weak = np.sqrt(np.array([2.0, 6.0, 2.0, 6.0]))  # mean 4, std 2, se 2 / sqrt(4) = 1 -> threshold 5
+    strong = np.sqrt(np.array([4.9, 4.9, 4.9, 4.9]))  # within one standard error: kept by the rule
+    none = np.sqrt(np.array([16.0, 16.0, 16.0, 16.0]))
+    choice, rmse = one_standard_error_choice([(None, none), ("strong", strong), ("weak", weak)])
+    assert choice == "strong" and rmse == pytest.approx(np.sqrt(4.9) * 100)
+    stricter = np.sqrt(np.array([5.5, 5.5, 5.5, 5.5]))  # mean 5.5 > 5: the lowest wins
+    assert one_standard_error_choice([(None, none), ("strong", stricter), ("weak", weak)])[0] == "weak"
