@@ -43,7 +43,7 @@ class PCPSteps:
     """Schedule, loaders and the steps of a ``PCPSearch`` epoch."""
 
     def lr_at(self, epoch: int) -> float:
-        """Cosine annealing of the weights' rate over each phase (§IV-A, P-DARTS per stage)."""
+        """Cosine annealing of the weights' rate over each phase (§III-B, P-DARTS per stage)."""
         cfg = self.cfg
         return cfg.w_lr_min + 0.5 * (cfg.w_lr - cfg.w_lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs_per_phase))
 
