@@ -63,8 +63,10 @@ class SearchStrategy(ABC):
     def validate(self, config: Any) -> None:
         """Range checks on a config; raise NasDeployError naming the setting and the fix."""
 
-    def template_overrides(self, config: Any, table_template: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Template fields the config fixes (e.g. op space); checked against the table's template when there is one."""
+    def template_overrides(self, config: Any, table_template: dict[str, Any] | None = None,
+                           space: str = "darts") -> dict[str, Any]:
+        """Template fields of ``space`` the config fixes (e.g. op space, CTNAS' App. D network): the template
+        ``nasdeploy run`` profiles; checked against the table's template when there is one."""
         return {}
 
     def wants_table(self, config: Any) -> bool:

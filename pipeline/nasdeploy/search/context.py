@@ -310,7 +310,7 @@ def build_context(strategy, request, config) -> SearchContext:
     parallel = join_for_search(strategy, request, config)
     device = torch.device(parallel.device)  # under torchrun a CUDA rank's cuda:LOCAL_RANK
     table = parallel.from_rank0(lambda: load_given_table(request, space.name))
-    overrides = strategy.template_overrides(config, table.template if table is not None else None)
+    overrides = strategy.template_overrides(config, table.template if table is not None else None, space.name)
     if table is not None:
         template = space.template_from_dict(table.template)
         check_overrides(template, overrides)
@@ -390,9 +390,11 @@ def check_overrides(template, overrides: dict[str, Any]) -> None:
     for key, value in overrides.items():
         have = getattr(template, key)
         if str(have) != str(value):
-            flag = f"--{key.replace('_', '-')} {value}" if key == "op_space" else f"{key}={value}"
-            raise NasDeployError(f"{key}={value} differs from the latency table's {key}={have}; profile a table with "
-                                 f"{flag} or drop the setting")
+            if key == "op_space":
+                fix = f"profile a table with --op-space {value}"
+            else:  # no profile option sets it: `search` without --table finds or profiles this machine's table
+                fix = f"drop --table (this machine's table for {key}={value} is found or profiled)"
+            raise NasDeployError(f"{key}={value} differs from the latency table's {key}={have}; {fix} or drop the setting")
 
 
 def check_latency_budget(ctx: SearchContext) -> None:

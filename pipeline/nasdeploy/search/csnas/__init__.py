@@ -52,7 +52,7 @@ class CSNAS(SearchStrategy):
     def validate(self, config: CSNASConfig) -> None:
         validate(config)
 
-    def template_overrides(self, config: CSNASConfig, table_template=None) -> dict[str, Any]:
+    def template_overrides(self, config: CSNASConfig, table_template=None, space: str = "darts") -> dict[str, Any]:
         overrides: dict[str, Any] = {}
         if config.op_space is not None:
             overrides["op_space"] = str(config.op_space)

@@ -86,7 +86,7 @@ class PCPDARTS(SearchStrategy):
     def validate(self, config: PCPDARTSConfig) -> None:
         validate(config)
 
-    def template_overrides(self, config: PCPDARTSConfig, table_template=None) -> dict[str, Any]:
+    def template_overrides(self, config: PCPDARTSConfig, table_template=None, space: str = "darts") -> dict[str, Any]:
         return {"op_space": str(config.op_space)} if config.op_space is not None else {}
 
     def retrain_recipe(self, space: str) -> str:
