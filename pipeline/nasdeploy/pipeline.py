@@ -367,9 +367,7 @@ def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
     record = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json")
     record_json = record.to_json()
     epochs = config.train_epochs if config.train_epochs is not None else run_train_epochs(record, config.preset)
-    if epochs is None:  # the strategy's evaluation schedule, if it gives one (CSNAS paper preset: 1200 epochs)
-        epochs = record.metrics.get("retrain_epochs")
-    recipe = searched_recipe(record)  # the searching strategy's own recipe
+    recipe = searched_recipe(record)  # the searching strategy's own recipe (its paper's epochs on the paper preset)
     train_config = preset_config(config.preset, recipe, epochs=epochs, seed=config.seed, device=config.device)
     if train_finished(out, record_json, train_config):
         return StageResult("skipped", 0.0, {"model": str(out / "model.pt"), "metrics": str(out / "metrics.json"),
