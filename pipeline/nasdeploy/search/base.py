@@ -78,6 +78,12 @@ class SearchStrategy(ABC):
         and ICDARTS §3.4.2 split it; SE-NAS holds out the paper's 5k of 50k)."""
         return 0.5
 
+    def validation_split(self, config: Any) -> str:
+        """Where the search's validation set comes from: "train" (``validation_fraction`` of the training split,
+        the default) or "test" (the data's test split, the search training on the whole training split: SS
+        PCP-DARTS §III-B's 50K / 10K)."""
+        return "train"
+
     def retrain_recipe(self, space: str) -> str:
         """The ``train.recipes`` recipe its architectures are retrained with (``nasdeploy train`` / ``run``)."""
         return "icdarts"
