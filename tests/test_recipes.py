@@ -144,3 +144,21 @@ def test_strategies_command_shows_the_recipe():
     assert any(line.startswith("retrains with recipe csnas (darts): Nguyen & Chang App. B") for line in lines)
     assert "  epochs: cpu 3, paper 1200, tiny 1 (App. B)" in lines
     assert "  weight_decay: cpu 0.0003, paper 0.0003, tiny 0.0003 (App. B)" in lines
+
+
+def test_export_retrains_the_latest_search_with_its_strategys_recipe(tmp_path, monkeypatch):
+    import nasdeploy.train.trainer as trainer
+    from nasdeploy.export.latest import latest_trained_model
+    from nasdeploy.spaces.base import get_space
+    from nasdeploy.spaces.record import ArchitectureRecord
+
+    monkeypatch.chdir(tmp_path)
+    space = get_space("darts")
+    template = space.default_template("tiny")
+    ArchitectureRecord("darts", template, space.sample(template, random.Random(0)), {"strategy": "csnas"}).save(
+        tmp_path / "runs" / "search" / "arch.json")
+    (tmp_path / "runs" / "search" / "search_log.json").write_text(json.dumps({"preset": "tiny", "data": "digits"}))
+    used = []
+    monkeypatch.setattr(trainer, "train_architecture", lambda record, data, config, out, resume: used.append(config))
+    latest_trained_model()
+    assert [(c.recipe, c.weight_decay, c.drop_path) for c in used] == [("csnas", 3e-4, 0.2)]
