@@ -163,8 +163,8 @@ class Unlabelled(TensorDataset):
 def test_search_never_reads_a_label(monkeypatch, lut, tmp_path):
     real = context_module.load_search_data
 
-    def unlabelled(spec, input_size, seed, val_fraction=0.5):
-        data = real(spec, input_size, seed, val_fraction)
+    def unlabelled(spec, input_size, seed, val_fraction=0.5, split="train"):
+        data = real(spec, input_size, seed, val_fraction, split)
         return context_module.SearchData(Unlabelled(data.train), Unlabelled(data.val), data.info)
 
     monkeypatch.setattr(context_module, "load_search_data", unlabelled)

@@ -318,3 +318,22 @@ def test_retraining_recipe_is_the_papers():
     assert (config.optimizer, config.lr, tuple(config.adam_betas), config.auxiliary_weight) == ("adam", 6e-4, (0.5, 0.999), 0.4)
     optimizer = make_optimizer(torch.nn.Linear(2, 2), config)
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["betas"] == (0.5, 0.999)
+
+
+def test_paper_preset_searches_on_section_iii_b_split(tmp_path):
+    """§III-B: "The Train-Validation Split considered 50K and 10K": w on CIFAR-10's whole training split, α and β
+    on its 10K test split. cpu and tiny keep the training split's two halves (a named choice)."""
+    from nasdeploy.search.context import build_context
+    from nasdeploy.train.data import DIGITS_TEST, DIGITS_TRAIN
+
+    for name in ("pcp-darts", "ss-pcp-darts"):
+        strategy = get_strategy(name)
+        splits = [strategy.validation_split(strategy.settings(p, None)) for p in ("paper", "cpu", "tiny")]
+        assert splits == ["test", "train", "train"], name
+    strategy = get_strategy("pcp-darts")
+    test_split = build_context(strategy, request(tmp_path, None), strategy.settings("tiny", {"val_split": "test"}))
+    assert (len(test_split.data.train), len(test_split.data.val)) == (DIGITS_TRAIN, DIGITS_TEST)  # 1497 / 300
+    halves = build_context(strategy, request(tmp_path, None), strategy.settings("tiny", None))
+    assert len(halves.data.train) == len(halves.data.val) == DIGITS_TRAIN // 2
+    with pytest.raises(NasDeployError, match="unknown val_split 'thirds'"):
+        strategy.settings("tiny", {"val_split": "thirds"})

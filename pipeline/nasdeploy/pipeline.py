@@ -102,12 +102,20 @@ def stage_dir(run_dir: Path, stage: str) -> Path:
 
 
 def space_and_template(config: RunConfig):
+    """The space and the run's deployment template: the preset's, with the fields the strategy's settings fix
+    (``SearchStrategy.template_overrides``; CTNAS' paper preset: appendix D's 18 cells x 44 channels)."""
+    from nasdeploy.search.base import default_strategy, get_strategy
     from nasdeploy.spaces.base import get_space
 
     if config.preset not in PRESETS:
         raise NasDeployError(f"unknown preset {config.preset!r}; choose one of: {', '.join(PRESETS)}")
     space = get_space(config.space)
-    return space, space.default_template(config.preset)
+    template = space.default_template(config.preset)
+    strategy = get_strategy(config.strategy or default_strategy(config.space))
+    settings = strategy.settings(config.preset, config.search_options)
+    # the table the run profiles has the preset's template: a setting that fixes a field without a table is not asked
+    overrides = strategy.template_overrides(settings, template.to_dict(), config.space)
+    return space, space.default_template(config.preset, **overrides)
 
 
 def profile_method(config: RunConfig) -> MeasureMethod:
@@ -359,18 +367,17 @@ def stage_train(config: RunConfig, run_dir: Path) -> StageResult:
     record = ArchitectureRecord.load(stage_dir(run_dir, "search") / "arch.json")
     record_json = record.to_json()
     epochs = config.train_epochs if config.train_epochs is not None else run_train_epochs(record, config.preset)
-    if epochs is None:  # the strategy's evaluation schedule, if it gives one (CSNAS paper preset: 1200 epochs)
-        epochs = record.metrics.get("retrain_epochs")
-    recipe = searched_recipe(record)  # the searching strategy's own recipe
+    recipe = searched_recipe(record)  # the searching strategy's own recipe (its paper's epochs on the paper preset)
     train_config = preset_config(config.preset, recipe, epochs=epochs, seed=config.seed, device=config.device)
     if train_finished(out, record_json, train_config):
-        return StageResult("skipped", 0.0, {"model": str(out / "model.pt"), "metrics": str(out / "metrics.json")})
+        return StageResult("skipped", 0.0, {"model": str(out / "model.pt"), "metrics": str(out / "metrics.json"),
+                                            "recipe": recipe})
     started = time.perf_counter()
     usable_train_checkpoint(out, record_json, train_config)
     metrics = train_architecture(record, config.data, train_config, out, resume=True)
     return StageResult("done", time.perf_counter() - started, {
         "model": str(out / "model.pt"), "metrics": str(out / "metrics.json"), "test_accuracy": metrics["test_accuracy"],
-        "epochs": train_config.epochs,
+        "epochs": train_config.epochs, "recipe": recipe,
     })
 
 

@@ -108,6 +108,38 @@ def strategies(name: Optional[str] = typer.Argument(None, help="A strategy: list
             settings.add_row(setting, kind, *values, meaning)
         console.print(settings)
     console.print(f"strategy: {source_place(type(chosen))}, settings: {source_place(chosen.config_class)}")
+    print_recipes(chosen, presets)
+
+
+def print_recipes(strategy, presets: list[str]) -> None:
+    """The recipe each of the strategy's spaces retrains with (``nasdeploy train`` / ``run``), value by value, with
+    the paper's section for each value."""
+    from nasdeploy.train.recipes import PRESETS, RECIPES, recipe_rows
+
+    spaces_of: dict[str, list[str]] = {}
+    for space in strategy.spaces:
+        spaces_of.setdefault(strategy.retrain_recipe(space), []).append(space)
+    for name, spaces in spaces_of.items():
+        console.print(f"retrains with recipe {name} ({', '.join(spaces)}): {RECIPES.get(name).source}; "
+                      "--recipe on nasdeploy train overrides it", soft_wrap=True, highlight=False)
+        rows = [(field, dict(zip(PRESETS, values)), where) for field, *values, where in recipe_rows(name)]
+        shown = [p for p in presets if p in PRESETS]
+        if console.width < 120:
+            for field, values, where in rows:
+                console.print(f"  {field}: " + ", ".join(f"{p} {recipe_value(values[p])}" for p in shown) + f" ({where})",
+                              highlight=False)
+            continue
+        recipe = Table()
+        for column in ("recipe value", *shown):
+            recipe.add_column(column, no_wrap=True)
+        recipe.add_column("where the paper gives it")
+        for field, values, where in rows:
+            recipe.add_row(field, *(recipe_value(values[p]) for p in shown), where)
+        console.print(recipe)
+
+
+def recipe_value(value: Any) -> str:
+    return "-" if value == "" else json.dumps(value)
 
 
 def print_strategies(classes: dict) -> None:

@@ -17,7 +17,8 @@ from nasdeploy.progress import console, setup_logging
 def train(
     arch: Path = typer.Option(..., help="Architecture file (arch.json) written by 'nasdeploy search'."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
-    recipe: Optional[str] = typer.Option(None, help="Retraining recipe: icdarts | senas | pcp-darts (default: the searching strategy's)."),
+    recipe: Optional[str] = typer.Option(None, help="Retraining recipe: icdarts | senas | ctnas | csnas | pcp-darts (default: the searching "
+                                         "strategy's; nasdeploy strategies NAME lists it)."),
     preset: str = typer.Option("paper", help="Schedule: paper (the recipe's, e.g. 600 epochs) | cpu (3) | tiny (1 short epoch)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size (default: the recipe's); under torchrun each of N "

@@ -113,6 +113,7 @@ def retraining_epochs(folder: SearchFolder) -> int | None:
 
 def latest_trained_model(root: Path = RUNS, retrain: bool = True) -> tuple[Path, SearchFolder]:
     """The model.pt to export when no --checkpoint is given: the latest search's, retrained first if needed."""
+    from nasdeploy.search.base import searched_recipe
     from nasdeploy.spaces.record import ArchitectureRecord
     from nasdeploy.train.trainer import preset_config, train_architecture
 
@@ -126,8 +127,9 @@ def latest_trained_model(root: Path = RUNS, retrain: bool = True) -> tuple[Path,
     if folder.preset not in RETRAIN_PRESETS or not retrain:
         raise NasDeployError(f"the latest search {folder.arch} was never retrained ({folder.preset} preset: too long to start "
                              f"unasked); run '{command}', then 'nasdeploy export' again")
-    config = preset_config(folder.preset, epochs=epochs, seed=folder.seed, device=folder.device)
-    log.info("the latest search %s was never retrained: retraining it first with the %s preset's recipe (%d epochs on %s), "
-             "as '%s'", folder.arch, folder.preset, config.epochs, folder.data, command)
-    train_architecture(ArchitectureRecord.load(folder.arch), folder.data, config, folder.train_dir, resume=True)
+    record = ArchitectureRecord.load(folder.arch)
+    config = preset_config(folder.preset, searched_recipe(record), epochs=epochs, seed=folder.seed, device=folder.device)
+    log.info("the latest search %s was never retrained: retraining it first with the %s recipe's %s preset (%d epochs on "
+             "%s), as '%s'", folder.arch, config.recipe, folder.preset, config.epochs, folder.data, command)
+    train_architecture(record, folder.data, config, folder.train_dir, resume=True)
     return folder.train_dir / "model.pt", folder

@@ -63,8 +63,10 @@ class SearchStrategy(ABC):
     def validate(self, config: Any) -> None:
         """Range checks on a config; raise NasDeployError naming the setting and the fix."""
 
-    def template_overrides(self, config: Any, table_template: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Template fields the config fixes (e.g. op space); checked against the table's template when there is one."""
+    def template_overrides(self, config: Any, table_template: dict[str, Any] | None = None,
+                           space: str = "darts") -> dict[str, Any]:
+        """Template fields of ``space`` the config fixes (e.g. op space, CTNAS' App. D network): the template
+        ``nasdeploy run`` profiles; checked against the table's template when there is one."""
         return {}
 
     def wants_table(self, config: Any) -> bool:
@@ -75,6 +77,12 @@ class SearchStrategy(ABC):
         """Share of the training split held out as the search's validation set (default: two halves, as DARTS
         and ICDARTS §3.4.2 split it; SE-NAS holds out the paper's 5k of 50k)."""
         return 0.5
+
+    def validation_split(self, config: Any) -> str:
+        """Where the search's validation set comes from: "train" (``validation_fraction`` of the training split,
+        the default) or "test" (the data's test split, the search training on the whole training split: SS
+        PCP-DARTS §III-B's 50K / 10K)."""
+        return "train"
 
     def retrain_recipe(self, space: str) -> str:
         """The ``train.recipes`` recipe its architectures are retrained with (``nasdeploy train`` / ``run``)."""

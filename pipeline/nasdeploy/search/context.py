@@ -6,8 +6,10 @@
    first when there is none) whenever a budget or the strategy needs one; checked against the space and
    the strategy's template settings, and spot-checked on this machine (``latency.trust``);
 2. the deployment template: the table's, or the preset's with the data's classes, channels and size;
-3. the data: the training split's two halves (train / val, §3.4.2 of the ICDARTS dissertation),
-   materialised once; ``two_views`` gives two independently augmented views for self-supervised strategies;
+3. the data: the training split's two halves (train / val, §3.4.2 of the ICDARTS dissertation; the strategy's
+   ``validation_fraction`` may hold out less, its ``validation_split`` "test" takes the whole training split and
+   the test split, SS PCP-DARTS §III-B), materialised once; ``two_views`` gives two independently augmented
+   views for self-supervised strategies;
 4. the budgets, with the cheapest-feasible pre-check (a budget below the cheapest network fails at once);
 5. the device, seeded RNGs (``seed_everything``, ``rng``) and a checkpoint helper with a settings fingerprint;
 6. under torchrun, this process's place (``ctx.parallel``, ``nasdeploy.distributed``): a strategy marked
@@ -91,7 +93,8 @@ class TwoViews(Dataset):
 
 @dataclass
 class SearchData:
-    """The training split's two halves, materialised once (train: weights; val: α, scores, fitness)."""
+    """The search's train and validation images, materialised once (train: weights; val: α, scores, fitness): the
+    training split's two halves by default (``load_search_data``)."""
 
     train: TensorDataset
     val: TensorDataset
@@ -105,14 +108,24 @@ class SearchData:
         return TwoViews(images, int(images.shape[-1]), self.mean, self.std, self.flip)
 
 
-def load_search_data(spec: str, input_size: int, seed: int, val_fraction: float = 0.5) -> SearchData:
+VALIDATION_SPLITS = ("train", "test")
+
+
+def load_search_data(spec: str, input_size: int, seed: int, val_fraction: float = 0.5, split: str = "train") -> SearchData:
+    """train / val: ``val_fraction`` of the training split held out (``split="train"``), or the whole training split
+    and the test split (``split="test"``, SS PCP-DARTS §III-B: CIFAR-10's 50K / 10K)."""
     from nasdeploy.train.data import load_dataset, split_holdout
 
+    if split not in VALIDATION_SPLITS:
+        raise NasDeployError(f"unknown validation split {split!r}; choose one of: {', '.join(VALIDATION_SPLITS)}")
     dataset, info = load_dataset(spec, train=True, input_size=input_size, seed=seed)
-    train_half, val_half = split_holdout(dataset, seed, val_fraction)
+    if split == "test":
+        train_part, val_part = dataset, load_dataset(spec, train=False, input_size=input_size, seed=seed)[0]
+    else:
+        train_part, val_part = split_holdout(dataset, seed, val_fraction)
     mean = tuple(getattr(dataset, "mean", torch.zeros(info.channels)).flatten().tolist())
     std = tuple(getattr(dataset, "std", torch.ones(info.channels)).flatten().tolist())
-    return SearchData(materialise(train_half), materialise(val_half), info, mean, std, flip=info.name != "digits")
+    return SearchData(materialise(train_part), materialise(val_part), info, mean, std, flip=info.name != "digits")
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -310,13 +323,14 @@ def build_context(strategy, request, config) -> SearchContext:
     parallel = join_for_search(strategy, request, config)
     device = torch.device(parallel.device)  # under torchrun a CUDA rank's cuda:LOCAL_RANK
     table = parallel.from_rank0(lambda: load_given_table(request, space.name))
-    overrides = strategy.template_overrides(config, table.template if table is not None else None)
+    overrides = strategy.template_overrides(config, table.template if table is not None else None, space.name)
     if table is not None:
         template = space.template_from_dict(table.template)
         check_overrides(template, overrides)
     else:
         template = space.default_template(request.preset, **overrides)
-    data = load_search_data(request.data, template.input_size, request.seed, strategy.validation_fraction(config))
+    data = load_search_data(request.data, template.input_size, request.seed, strategy.validation_fraction(config),
+                            strategy.validation_split(config))
     info = data.info
     if table is None:
         template = replace(template, num_classes=info.num_classes, in_channels=info.channels, input_size=info.input_size)
@@ -390,9 +404,11 @@ def check_overrides(template, overrides: dict[str, Any]) -> None:
     for key, value in overrides.items():
         have = getattr(template, key)
         if str(have) != str(value):
-            flag = f"--{key.replace('_', '-')} {value}" if key == "op_space" else f"{key}={value}"
-            raise NasDeployError(f"{key}={value} differs from the latency table's {key}={have}; profile a table with "
-                                 f"{flag} or drop the setting")
+            if key == "op_space":
+                fix = f"profile a table with --op-space {value}"
+            else:  # no profile option sets it: `search` without --table finds or profiles this machine's table
+                fix = f"drop --table (this machine's table for {key}={value} is found or profiled)"
+            raise NasDeployError(f"{key}={value} differs from the latency table's {key}={have}; {fix} or drop the setting")
 
 
 def check_latency_budget(ctx: SearchContext) -> None:

@@ -12,7 +12,7 @@ class TrainConfig:
 
     recipe: str = "icdarts"
     schedule: str = "cosine"  # "cosine" (per epoch, to lr_min) | "linear" (per iteration, lr·(1 − e/T))
-    optimizer: str = "sgd"  # "sgd" (momentum, weight_decay) | "adam" (adam_betas, weight_decay; SS PCP-DARTS §IV-A)
+    optimizer: str = "sgd"  # "sgd" (momentum, weight_decay) | "adam" (adam_betas, weight_decay; SS PCP-DARTS §III-B)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     epochs: int = 600
     batch_size: int = 128

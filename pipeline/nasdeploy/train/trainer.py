@@ -36,6 +36,7 @@ from nasdeploy.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from nasdeploy.progress import progress_bar
 from nasdeploy.spaces.record import ArchitectureRecord
 from nasdeploy.train.config import TrainConfig
+from nasdeploy.train.recipes import recipe_source
 from nasdeploy.train.data import load_dataset, make_loader, set_epoch
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 
 def make_optimizer(model, config: TrainConfig):
-    """The recipe's optimiser: SGD with momentum (DARTS family) or Adam (SS PCP-DARTS' retraining, §IV-A)."""
+    """The recipe's optimiser: SGD with momentum (DARTS family) or Adam (SS PCP-DARTS' retraining, §III-B)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.adam_betas),
                                 weight_decay=config.weight_decay)
@@ -367,7 +368,8 @@ def _train_model(record: ArchitectureRecord, data_spec: str, config: TrainConfig
         "epochs": history,
         "input_shape": list(input_shape),
         "data": {"spec": data_spec, **info.to_dict()},
-        "config": config.to_dict(),
+        "config": config.to_dict(),  # every value of the recipe, its name in config.recipe
+        "recipe_source": recipe_source(config.recipe),
         "search_metrics": record.metrics,
     }
     if parallel.active:

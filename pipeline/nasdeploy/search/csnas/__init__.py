@@ -22,6 +22,8 @@ Algorithm 1 (SMBO with TPE, Eqs. 4-6) on Optuna's ask-and-tell interface, one tr
    and writes the study's best completed trial as ``arch.json``.
 
 No label is ever read: the candidates see only ``ctx.data.two_views`` (images and their augmented views).
+The searched cells are evaluated on appendix B's 20 x 36 network (the paper template) and retrained with the
+``csnas`` recipe (``csnas.recipe``: appendix B's 1200 epochs, weight decay 3e-4, drop-path 0.2, clip 5).
 Several processes with the same ``--set storage=... --set study=...`` share one study; each trial is trained by
 the one process that asked for it.
 """
@@ -32,6 +34,7 @@ from typing import Any
 
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
+from nasdeploy.search.csnas import recipe  # noqa: F401  (registers the csnas retraining recipe)
 from nasdeploy.search.csnas.config import ALIASES, PRESETS, CSNASConfig, validate
 from nasdeploy.search.csnas.encoding import all_zero_theta, decode
 from nasdeploy.search.csnas.run import CSNASRun
@@ -52,13 +55,16 @@ class CSNAS(SearchStrategy):
     def validate(self, config: CSNASConfig) -> None:
         validate(config)
 
-    def template_overrides(self, config: CSNASConfig, table_template=None) -> dict[str, Any]:
+    def template_overrides(self, config: CSNASConfig, table_template=None, space: str = "darts") -> dict[str, Any]:
         overrides: dict[str, Any] = {}
         if config.op_space is not None:
             overrides["op_space"] = str(config.op_space)
         if config.nodes is not None:
             overrides["nodes"] = config.nodes
         return overrides
+
+    def retrain_recipe(self, space: str) -> str:
+        return "csnas"  # appendix B: 1200 epochs, wd 3e-4, drop-path 0.2, clip 5 (``csnas.recipe``)
 
     def cheapest_latency_ms(self, ctx: SearchContext, config: CSNASConfig) -> float:
         """Every edge ``none``: only the fixed parts (stem, cell pre-processing, classifier) cost anything."""

@@ -40,7 +40,7 @@ class StudyOutcome:
             "contrastive_loss": best.value, "best_trial": best.number, **counts,
             "trained_here": len(self.here["trained"]), "rejected_here": len(self.here["rejected"]),
             "workers": len({t.user_attrs.get("worker") for t in trials if t.user_attrs.get("worker")}),
-            "study": study.study_name, "storage": where, "retrain_epochs": self.config.retrain_epochs,
+            "study": study.study_name, "storage": where,
             "op_space": str(self.ctx.template.op_space), "nodes": self.nodes,
         }
         log_extra = {

@@ -25,12 +25,19 @@ redrawn and counted (``over_budget_redraws``; expected 0). Masked options are co
 
 Outputs: the common files through the context, ``checkpoint.pt`` (after every supernet epoch and every
 ``checkpoint_every`` iterations; ``--resume`` continues to the same result).
+
+**Evaluation** (appendix D, DARTS space): the paper preset's deployment template is the paper's evaluation network,
+18 cells (16 normal + 2 reduction) x 44 channels (``deploy_layers``, ``deploy_channels``), and the searched cells
+retrain with the ``ctnas`` recipe (``ctnas.recipe``: batch 96, weight decay 3e-4, drop-path 0.2, cosine to 0.001).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from nasdeploy.search.base import STRATEGIES, SearchStrategy
 from nasdeploy.search.context import SearchContext, SearchOutcome
+from nasdeploy.search.ctnas import recipe  # noqa: F401  (registers the ctnas retraining recipe)
 from nasdeploy.search.ctnas.config import PRESETS, CTNASConfig, validate
 from nasdeploy.search.ctnas.run import CTNASRun
 
@@ -49,9 +56,17 @@ class CTNAS(SearchStrategy):
     def validate(self, config: CTNASConfig) -> None:
         validate(config)
 
+    def template_overrides(self, config: CTNASConfig, table_template=None, space: str = "darts") -> dict[str, Any]:
+        """Appendix D's evaluation network on the DARTS space (the paper preset: 18 cells x 44 channels)."""
+        if space != "darts":
+            return {}
+        fields = {"layers": config.deploy_layers, "C": config.deploy_channels}
+        return {name: value for name, value in fields.items() if value is not None}
+
     def retrain_recipe(self, space: str) -> str:
-        # appendix D: DARTS cells retrain with the DARTS recipe; MobileNet-like nets with the supernet's (SE-NAS)
-        return "senas" if space == "mobilenet" else "icdarts"
+        # appendix D: DARTS cells retrain with the paper's recipe; MobileNet-like nets are not retrained there (OFA
+        # supernet weights, no fine-tuning): the supernet recipe of SE-NAS is our choice
+        return "senas" if space == "mobilenet" else "ctnas"
 
     def search(self, ctx: SearchContext, config: CTNASConfig) -> SearchOutcome:
         return CTNASRun(ctx, config).run()

@@ -145,7 +145,7 @@ class CTNASRun(BudgetedProposals, ControllerSteps):
             "supernet_label_mean": sum(values) / len(values), "supernet_label_best": max(values),
             "final_supernet_label": label_of.get(final_key), "result_rule": RESULT_RULE,
             "baseline_updates": len(state.baseline_updates), "explored_pairs": len(state.explored_pairs),
-            **state.counts, "retrain_epochs": self.config.retrain_epochs,
+            **state.counts,
             "budget_enforcement": "masking: options whose cheapest completion exceeds a budget are removed before each decision",
         }
         log_extra = {

@@ -52,8 +52,9 @@ class HierarchicalICDARTS(SearchStrategy):
     def validate(self, config: HierarchicalConfig) -> None:
         validate(config)
 
-    def template_overrides(self, config: HierarchicalConfig, table_template=None) -> dict[str, Any]:
-        return ICDARTS().template_overrides(config, table_template)
+    def template_overrides(self, config: HierarchicalConfig, table_template=None,
+                           space: str = "darts_macro") -> dict[str, Any]:
+        return ICDARTS().template_overrides(config, table_template, space)
 
     def wants_table(self, config: HierarchicalConfig) -> bool:
         return bool(config.delta)

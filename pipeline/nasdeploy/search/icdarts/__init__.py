@@ -61,7 +61,7 @@ class ICDARTS(SearchStrategy):
     def validate(self, config: ICDARTSConfig) -> None:
         validate(config)
 
-    def template_overrides(self, config: ICDARTSConfig, table_template=None) -> dict[str, Any]:
+    def template_overrides(self, config: ICDARTSConfig, table_template=None, space: str = "darts") -> dict[str, Any]:
         overrides: dict[str, Any] = {}
         if config.op_space is not None:
             overrides["op_space"] = str(config.op_space)

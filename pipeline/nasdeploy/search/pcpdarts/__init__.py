@@ -11,8 +11,10 @@ The supernet is the shared ``search.shared.darts_supernet`` (``partial_channels 
 ``edge_normalisation``, skip-connect dropout); phases, op dropping, skip cap and the end-of-search rule are in
 ``pcpdarts.progressive``, the loop in ``pcpdarts.run``. With ``--latency-budget`` α and β are steered by
 ICDARTS' Lagrangian controller on Algorithm 3 with the edge weights folded in; ``search.shared.budget.fit_to_budget``
-is the last resort, counted in the metrics (``fixup_replacements``, ``budget_fallback``). Architectures are
-retrained with the paper's own recipe (``train.recipes``: ``pcp-darts``, Adam 6e-4, β (0.5, 0.999), auxiliary tower).
+is the last resort, counted in the metrics (``fixup_replacements``, ``budget_fallback``). Data (§III-B): the
+paper preset trains w on the whole training split and α, β on the test split (CIFAR-10's 50K / 10K,
+``val_split = "test"``); cpu and tiny on the training split's two halves. Architectures are retrained with the
+paper's own recipe (``pcpdarts.recipe``: ``pcp-darts``, §III-B's Adam 6e-4, β (0.5, 0.999), auxiliary towers).
 """
 
 from __future__ import annotations
@@ -86,8 +88,11 @@ class PCPDARTS(SearchStrategy):
     def validate(self, config: PCPDARTSConfig) -> None:
         validate(config)
 
-    def template_overrides(self, config: PCPDARTSConfig, table_template=None) -> dict[str, Any]:
+    def template_overrides(self, config: PCPDARTSConfig, table_template=None, space: str = "darts") -> dict[str, Any]:
         return {"op_space": str(config.op_space)} if config.op_space is not None else {}
+
+    def validation_split(self, config: PCPDARTSConfig) -> str:
+        return "test" if config.val_split == "test" else "train"  # §III-B: 50K train / 10K (CIFAR's test) val
 
     def retrain_recipe(self, space: str) -> str:
         return "pcp-darts"

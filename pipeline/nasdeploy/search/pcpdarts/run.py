@@ -2,8 +2,9 @@
 
 Per phase (``progressive.phase_plan``) a fresh ``SearchNetwork`` (weights, α and β re-initialised, as P-DARTS
 builds a new network per stage) with ``partial_channels = K``, random channel sampling and edge normalisation,
-its mixed ops restricted to the ops the previous phase kept (``progressive.drop_ops``). Per step, on the two
-halves of the training split (first-order DARTS, §IV-A.2):
+its mixed ops restricted to the ops the previous phase kept (``progressive.drop_ops``). Per step, first-order
+(§IV-A.2), on the context's *train* and *val* sets (``val_split``: §III-B's training / test split, or the training
+split's two halves):
 
 * α and β (epochs ≥ ``frozen_epochs``), on a *val* batch: L_CE, or ssf·L_BT + (1 − ssf)·L_CE for SS PCP-DARTS
   (§IV-B; ``alpha_objective``), plus the latency controller's λ·P(α, β)/P(α_0, β_0) with a budget (Algorithm 3

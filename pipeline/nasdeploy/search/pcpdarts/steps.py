@@ -1,4 +1,4 @@
-"""One epoch of PCP-DARTS, mixed into ``PCPSearch`` (``pcpdarts.run``): the schedule and the two halves' loaders,
+"""One epoch of PCP-DARTS, mixed into ``PCPSearch`` (``pcpdarts.run``): the schedule and the train / val loaders,
 per step α and β on a *val* batch (``alpha_objective``: L_CE, or ssf·L_BT + (1 − ssf)·L_CE, plus the latency
 controller's term) and the weights on a *train* batch (L_CE, skip-connect dropout)."""
 
@@ -43,7 +43,7 @@ class PCPSteps:
     """Schedule, loaders and the steps of a ``PCPSearch`` epoch."""
 
     def lr_at(self, epoch: int) -> float:
-        """Cosine annealing of the weights' rate over each phase (§IV-A, P-DARTS per stage)."""
+        """Cosine annealing of the weights' rate over each phase (§III-B, P-DARTS per stage)."""
         cfg = self.cfg
         return cfg.w_lr_min + 0.5 * (cfg.w_lr - cfg.w_lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs_per_phase))
 
@@ -54,8 +54,8 @@ class PCPSteps:
         train = make_loader(data.train, bs, shuffle=True, seed=mix_seed(self.ctx.seed, self.phase, self.epoch, 1), drop_last=True)
         val = make_loader(data.val, bs, shuffle=True, seed=mix_seed(self.ctx.seed, self.phase, self.epoch, 2), drop_last=True)
         if len(train) == 0 or len(val) == 0:
-            raise NasDeployError(f"batch size {bs} is larger than half the training set ({len(data.train)}); "
-                                 "pass a smaller --set batch_size=")
+            raise NasDeployError(f"batch size {bs} is larger than the search's train or val set ({len(data.train)} / "
+                                 f"{len(data.val)} images); pass a smaller --set batch_size=")
         return train, val
 
     def two_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
