@@ -44,7 +44,9 @@ class ICDARTSConfig:
     game_epochs: int | None = setting(None, "search epochs of each tournament game (None: max(1, epochs // tiers))")
     distill_lambda: float = setting(1.0, "distillation weight λ of Eq. 3.9 / 3.10 (also accepted as 'lambda')")
     temperature: float = setting(2.0, "distillation temperature T of Eq. 3.7-3.8")
-    aux_weight: float = setting(0.4, "weight of E's auxiliary-head loss in L_train^E (§3.4.2)")
+    aux_weight: float = setting(0.4, "weight of the head's loss in L^S and L^E, as in retraining (§3.4.2: 0.4)")
+    aux_head: str = setting("cdarts", "cdarts: heads on both reduction cells combined with the final logits, in S and E "
+                            "(§3.1.1) | darts: DARTS' tower on E only | none")
     delta: float | None = setting(None, "fixed latency penalty coefficient δ of Eq. 4.1 (δ·P(α), P unnormalised); replaces the controller")
     latency_control: str = setting("lagrangian", "lagrangian: λ·P(α)/P(α_0) in α's loss, λ updated after every α step from the discretised genotype's predicted latency | off")
     lambda_eta: float = setting(1.0, "dual step size η of the λ update")
@@ -93,6 +95,10 @@ def validate(config: ICDARTSConfig) -> None:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise NasDeployError(f"ICDARTS option {name} must be positive, got {value}")
+    from nasdeploy.spaces.heads import AUX_HEADS
+
+    if config.aux_head not in AUX_HEADS:
+        raise NasDeployError(f"ICDARTS option aux_head must be one of {', '.join(AUX_HEADS)}, got {config.aux_head!r}")
     if config.eval_warmup_data not in ("val", "train"):
         raise NasDeployError(f"ICDARTS option eval_warmup_data must be val or train, got {config.eval_warmup_data!r}")
     if config.delta is not None and config.delta < 0:
