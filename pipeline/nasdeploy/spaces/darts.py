@@ -61,6 +61,7 @@ class DartsTemplate:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"C": 36, "layers": 20},  # DARTS/CDARTS CIFAR evaluation network
+    "paper-mo": {"C": 36, "layers": 20},  # the same network for multiobjective ICDARTS (Table 4.7)
     "cpu": {"C": 16, "layers": 8},
     "tiny": {"C": 8, "layers": 5},
 }

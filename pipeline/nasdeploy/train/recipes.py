@@ -53,7 +53,7 @@ register(Recipe(
 def recipe_config(recipe: str, preset: str = "paper", **overrides: Any) -> Any:
     """The TrainConfig of ``recipe`` at ``preset``; ``None`` overrides are ignored."""
     chosen = RECIPES.get(recipe)
-    presets: dict[str, dict[str, Any]] = {"paper": {}, "cpu": chosen.cpu, "tiny": chosen.tiny}
+    presets: dict[str, dict[str, Any]] = {"paper": {}, "paper-mo": {}, "cpu": chosen.cpu, "tiny": chosen.tiny}
     if preset not in presets:
         raise NasDeployError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
     config = TrainConfig(recipe=recipe, **{**chosen.paper, **presets[preset]})

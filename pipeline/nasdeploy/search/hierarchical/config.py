@@ -26,7 +26,7 @@ MACRO_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(macro_epochs=2, macro_lr=3e-2, macro_channels=8, search_layers=8),
     "tiny": dict(macro_epochs=1, macro_lr=1e-1, macro_channels=4, search_layers=6),
 }
-PRESETS = {name: {**ICDARTS_PRESETS[name], **MACRO_PRESETS[name]} for name in ICDARTS_PRESETS}
+PRESETS = {name: {**ICDARTS_PRESETS[name], **MACRO_PRESETS[name]} for name in MACRO_PRESETS}
 ALIASES = dict(ICDARTS_ALIASES)
 
 

@@ -1,4 +1,4 @@
-"""ICDARTS settings: one dataclass with the paper's defaults (§3.4.2), and the tiny / cpu / paper presets.
+"""ICDARTS settings: one dataclass with the paper's defaults (§3.4.2), and the tiny / cpu / paper / paper-mo presets.
 
 ``nasdeploy strategies icdarts`` lists every setting with its type, default and help line;
 ``nasdeploy search --set key=value`` changes one (``search.settings.make_settings`` parses and type-checks).
@@ -25,6 +25,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(epochs=1, pretrain_epochs=1, batch_size=16, alpha_lr=3e-2, search_layers=3, search_channels=4,
                  steps_per_epoch=3),
 }
+# paper-mo: multiobjective ICDARTS as in Table 4.7 (§4.3): the paper schedule with XDARTS cells (§4.2), Eq. 4.1's
+# fixed δ (Table 4.7 has 0.01, 0.05, 0.1; 0.1 gave the lowest latency at the same accuracy; --set delta=... for the
+# others) and Algorithm 3 costed by Table 4.6's stem-repeat weights (``latency_weights=table-4.6``; a file from
+# ``nasdeploy profile --method stem-repeat`` gives this machine's instead). A fixed δ needs a latency table (to price
+# the result). Deployment template and retraining recipe: the paper preset's (``paper_preset``).
+PRESETS["paper-mo"] = dict(PRESETS["paper"], discretization="xdarts", delta=0.1, latency_weights="table-4.6")
 
 
 @dataclass
