@@ -50,12 +50,22 @@ def one_search(args, delta: float, seed: int) -> dict:
            "expected_P": metrics.get("expected_latency_ms"), "fixup_replacements": metrics["fixup_replacements"],
            "flops": metrics.get("flops"), "params": metrics.get("params"), "search_seconds": metrics.get("search_seconds"),
            "settings": options}
+    row["P_start"] = start_penalty(out)
     (args.out / f"row-delta-{delta:g}-seed-{seed}.json").write_text(json.dumps(row, indent=1))
     return row
 
 
+def start_penalty(run_dir: Path) -> float | None:
+    """P(α_0), Algorithm 3 at the initial α (the search log's ``latency_control.p0``): how far α moved is P's change."""
+    log = run_dir / "search_log.json"
+    return json.loads(log.read_text()).get("latency_control", {}).get("p0") if log.exists() else None
+
+
 def collect_rows(out: Path) -> list[dict]:
     rows = [json.loads(path.read_text()) for path in sorted(out.glob("row-delta-*-seed-*.json"))]
+    for row in rows:
+        if row.get("P_start") is None:  # rows written before the column existed
+            row["P_start"] = start_penalty(out / f"delta-{row['delta']:g}-seed-{row['seed']}")
     return sorted(rows, key=lambda r: (r["delta"], r["seed"]))
 
 
@@ -76,11 +86,11 @@ def falls_with_delta(stats: list[dict]) -> bool:
 
 def summary_table(rows: list[dict]) -> Table:
     table = Table(title="ICDARTS, fixed δ (Eq. 4.1), no budget: the searched net's predicted latency (deployed template)")
-    for column in ("δ", "seed", "predicted (ms)", "P(α) at the end", "FLOPs", "search (s)"):
+    for column in ("δ", "seed", "predicted (ms)", "P(α₀) → P(α) at the end", "FLOPs", "search (s)"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(f"{row['delta']:g}", str(row["seed"]), f"{row['predicted_latency_ms']:.3f}",
-                      f"{row['expected_P']:.4g}" if row["expected_P"] is not None else "-",
+                      f"{row['P_start']:.4g} → {row['expected_P']:.4g}" if None not in (row.get("P_start"), row["expected_P"]) else "-",
                       f"{row['flops'] / 1e6:.1f}M" if row["flops"] else "-", f"{row['search_seconds'] or 0:.0f}")
     for s in per_delta(rows):
         table.add_row(f"{s['delta']:g}", f"mean of {s['n']}", f"{s['mean']:.3f} ± {s['stdev']:.3f}",
