@@ -57,5 +57,5 @@ def test_strategy_settings_show_what_each_preset_runs_with():
     result = nasdeploy("strategies", "icdarts")
     lines = (result.stdout + result.stderr).splitlines()  # the rich console writes to stderr
     assert result.returncode == 0 and "(cpu* applies without --preset)" in lines[0]
-    assert "  epochs (int): cpu* 3, paper 30, tiny 1" in lines  # no separate 'default' next to the presets
-    assert "  alpha_lr (float): cpu* 0.006, paper 0.0003, tiny 0.03" in lines
+    assert "  epochs (int): cpu* 3, paper 30, tiny 1, paper-mo 30" in lines  # no separate 'default' next to the presets
+    assert "  alpha_lr (float): cpu* 0.006, paper 0.0003, tiny 0.03, paper-mo 0.0003" in lines

@@ -372,3 +372,19 @@ def test_resume_after_a_kill_in_the_macro_phase_gives_the_same_result(table_path
     assert len(gammas) == 5 and all(torch.equal(a[k], b[k]) for k in gammas)
     first = torch.load(tmp_path / "whole" / "macro" / "checkpoint.pt", weights_only=False)["state"]["log"][0]["gamma"]
     assert [[round(float(v), 5) for v in torch.softmax(a[k], 0)] for k in gammas] != first  # γ moved in epoch 2
+
+
+def test_version_2_searches_four_normal_types_and_one_shared_reduction_cell():
+    """The documented deviation from §6 (``hierarchical.placement``): four normal α alternate, one reduction α is
+    searched too and fills both reduction positions."""
+    from nasdeploy.search.hierarchical.placement import TypedSearchNetwork, alternating_types
+    from nasdeploy.spaces.ops import op_space_names
+
+    template = get_space("darts").default_template("tiny", layers=8, input_size=8)
+    net = TypedSearchNetwork(template, op_space_names("3"), "xdarts")
+    assert len(net.type_alphas()) == 4 and len(net.arch_parameters()) == 5
+    types = alternating_types(template)
+    reductions = set(template.reduction_indices)
+    assert [t for k, t in enumerate(types) if k not in reductions] == [0, 1, 2, 3, 0, 1]
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert all(float(a.grad.abs().sum()) > 0 for a in net.arch_parameters())  # the reduction α is searched

@@ -153,17 +153,18 @@ def test_gradient_routing(table_path, tmp_path):
     assert all(g is None for g in grads(w_s) + grads(w_e))
     clear()
     # L^{S,E} alone, even with E's logits still attached to E's graph: w_S gets gradient, w_E none
-    from nasdeploy.search.shared.objective import soft_target_loss, split_outputs
+    from nasdeploy.search.shared.objective import soft_target_loss
+    from nasdeploy.spaces.heads import final_output
 
-    attached_e, _ = split_outputs(E(x))
-    soft_target_loss(S(x), attached_e, 2.0).backward()
+    attached_e = final_output(E(x))  # §3.1.1's combined output (the default aux_head=cdarts)
+    soft_target_loss(final_output(S(x)), attached_e, 2.0).backward()
     assert sum(float(g.abs().sum()) for g in grads(w_s) if g is not None) > 0
     assert all(g is None for g in grads(w_e))
     clear()
     # w_S's objective (Eq. 3.10 / 4.1) reaches w_S, never w_E (E's logits are detached)
-    logits_e = evaluation_objective(E, x, y, 0.4).logits
+    final_e = evaluation_objective(E, x, y, 0.4).final
     clear()
-    obj = search_weight_objective(S, x, y, logits_e.detach(), 1.0, 2.0, 0.5, float(run.penalty().detach()))
+    obj = search_weight_objective(S, x, y, final_e.detach(), 1.0, 2.0, 0.5, float(run.penalty().detach()), 0.4)
     obj.loss.backward()
     assert sum(float(g.abs().sum()) for g in grads(w_s) if g is not None) > 0
     assert all(g is None for g in grads(w_e))
@@ -209,7 +210,7 @@ def test_penalty_is_algorithm_3_of_the_predictor(table_path, tmp_path):
     template = get_space("darts").template_from_dict(table.template)
     expected = expected_latency_darts(run.S.alpha_normal, run.S.alpha_reduce, setup.op_names, template, table)
     assert float(run.penalty().detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
-    assert setup.deploy_template.to_dict() == template.to_dict()
+    assert setup.deploy_template.to_dict() == {**template.to_dict(), "aux_head": "cdarts"}  # + §3.1.1's heads
 
 
 def test_penalty_from_stem_repeat_weights(table_path, tmp_path):
@@ -272,7 +273,8 @@ def test_search_outputs_and_tight_budget(table_path, tmp_path, free_metrics):
     assert metrics["predicted_latency_ms"] <= budget
     assert metrics["latency_budget_ms"] == budget and metrics["flops"] > 0 and metrics["params"] > 0
     record = ArchitectureRecord.load(result.arch_path)
-    assert record.template.to_dict() == json.loads(table_path.read_text())["template"]  # deployment template
+    table_template = json.loads(table_path.read_text())["template"]
+    assert record.template.to_dict() == {**table_template, "aux_head": "cdarts"}  # deployment template + the heads E had
     assert record.arch == result.record.arch
     assert metrics["table"] == str(table_path)
     log = json.loads(result.log_path.read_text())

@@ -43,7 +43,7 @@ def search(
     flops_budget: Optional[str] = typer.Option(None, help="FLOPs (multiply-adds) budget, e.g. 320M (default: none)."),
     data: str = typer.Option("digits", help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH."),
     out: Path = typer.Option(Path("runs/search"), help="Output folder (arch.json, search_log.json, drawing, checkpoint)."),
-    preset: str = typer.Option("cpu", help="Template and schedule size: tiny | cpu | paper."),
+    preset: str = typer.Option("cpu", help="Template and schedule size: tiny | cpu | paper (icdarts also paper-mo: Table 4.7's setting)."),
     seed: int = typer.Option(0, help="Random seed."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
     device: str = typer.Option("cpu", help="Torch device the search trains on (cpu, cuda:0); under torchrun 'cuda' means "

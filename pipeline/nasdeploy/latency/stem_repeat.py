@@ -152,8 +152,18 @@ def stem_repeat_weights(space_name: str, template: Any, backend: Backend, path: 
     return result
 
 
+# Herron 2023 Table 4.6, the dissertation's own weights (its GPU, op space 3; "Identity" is skip_connect): the name
+# ``table-4.6`` in place of a file gives them, so Table 4.7's setting runs without profiling (preset ``paper-mo``).
+TABLE_4_6 = "table-4.6"
+TABLE_4_6_WEIGHTS = {"avg_pool_3x3": 0.06, "max_pool_3x3": 0.04, "sep_conv_3x3": 0.24, "sep_conv_5x5": 0.36,
+                     "dil_conv_3x3": 0.11, "dil_conv_5x5": 0.15, "skip_connect": 0.04}
+
+
 def load_stem_repeat_weights(path: Path | str) -> OpWeights:
-    """The ``weight`` of every op in a file written by ``stem_repeat_weights``, as an Algorithm 3 source."""
+    """The ``weight`` of every op in a file written by ``stem_repeat_weights`` (or Table 4.6's, for ``table-4.6``),
+    as an Algorithm 3 source."""
+    if str(path) == TABLE_4_6:
+        return OpWeights(TABLE_4_6_WEIGHTS, path="Herron 2023 Table 4.6")
     data = read_json(path, "stem-repeat weights")
     if not isinstance(data, dict) or data.get("method") != "stem-repeat" or not isinstance(data.get("ops"), dict):
         raise NasDeployError(f"{path} is not a stem-repeat weights file (no method 'stem-repeat' and 'ops'); "

@@ -23,7 +23,7 @@ from nasdeploy.spaces.base import OpInstance
 SCHEMA_VERSION = 1
 
 # Template fields that change training but not the inference graph that is timed.
-LATENCY_IRRELEVANT_FIELDS = ("drop_path", "auxiliary")
+LATENCY_IRRELEVANT_FIELDS = ("drop_path", "auxiliary", "aux_head")
 
 # The committed tables under the repository's latency_tables/ are reference evidence about the machines that made
 # them; the tables a user's commands profile and look up live in a per-user cache, never in the checkout.

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +326,7 @@ def build_context(strategy, request, config) -> SearchContext:
     overrides = strategy.template_overrides(config, table.template if table is not None else None, space.name)
     if table is not None:
         template = space.template_from_dict(table.template)
-        check_overrides(template, overrides)
+        template = check_overrides(template, overrides)
     else:
         template = space.default_template(request.preset, **overrides)
     data = load_search_data(request.data, template.input_size, request.seed, strategy.validation_fraction(config),
@@ -399,8 +399,14 @@ def check_table(table, request) -> dict[str, Any]:
     return spot_check(table, request.table_policy)
 
 
-def check_overrides(template, overrides: dict[str, Any]) -> None:
-    """A strategy setting that fixes a template field must agree with the latency table's template."""
+def check_overrides(template, overrides: dict[str, Any]):
+    """A strategy setting that fixes a template field must agree with the latency table's template; fields that
+    change training only (``latency.table.LATENCY_IRRELEVANT_FIELDS``, e.g. ``aux_head``) are taken as set.
+    Returns the template with those."""
+    from nasdeploy.latency.table import LATENCY_IRRELEVANT_FIELDS
+
+    training_only = {k: v for k, v in overrides.items() if k in LATENCY_IRRELEVANT_FIELDS}
+    overrides = {k: v for k, v in overrides.items() if k not in training_only}
     for key, value in overrides.items():
         have = getattr(template, key)
         if str(have) != str(value):
@@ -409,6 +415,7 @@ def check_overrides(template, overrides: dict[str, Any]) -> None:
             else:  # no profile option sets it: `search` without --table finds or profiles this machine's table
                 fix = f"drop --table (this machine's table for {key}={value} is found or profiled)"
             raise NasDeployError(f"{key}={value} differs from the latency table's {key}={have}; {fix} or drop the setting")
+    return replace(template, **training_only) if training_only else template
 
 
 def check_latency_budget(ctx: SearchContext) -> None:

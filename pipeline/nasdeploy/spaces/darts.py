@@ -27,6 +27,7 @@ from nasdeploy.errors import NasDeployError
 from nasdeploy.spaces import blocks
 from nasdeploy.spaces.base import SPACES, OpInstance, SearchSpace
 from nasdeploy.spaces.blocks import FactorizedReduce, Identity, ReLUConvBN
+from nasdeploy.spaces.heads import AUX_HEADS, reduction_heads, wants_darts_tower
 from nasdeploy.spaces.ops import OPS, build_op, op_space_names
 
 FIXED_PARTS = ("stem", "preprocess_1x1", "factorized_reduce", "classifier")
@@ -48,6 +49,7 @@ class DartsTemplate:
     op_space: str = "3"
     auxiliary: bool = True
     drop_path: float = 0.0
+    aux_head: str = "darts"  # the head ``auxiliary`` switches on: darts (tower) | cdarts (§3.1.1) | none (spaces.heads)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +61,7 @@ class DartsTemplate:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"C": 36, "layers": 20},  # DARTS/CDARTS CIFAR evaluation network
+    "paper-mo": {"C": 36, "layers": 20},  # the same network for multiobjective ICDARTS (Table 4.7)
     "cpu": {"C": 16, "layers": 8},
     "tiny": {"C": 8, "layers": 5},
 }
@@ -429,7 +432,7 @@ def genotype_layouts(genotype: Genotype, template: DartsTemplate) -> list[CellLa
 
 
 class DartsNetwork(nn.Module):
-    """Stem -> cells -> classifier; in training mode with an auxiliary head returns ``(logits, aux_logits)``."""
+    """Stem -> cells -> classifier; in training mode with a head returns ``(logits, aux)`` (``spaces.heads``)."""
 
     def __init__(self, genotype: Genotype, template: DartsTemplate):
         super().__init__()
@@ -444,22 +447,33 @@ class DartsNetwork(nn.Module):
         )
         self.aux_index = template.reduction_indices[1]
         self.auxiliary_head = None
-        if template.auxiliary and self.aux_index < len(layouts):
+        if wants_darts_tower(template) and self.aux_index < len(layouts):
             aux_layout = layouts[self.aux_index]
             self.auxiliary_head = AuxiliaryHead(aux_layout.c_out, template.num_classes, aux_layout.out_h)
+        self.aux_heads = reduction_heads(template, layouts)  # §3.1.1's heads (template.aux_head == "cdarts")
         self.classifier = Classifier(layouts[-1].c_out, template.num_classes)
 
     def forward(self, x: torch.Tensor):
-        aux_logits = None
+        aux_logits, taps = None, {}
+        heads = self.aux_heads if self.training else None
         s0 = s1 = self.stem(x)
         for index, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if index == self.aux_index and self.auxiliary_head is not None and self.training:
                 aux_logits = self.auxiliary_head(s1)
+            if heads is not None and index in heads.indices:
+                taps[index] = s1  # a reduction cell's output (§3.1.1)
         logits = self.classifier(s1)
+        if heads is not None:
+            return heads(logits, taps)
         if aux_logits is not None:
             return logits, aux_logits
         return logits
+
+
+def check_aux_head(template: DartsTemplate) -> None:
+    if template.aux_head not in AUX_HEADS:
+        raise NasDeployError(f"unknown auxiliary head {template.aux_head!r}; choose one of: {', '.join(AUX_HEADS)}")
 
 
 # ---- the space -----------------------------------------------------------------------------------------
@@ -478,6 +492,7 @@ class DartsSpace(SearchSpace):
         template = replace(DartsTemplate(**PRESETS[preset]), **overrides)
         template.op_space = str(template.op_space)
         op_space_names(template.op_space)
+        check_aux_head(template)
         return template
 
     def template_from_dict(self, d: dict[str, Any]) -> DartsTemplate:

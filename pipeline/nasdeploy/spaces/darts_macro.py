@@ -28,6 +28,7 @@ from torch import nn
 from nasdeploy.errors import NasDeployError
 from nasdeploy.spaces.base import SPACES, OpInstance
 from nasdeploy.spaces.blocks import FactorizedReduce, ReLUConvBN
+from nasdeploy.spaces.heads import reduction_heads, wants_darts_tower
 from nasdeploy.spaces.darts import (
     AuxiliaryHead,
     CellLayout,
@@ -236,9 +237,10 @@ class MacroNetwork(nn.Module):
         )
         self.aux_index = template.reduction_indices[1]
         self.auxiliary_head = None
-        if template.auxiliary and self.aux_index < len(layouts):
+        if wants_darts_tower(template) and self.aux_index < len(layouts):
             aux = layouts[self.aux_index]
             self.auxiliary_head = AuxiliaryHead(aux.c_out, template.num_classes, aux.out_h)
+        self.aux_heads = reduction_heads(template, layouts)  # §3.1.1's heads (template.aux_head == "cdarts")
         self.classifier = Classifier(layouts[-1].c_out, template.num_classes)
 
     def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor] | None = None):
@@ -251,6 +253,8 @@ class MacroNetwork(nn.Module):
             if k == self.aux_index and self.auxiliary_head is not None and self.training:
                 aux_logits = self.auxiliary_head(outs[k])
         logits = self.classifier(outs[len(self.cells) - 1])
+        if self.aux_heads is not None and self.training:
+            return self.aux_heads(logits, outs)  # §3.1.1: both reduction cells' heads with the final logits
         return (logits, aux_logits) if aux_logits is not None else logits
 
 

@@ -42,7 +42,7 @@ class Recipe:
 
     def values(self, preset: str = "paper") -> dict[str, Any]:
         """TrainConfig fields of ``preset``: the paper's values with the preset's changes."""
-        presets = {"paper": {}, "cpu": self.cpu, "tiny": self.tiny}
+        presets = {"paper": {}, "paper-mo": {}, "cpu": self.cpu, "tiny": self.tiny}  # paper-mo retrains as paper
         if preset not in presets:
             raise NasDeployError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
         return {**{field: value for field, (value, _) in self.paper.items()}, **presets[preset]}

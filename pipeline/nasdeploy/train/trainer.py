@@ -119,7 +119,8 @@ def split_outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def training_loss(logits: torch.Tensor, aux: torch.Tensor | None, target: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """Cross-entropy plus the auxiliary tower's cross-entropy weighted by ``aux_weight`` (DARTS/CDARTS)."""
+    """Cross-entropy plus the head's cross-entropy weighted by ``aux_weight``: DARTS' tower, or ICDARTS §3.1.1's
+    combined output (``spaces.heads``; the same loss as E's in the search)."""
     loss = F.cross_entropy(logits, target)
     if aux is not None and aux_weight > 0:
         loss = loss + aux_weight * F.cross_entropy(aux, target)
@@ -141,7 +142,7 @@ def train_template(record: ArchitectureRecord, config: TrainConfig, num_classes:
 
 
 def inference_params(model: nn.Module) -> int:
-    """Parameters of the deployed network: everything except an auxiliary tower (dropped at export)."""
+    """Parameters of the deployed network: all but the training-only heads (tower, §3.1.1's ``aux_heads``)."""
     aux_ids = set()
     for name, module in model.named_modules():
         if name.split(".")[-1].startswith("aux") or type(module).__name__ == "AuxiliaryHead":

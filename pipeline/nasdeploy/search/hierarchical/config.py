@@ -26,7 +26,7 @@ MACRO_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(macro_epochs=2, macro_lr=3e-2, macro_channels=8, search_layers=8),
     "tiny": dict(macro_epochs=1, macro_lr=1e-1, macro_channels=4, search_layers=6),
 }
-PRESETS = {name: {**ICDARTS_PRESETS[name], **MACRO_PRESETS[name]} for name in ICDARTS_PRESETS}
+PRESETS = {name: {**ICDARTS_PRESETS[name], **MACRO_PRESETS[name]} for name in MACRO_PRESETS}
 ALIASES = dict(ICDARTS_ALIASES)
 
 
@@ -40,6 +40,8 @@ class HierarchicalConfig(ICDARTSConfig):
     macro_update_every: int | None = setting(None, "S_U of the macro phase: steps between E_macro rebuilds (None: one epoch)")
     macro_channels: int | None = setting(None, "width C of the macro search network S_macro (None: E_macro's)")
     gamma_init: float = setting(0.5, "γ of cell k's i-th nearest skip source starts at -gamma_init·i (nearest heaviest, §6)")
+    aux_head: str = setting("darts", "darts: DARTS' tower on E_micro and E_macro | none (§3.1.1's combined heads: "
+                            "plain icdarts only, docs/design.md)")
 
     def macro_warmup(self) -> int:
         if self.macro_warmup_epochs is not None:
@@ -53,6 +55,9 @@ def validate(config: HierarchicalConfig) -> None:
         raise NasDeployError(f"hierarchical-icdarts version must be 1 or 2, got {config.version}; pass --set version=1")
     if config.tiers:
         raise NasDeployError("hierarchical-icdarts runs the micro phase without the tournament; drop --set tiers")
+    if config.aux_head == "cdarts":
+        raise NasDeployError("hierarchical-icdarts keeps DARTS' auxiliary tower (its typed and macro search networks have "
+                             "no §3.1.1 heads); pass --set aux_head=darts or none")
     for name in ("macro_epochs", "macro_pretrain_epochs"):
         if getattr(config, name) < 0:
             raise NasDeployError(f"hierarchical-icdarts option {name} must be >= 0, got {getattr(config, name)}")

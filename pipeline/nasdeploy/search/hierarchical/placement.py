@@ -6,6 +6,15 @@ types 1-3 to ``SearchNetwork`` (type 0 keeps ``alpha_normal``); ``TypedMicroRun`
 Algorithm 3 summed over the cells with each cell's own α (the costs of ``latency.predictor.darts_costs``), and
 ᾱ giving every type's cell (``discretize_cell``).
 
+A documented deviation: §6 says the micro phase searches "four normal cell structures rather than one normal and
+one reduction cell structure", yet its networks "otherwise follow the templates of the original search phase",
+which reduce twice; the text does not say what fills those two stride-2 positions (Figure 6.3, which would, is not
+in the text we have). We keep one searched reduction cell there (α ``alpha_reduce``, shared by both positions,
+never placed by γ), so the result stays a ``MacroGenotype`` with DARTS' reduce cell and every table prices it.
+The likeliest reading, the alternating normal types applied at stride 2 at the reduction positions too (and γ
+choosing among four types there as well), would need per-depth reduction types in ``MacroGenotype``, in its
+latency instances and in ``PlacementLatency`` / the fix-ups; not done.
+
 Macro phase (Figure 6.4): S_macro has one cell of each type at every normal depth, each reading the two previous
 layers' outputs; the layer outputs Σ_t softmax(γ_d)_t · cell_t (γ initialised randomly, Algorithm 4); a reduction
 depth has its one reduction cell. E_macro keeps per depth the type with the highest γ (ties: the lower type).

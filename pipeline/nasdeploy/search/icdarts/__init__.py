@@ -1,8 +1,11 @@
 """ICDARTS (Herron 2023, chapters 3-4) as the ``icdarts`` search strategy, default for the ``darts`` space.
 
 * Algorithm 1: a search network S of continuous cells (Eq. 3.1, ``search.shared.darts_supernet``) and an evaluation network
-  E, the discretised α (§3.1.1) in the deeper CDARTS template with its auxiliary head, rebuilt every S_U
-  steps and warmed up for ``warmup_epochs``; S is pre-trained for ``pretrain_epochs`` (Eq. 3.4).
+  E, the discretised α (§3.1.1) in the deeper CDARTS template, rebuilt every S_U steps and warmed up for
+  ``warmup_epochs``; S is pre-trained for ``pretrain_epochs`` (Eq. 3.4). Both carry §3.1.1's auxiliary heads
+  (option ``aux_head=cdarts``: a head on each reduction cell, combined with the final logits into the network's
+  final output, ``spaces.heads``); ``aux_head=darts`` keeps DARTS' tower on E only. ``arch.json``'s template
+  records the choice, so retraining trains the same heads with the same loss.
   Per step: α on a *val* batch (Eq. 3.9 + δ·P), w_S on a *train* batch (Eq. 3.10 / 4.1), w_E on the same
   *train* batch (Eq. 3.11). Separate optimisers (§3.4.2); see ``search.shared.objective`` for the gradient
   routing
@@ -69,6 +72,7 @@ class ICDARTS(SearchStrategy):
             overrides["op_space"] = "combined"  # the tournament draws from the combined pool
         if config.nodes is not None:
             overrides["nodes"] = config.nodes
+        overrides["aux_head"] = config.aux_head  # arch.json's template: retraining trains the heads E had (§3.1.1)
         return overrides
 
     def wants_table(self, config: ICDARTSConfig) -> bool:

@@ -1,4 +1,4 @@
-"""ICDARTS settings: one dataclass with the paper's defaults (§3.4.2), and the tiny / cpu / paper presets.
+"""ICDARTS settings: one dataclass with the paper's defaults (§3.4.2), and the tiny / cpu / paper / paper-mo presets.
 
 ``nasdeploy strategies icdarts`` lists every setting with its type, default and help line;
 ``nasdeploy search --set key=value`` changes one (``search.settings.make_settings`` parses and type-checks).
@@ -25,6 +25,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(epochs=1, pretrain_epochs=1, batch_size=16, alpha_lr=3e-2, search_layers=3, search_channels=4,
                  steps_per_epoch=3),
 }
+# paper-mo: multiobjective ICDARTS as in Table 4.7 (§4.3): the paper schedule with XDARTS cells (§4.2), Eq. 4.1's
+# fixed δ (Table 4.7 has 0.01, 0.05, 0.1; 0.1 gave the lowest latency at the same accuracy; --set delta=... for the
+# others) and Algorithm 3 costed by Table 4.6's stem-repeat weights (``latency_weights=table-4.6``; a file from
+# ``nasdeploy profile --method stem-repeat`` gives this machine's instead). A fixed δ needs a latency table (to price
+# the result). Deployment template and retraining recipe: the paper preset's (``paper_preset``).
+PRESETS["paper-mo"] = dict(PRESETS["paper"], discretization="xdarts", delta=0.1, latency_weights="table-4.6")
 
 
 @dataclass
@@ -44,7 +50,9 @@ class ICDARTSConfig:
     game_epochs: int | None = setting(None, "search epochs of each tournament game (None: max(1, epochs // tiers))")
     distill_lambda: float = setting(1.0, "distillation weight λ of Eq. 3.9 / 3.10 (also accepted as 'lambda')")
     temperature: float = setting(2.0, "distillation temperature T of Eq. 3.7-3.8")
-    aux_weight: float = setting(0.4, "weight of E's auxiliary-head loss in L_train^E (§3.4.2)")
+    aux_weight: float = setting(0.4, "weight of the head's loss in L^S and L^E, as in retraining (§3.4.2: 0.4)")
+    aux_head: str = setting("cdarts", "cdarts: heads on both reduction cells combined with the final logits, in S and E "
+                            "(§3.1.1) | darts: DARTS' tower on E only | none")
     delta: float | None = setting(None, "fixed latency penalty coefficient δ of Eq. 4.1 (δ·P(α), P unnormalised); replaces the controller")
     latency_control: str = setting("lagrangian", "lagrangian: λ·P(α)/P(α_0) in α's loss, λ updated after every α step from the discretised genotype's predicted latency | off")
     lambda_eta: float = setting(1.0, "dual step size η of the λ update")
@@ -93,6 +101,10 @@ def validate(config: ICDARTSConfig) -> None:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise NasDeployError(f"ICDARTS option {name} must be positive, got {value}")
+    from nasdeploy.spaces.heads import AUX_HEADS
+
+    if config.aux_head not in AUX_HEADS:
+        raise NasDeployError(f"ICDARTS option aux_head must be one of {', '.join(AUX_HEADS)}, got {config.aux_head!r}")
     if config.eval_warmup_data not in ("val", "train"):
         raise NasDeployError(f"ICDARTS option eval_warmup_data must be val or train, got {config.eval_warmup_data!r}")
     if config.delta is not None and config.delta < 0:

@@ -53,14 +53,17 @@ class SearchSetup:
 
 
 def icdarts_setup(ctx: SearchContext, config: ICDARTSConfig) -> SearchSetup:
-    """Search network S and evaluation network E templates from the deployment template (§3.4.2)."""
+    """Search network S and evaluation network E templates from the deployment template (§3.4.2); the heads of
+    option ``aux_head`` (``spaces.heads``): §3.1.1's in S and E, or DARTS' tower in E only, or none."""
     template = ctx.template
     op_names, zero = candidate_ops(template, config)
+    heads = config.aux_head
     return SearchSetup(
         ctx=ctx, op_names=op_names, zero=zero, config=config,
-        search_template=replace(template, layers=config.search_layers, C=config.search_channels, auxiliary=False, drop_path=0.0),
+        search_template=replace(template, layers=config.search_layers, C=config.search_channels,
+                                auxiliary=heads == "cdarts", aux_head=heads, drop_path=0.0),
         eval_template=replace(template, layers=config.eval_layers or template.layers, C=config.eval_channels or template.C,
-                              auxiliary=True, drop_path=0.0),
+                              auxiliary=heads != "none", aux_head=heads, drop_path=0.0),
     )
 
 

@@ -49,7 +49,7 @@ class Algorithm1Steps:
                 break
             x, y = x.to(self.setup.device), y.to(self.setup.device)
             self.opt_w.zero_grad(set_to_none=True)
-            objective = pretrain_objective(self.S, x, y)
+            objective = pretrain_objective(self.S, x, y, self.cfg.aux_weight)
             objective.loss.backward()
             self.setup.ctx.average_gradients(self.S.weight_parameters())
             torch.nn.utils.clip_grad_norm_(self.S.weight_parameters(), self.cfg.w_grad_clip)
@@ -98,7 +98,7 @@ class Algorithm1Steps:
         """α ← Eq. 3.9 + the controller's latency term (λ·P(α)/P(α_0), or Eq. 4.1's δ·P(α)), on val; P(α)'s value."""
         cfg, control = self.cfg, self.latency_control
         self.opt_a.zero_grad(set_to_none=True)
-        obj_a = alpha_objective(self.S, self.E, xv, yv, cfg.distill_lambda, cfg.temperature, 0.0, None)
+        obj_a = alpha_objective(self.S, self.E, xv, yv, cfg.distill_lambda, cfg.temperature, 0.0, None, cfg.aux_weight)
         loss_a, p_value = obj_a.loss, 0.0
         if self.setup.table is not None and control.mode != "off":
             expected = self.penalty()
@@ -124,8 +124,8 @@ class Algorithm1Steps:
         self.opt_e.zero_grad(set_to_none=True)
         obj_e = evaluation_objective(self.E, xt, yt, cfg.aux_weight)
         p_scale = control.p0 if control.mode == "lagrangian" else 1.0  # the term α saw: λ·P/P(α_0) or δ·P
-        obj_w = search_weight_objective(self.S, xt, yt, obj_e.logits.detach(), cfg.distill_lambda, cfg.temperature,
-                                        control.coefficient, p_value / p_scale)
+        obj_w = search_weight_objective(self.S, xt, yt, obj_e.final.detach(), cfg.distill_lambda, cfg.temperature,
+                                        control.coefficient, p_value / p_scale, cfg.aux_weight)
         obj_w.loss.backward()
         self.setup.ctx.average_gradients(self.S.weight_parameters())
         torch.nn.utils.clip_grad_norm_(self.S.weight_parameters(), cfg.w_grad_clip)

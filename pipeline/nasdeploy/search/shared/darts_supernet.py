@@ -16,6 +16,10 @@ Two PC-DARTS (Xu et al. 2020) options, both off by default (then S is exactly IC
 * ``edge_normalisation`` (§3.2): each edge has a weight β; node j weights its incoming edges by a softmax of β
   over them, x_j = Σ_i softmax(β_j)_i · ō^(i,j)(x_i). β is an architecture parameter next to α.
 
+With a template whose ``auxiliary`` is on and ``aux_head`` is ``cdarts``, S carries §3.1.1's heads on both
+reduction cells (``spaces.heads.ReductionHeads``) and in training mode returns ``CombinedOutput(logits,
+combined)``; any other template gives the plain S (no DARTS tower: S never had one).
+
 Two options for SS PCP-DARTS (Deevi et al. 2024, ``search.pcpdarts``), also off by default:
 
 * ``random_channels`` (§III-B): the C/K channels that enter the ops are sampled at random at every forward in
@@ -34,6 +38,7 @@ from torch import nn
 from nasdeploy.errors import NasDeployError
 from nasdeploy.search.shared.discretize import masked_alpha, mixing_weights, node_softmax
 from nasdeploy.spaces.blocks import channel_shuffle, half_size_max_pool
+from nasdeploy.spaces.heads import reduction_heads
 from nasdeploy.spaces.darts import (
     CellPreprocess,
     Classifier,
@@ -151,6 +156,7 @@ class SearchNetwork(nn.Module):
             for layout in layouts
         )
         self.classifier = Classifier(layouts[-1].c_out, template.num_classes)
+        self.aux_heads = reduction_heads(template, layouts)  # §3.1.1's heads, in S as in E
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(edges, len(op_names)))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(edges, len(op_names)))
         if edge_normalisation:
@@ -187,17 +193,24 @@ class SearchNetwork(nn.Module):
             if isinstance(module, MixedOp):
                 module.skip_dropout = float(p)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled last-cell features the classifier's linear layer reads (a projector's input)."""
+    def features(self, x: torch.Tensor, taps: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The pooled last-cell features the classifier's linear layer reads (a projector's input); ``taps``, if
+        given, receives the output of every cell (the reduction cells' feed §3.1.1's heads)."""
         weights_normal, weights_reduce = self.mixing_weights()
         edges_normal, edges_reduce = self.edge_weights()
         s0 = s1 = self.stem(x)
-        for cell in self.cells:
+        for index, cell in enumerate(self.cells):
             if cell.reduction:
                 s0, s1 = s1, cell(s0, s1, weights_reduce, edges_reduce)
             else:
                 s0, s1 = s1, cell(s0, s1, weights_normal, edges_normal)
+            if taps is not None:
+                taps[index] = s1
         return torch.flatten(self.classifier.pool(s1), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.linear(self.features(x))  # = Classifier.forward: pool, flatten, linear
+    def forward(self, x: torch.Tensor):
+        if self.aux_heads is None or not self.training:
+            return self.classifier.linear(self.features(x))  # = Classifier.forward: pool, flatten, linear
+        taps: dict[int, torch.Tensor] = {}
+        logits = self.classifier.linear(self.features(x, taps))
+        return self.aux_heads(logits, taps)  # §3.1.1: CombinedOutput(logits, mean of heads and logits)
