@@ -299,3 +299,34 @@ def test_onnx_export_remeasured_on_executorch_lowers_the_module(tmp_path, traine
     assert (tmp_path / "net.onnx").is_file() and report["parity"][0]["runtime"] == "onnxruntime-cpu"
     assert report["runtime"] == "executorch" and report["versions"]["executorch_backend"] == "xnnpack"
     assert report["measurement"]["n"] == 5 and [c["runtime"] for c in report["comparisons"]] == ["onnxruntime"]
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_lowering_in_a_process_pool_gives_the_same_programs():
+    """``prepare_all`` lowers in spawned processes, then loads and times: same program bytes as lowering here, the
+    non-delegated ops kept per program."""
+    from nasdeploy.hardware import get_backend
+    from nasdeploy.hardware.executorch_backend import lower, lower_all
+
+    shape = (1, 3, 8, 8)
+    modules = [(conv_net(), shape), (WithCumsum().eval(), shape)]
+    pooled = lower_all(modules, workers=2)
+    assert [p.buffer for p in pooled] == [lower(m, s).buffer for m, s in modules]
+    assert [p.non_delegated for p in pooled] == [{}, {"aten_cumsum_default": 1}]
+    backend = get_backend("executorch", "cpu", FAST)
+    ready = backend.prepare_all([(conv_net, shape), (lambda: WithCumsum().eval(), shape)])
+    assert [notes for _, notes in ready] == [{}, {"non_delegated": {"aten_cumsum_default": 1}}]
+    assert all(measure().median > 0 for measure, _ in ready)
+
+
+def test_lowering_workers_follow_the_cores_or_the_variable(monkeypatch):
+    from nasdeploy.hardware.executorch_backend import WORKERS_ENV, lowering_workers
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert lowering_workers(1) == 1 and 1 <= lowering_workers(100) <= 100
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert lowering_workers(100) == 3 and lowering_workers(2) == 2
+    monkeypatch.setenv(WORKERS_ENV, "many")
+    with pytest.raises(NasDeployError, match="NASDEPLOY_EXECUTORCH_WORKERS='many' is not a number"):
+        lowering_workers(4)
