@@ -229,9 +229,10 @@ def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Pa
     if dtype is not None:
         overrides["dtype"] = dtype
     method = method_from_dict(table_method, **overrides)
-    log.info("re-measuring %s on %s/%s (%d runs after %d warm-up, best of %d rounds as in the table)", onnx_path.name,
+    deployed = deployed_file(files, runtime, onnx_path)
+    log.info("re-measuring %s on %s/%s (%d runs after %d warm-up, best of %d rounds as in the table)", deployed.name,
              runtime, options.device, method.repeats, method.warmup, method.rounds)
-    measurement = measure_target(deployed_file(files, runtime, onnx_path), model, input_shape, runtime, options.device, method)
+    measurement = measure_target(deployed, model, input_shape, runtime, options.device, method)
     wanted, skipped = comparison_plan(options.compare, runtime, options.device)
     if pte:  # no ONNX file was written to compare on
         wanted, skipped = pte_export.without_onnx(wanted, skipped)
