@@ -289,13 +289,87 @@ def test_pte_export_skips_onnx_comparisons_with_a_line(tmp_path, trained_checkpo
 
 @pytest.mark.executorch
 @needs_executorch
-def test_onnx_export_remeasured_on_executorch_lowers_the_module(tmp_path, trained_checkpoint):
-    """What ``nasdeploy run --runtime executorch`` exports today: the ONNX file, the net measured as an ExecuTorch program
-    (not as torch), ONNX Runtime as a comparison."""
+def test_onnx_export_on_executorch_writes_and_measures_the_pte_beside_it(tmp_path, trained_checkpoint, monkeypatch):
+    """What ``nasdeploy run --runtime executorch`` exports: the ONNX file (ONNX Runtime compares on it) and, beside it,
+    the .pte with its own parity; the .pte written is the program measured, not a new lowering."""
+    from nasdeploy.export import deploy, pte_export
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
 
+    measured = []
+    real_measurement = pte_export.pte_measurement
+    monkeypatch.setattr(pte_export, "pte_measurement", lambda path, *a, **k: measured.append(path) or real_measurement(path, *a, **k))
     options = ExportOptions(budget_ms=50.0, runtime="executorch", compare=[("onnxruntime", "cpu")], method=FAST.to_dict())
     report = export_checkpoint(trained_checkpoint, tmp_path / "net.onnx", tmp_path, options)
-    assert (tmp_path / "net.onnx").is_file() and report["parity"][0]["runtime"] == "onnxruntime-cpu"
+    assert (tmp_path / "net.onnx").is_file() and (tmp_path / "net.pte").is_file()
+    assert report["files"]["pte"] == str(tmp_path / "net.pte") and measured == [tmp_path / "net.pte"]
+    assert [p["runtime"] for p in report["parity"]] == ["onnxruntime-cpu", "executorch-xnnpack"]
+    assert all(p["passed"] and p["max_abs_diff"] <= 1e-4 and p["real_inputs"] == 32 for p in report["parity"])
     assert report["runtime"] == "executorch" and report["versions"]["executorch_backend"] == "xnnpack"
     assert report["measurement"]["n"] == 5 and [c["runtime"] for c in report["comparisons"]] == ["onnxruntime"]
+    assert deploy.deployed_file(report["files"], "onnxruntime", tmp_path / "net.onnx") == tmp_path / "net.onnx"
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_lowering_in_a_process_pool_gives_the_same_programs():
+    """``prepare_all`` lowers in spawned processes, then loads and times: same program bytes as lowering here, the
+    non-delegated ops kept per program."""
+    from nasdeploy.hardware import get_backend
+    from nasdeploy.hardware.executorch_backend import lower, lower_all
+
+    shape = (1, 3, 8, 8)
+    modules = [(conv_net(), shape), (WithCumsum().eval(), shape)]
+    pooled = lower_all(modules, workers=2)
+    assert [p.buffer for p in pooled] == [lower(m, s).buffer for m, s in modules]
+    assert [p.non_delegated for p in pooled] == [{}, {"aten_cumsum_default": 1}]
+    backend = get_backend("executorch", "cpu", FAST)
+    ready = backend.prepare_all([(conv_net, shape), (lambda: WithCumsum().eval(), shape)])
+    assert [notes for _, notes in ready] == [{}, {"non_delegated": {"aten_cumsum_default": 1}}]
+    assert all(measure().median > 0 for measure, _ in ready)
+
+
+def test_lowering_workers_follow_the_cores_or_the_variable(monkeypatch):
+    from nasdeploy.hardware.executorch_backend import WORKERS_ENV, lowering_workers
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert lowering_workers(1) == 1 and 1 <= lowering_workers(100) <= 100
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert lowering_workers(100) == 3 and lowering_workers(2) == 2
+    monkeypatch.setenv(WORKERS_ENV, "many")
+    with pytest.raises(NasDeployError, match="NASDEPLOY_EXECUTORCH_WORKERS='many' is not a number"):
+        lowering_workers(4)
+
+
+@pytest.mark.executorch
+@pytest.mark.slow
+@needs_executorch
+def test_run_on_executorch_end_to_end_writes_a_checked_pte(tmp_path):
+    """``nasdeploy run --runtime executorch --preset tiny``: an ExecuTorch table, a search on it, a retrained net exported
+    as model.onnx and model.pte (both parity-checked), the .pte measured against the prediction and the budget, ONNX
+    Runtime and torch beside it (minutes: every network measured is lowered to XNNPACK first)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from nasdeploy.cli import app
+    from nasdeploy.pipeline import STAGES
+
+    out = tmp_path / "run"
+    args = ["run", "--runtime", "executorch", "--preset", "tiny", "--out", str(out), "--table-root", str(tmp_path / "tables")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    state = json.loads((out / "run.json").read_text())
+    assert [state["stages"][s]["status"] for s in STAGES] == ["done"] * 4 and state["settings"]["runtime"] == "executorch"
+    table = json.loads((out / "profile" / "table.json").read_text())
+    assert table["runtime"] == "executorch" and table["versions"]["executorch_threads"] == "1"
+    report = json.loads((out / "export" / "report.json").read_text())
+    assert report["files"]["pte"] == str(out / "export" / "model.pte") and (out / "export" / "model.pte").is_file()
+    assert [p["runtime"] for p in report["parity"]] == ["onnxruntime-cpu", "executorch-xnnpack"]
+    assert all(p["passed"] for p in report["parity"]) and report["runtime"] == "executorch"
+    summary = state["summary"]
+    assert summary["runtime"] == "executorch" and summary["measured_median_ms"] > 0 and summary["predicted_latency_ms"] > 0
+    assert summary["budget_ms"] > 0 and summary["within_budget"] in (True, False)
+    assert summary["onnxruntime_median_ms"] > 0 and summary["torch_median_ms"] > 0
+    assert summary["other_parity"][0]["runtime"] == "executorch-xnnpack" and summary["other_parity"][0]["max_abs_diff"] <= 1e-4
+    assert "measured median (executorch, cpu)" in result.output and "parity max |executorch-xnnpack − torch|" in result.output
+    assert state["stages"]["export"]["outputs"]["pte"] == str(out / "export" / "model.pte")

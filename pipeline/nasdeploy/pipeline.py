@@ -7,7 +7,7 @@ Layout of ``runs/<name>/``::
     profile/table.json    the latency table used (copied from the machine's table cache after its spot check, or profiled now)
     search/arch.json      the searched architecture (+ the strategy's log, plots, checkpoint)
     train/model.pt        retrained weights (+ metrics.json, checkpoint.pt)
-    export/model.onnx     the validated ONNX graph (+ report.json, report.md)
+    export/model.onnx     the validated ONNX graph (+ report.json, report.md; model.pte too on --runtime executorch)
 
 Each stage is a plain function taking the :class:`RunConfig` and the run folder. A stage is finished
 when its output file exists and validates; re-running skips finished stages and resumes unfinished ones
@@ -389,8 +389,11 @@ def export_finished(out: Path, checkpoint: Path) -> bool:
         if (out / "report.json").exists():
             log.warning("exporting again: %s", exc)
         return False
-    onnx_path = Path(report.get("files", {}).get("onnx", ""))
+    files = report.get("files", {})
+    onnx_path = Path(files.get("onnx", ""))
     if not report.get("parity") or not all(p.get("passed") for p in report["parity"]) or not onnx_path.is_file():
+        return False
+    if "pte" in files and not Path(files["pte"]).is_file():
         return False
     if report.get("checkpoint_sha256") != file_sha256(checkpoint):
         log.info("exporting again: %s changed since the last export", checkpoint)
@@ -422,7 +425,8 @@ def run_comparisons(device: str, target: str) -> list[tuple[str, ...]]:
 
 
 def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageResult:
-    """Export to ONNX with parity, re-measure with ONNX Runtime and torch on the device, write the report."""
+    """Export to ONNX with parity (and, on runtime executorch, to ``model.pte`` with its own parity), re-measure on the
+    run's runtime and compare with the device's other runtimes and torch, write the report."""
     from nasdeploy.export.deploy import ExportOptions, export_checkpoint
 
     out = stage_dir(run_dir, "export")
@@ -434,8 +438,9 @@ def stage_export(config: RunConfig, run_dir: Path, budget_ms: float) -> StageRes
         budget_ms=budget_ms, table=stage_dir(run_dir, "profile") / "table.json", runtime=config.runtime,
         device=config.device, compare=comparisons, table_policy=config.table_policy(),
     )
-    export_checkpoint(stage_dir(run_dir, "train") / "model.pt", out / "model.onnx", out, options)
-    return StageResult("done", time.perf_counter() - started, {"report": str(out / "report.json"), "onnx": str(out / "model.onnx")})
+    report = export_checkpoint(stage_dir(run_dir, "train") / "model.pt", out / "model.onnx", out, options)
+    files = {kind: report["files"][kind] for kind in ("onnx", "pte") if kind in report["files"]}
+    return StageResult("done", time.perf_counter() - started, {"report": str(out / "report.json"), **files})
 
 
 # ---------------------------------------------------------------- the run
@@ -497,6 +502,9 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "torch_eager_median_ms": eager,
         "skipped_comparisons": report.get("skipped_comparisons", []),
         "parity_max_abs_diff": report["parity"][0]["max_abs_diff"],
+        # the other files' parity (ExecuTorch .pte, TensorRT engine), each against torch
+        "other_parity": [{"runtime": p["runtime"], "max_abs_diff": p["max_abs_diff"], "passed": p["passed"]}
+                         for p in report["parity"][1:]],
         "spot_check": (report.get("spot_check") or {}).get("summary"),
         "flops": report.get("flops"),
         "params": report.get("params"),

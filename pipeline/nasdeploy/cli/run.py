@@ -41,7 +41,8 @@ def run(
                                        "strategies NAME), e.g. --set version=2."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug detail."),
 ) -> None:
-    """Profile the machine, search under the budget, retrain, export to ONNX with parity and re-measure."""
+    """Profile the machine, search under the budget, retrain, export to ONNX (and .pte on --runtime executorch) with
+    parity and re-measure."""
     from nasdeploy.cli.search import parse_settings
     from nasdeploy.pipeline import RunConfig, run_pipeline
     from nasdeploy.hardware.devices import require_device
@@ -115,6 +116,8 @@ def run_table(state: dict, out: Path) -> Table:
     for absent in s.get("skipped_comparisons", []):
         table.add_row(f"{absent['runtime']} ({absent['device']})", escape(f"skipped: {absent['reason']}"))
     table.add_row("parity max |ONNX − torch|", f"{s['parity_max_abs_diff']:.2e}")
+    for other in s.get("other_parity", []):
+        table.add_row(f"parity max |{other['runtime']} − torch|", f"{other['max_abs_diff']:.2e}")
     table.add_row("parameters / FLOPs", f"{s['params']:,} / " + ("—" if s["flops"] is None else f"{s['flops']:,}"))
     table.add_row("stage time (profile + search + train + export)", f"{state.get('stage_time_s', 0.0):.0f} s")
     table.add_row("wall time of this invocation", f"{state.get('wall_time_s', 0.0):.0f} s")

@@ -165,9 +165,19 @@ def measure_target(onnx_path: Path, model, input_shape, runtime: str, device: st
     return onnx_measurement(onnx_path, runtime, device, method, input_shape).to_dict()
 
 
+def deployed_file(files: dict[str, str], runtime: str, onnx_path: Path) -> Path:
+    """The file the target runtime runs: the engine or ``.pte`` the export wrote and checked (not a rebuild), else the
+    ONNX file."""
+    if runtime == pte_export.RUNTIME and "pte" in files:
+        return Path(files["pte"])
+    return Path(files.get(f"{runtime}_engine", onnx_path))
+
+
 def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Path | str | None, options: ExportOptions) -> dict[str, Any]:
     """Export, validate, re-measure and report: the ONNX file at ``onnx_path``; the TensorRT engine, report.json and
-    report.md in ``out_dir``, or beside the ONNX file when ``out_dir`` is None."""
+    report.md in ``out_dir``, or beside the ONNX file when ``out_dir`` is None. On runtime executorch the ``.pte`` is
+    written beside the ONNX file (parity-checked too) and is what is re-measured; a ``.pte`` name (or format pte)
+    writes only the ``.pte``."""
     from nasdeploy.hardware.devices import require_device
     from nasdeploy.train.trainer import load_trained_model
 
@@ -200,6 +210,10 @@ def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Pa
     else:
         parity = [export_onnx(model, input_shape, onnx_path, options.atol, real, options.exporter, options.dynamic_batch).to_dict()]
     files = {"pte" if pte else "onnx": str(onnx_path), "checkpoint": str(checkpoint)}
+    if runtime == pte_export.RUNTIME and not pte:  # the program ExecuTorch runs, beside the ONNX file (as a TensorRT engine)
+        pte_path = onnx_path.with_name(pte_export.pte_name(onnx_path))
+        parity.append(pte_export.export_pte(model, input_shape, pte_path, options.atol, real).to_dict())
+        files["pte"] = str(pte_path)
     if wants_engine:
         from nasdeploy.export.tensorrt_export import export_tensorrt
 
@@ -215,11 +229,10 @@ def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Pa
     if dtype is not None:
         overrides["dtype"] = dtype
     method = method_from_dict(table_method, **overrides)
-    log.info("re-measuring %s on %s/%s (%d runs after %d warm-up, best of %d rounds as in the table)", onnx_path.name,
+    deployed = deployed_file(files, runtime, onnx_path)
+    log.info("re-measuring %s on %s/%s (%d runs after %d warm-up, best of %d rounds as in the table)", deployed.name,
              runtime, options.device, method.repeats, method.warmup, method.rounds)
-    # the engine export wrote is the one measured (not a rebuild); other runtimes read the ONNX file
-    measurement = measure_target(Path(files.get(f"{runtime}_engine", onnx_path)), model, input_shape, runtime,
-                                 options.device, method)
+    measurement = measure_target(deployed, model, input_shape, runtime, options.device, method)
     wanted, skipped = comparison_plan(options.compare, runtime, options.device)
     if pte:  # no ONNX file was written to compare on
         wanted, skipped = pte_export.without_onnx(wanted, skipped)

@@ -136,6 +136,16 @@ class Backend(ABC):
         session): interleaved rounds then cost only their timed runs."""
         return lambda: self.measure_module(module, input_shape)
 
+    def prepare_all(self, items: list[tuple[Callable[[], nn.Module], tuple[int, ...]]]) -> list[tuple[Callable[[], Timing], dict[str, Any]]]:
+        """``prepare`` for each ``(build the module, input shape)``, all of them before any is timed, with each
+        program's notes (``program_notes``). A backend whose set-up is long CPU work may spread it over processes
+        here (ExecuTorch: lowering), since none of it overlaps a timed run."""
+        prepared = []
+        for build, shape in items:
+            measure = self.prepare(build(), shape)
+            prepared.append((measure, self.program_notes()))
+        return prepared
+
     def program_notes(self) -> dict[str, Any]:
         """Facts about the program prepared last that a latency table keeps next to its entry (ExecuTorch: the ops
         its delegate did not take); none by default."""

@@ -215,16 +215,24 @@ def normalise_table(table: LatencyTable, fit: "FitNetworks", reference: Referenc
 
 def measure_entries(table: LatencyTable, space: SearchSpace, instances: list[OpInstance], backend: Backend,
                     r: int, save_every: int, bar, task, prepared: dict[str, Any], reference: Reference | None = None) -> None:
-    """Round ``r`` over the op instances: time each one not yet timed ``r + 1`` times."""
+    """Round ``r`` over the op instances: time each one not yet timed ``r + 1`` times. The ones not set up yet are
+    all prepared first (``Backend.prepare_all``), so no set-up runs between timed ops."""
+    todo = {inst.key(): inst for inst in instances
+            if rounds_done(table.entries.get(inst.key())) <= r and inst.key() not in prepared}
+    notes = {}  # e.g. ExecuTorch: ops its delegate did not take, per entry prepared now
+    if todo:
+        bar.update(task, info=f"preparing {len(todo)} ops")
+    ready = backend.prepare_all([(lambda inst=inst: space.build_op(inst), op_input_shape(inst, table.batch)) for inst in todo.values()])
+    for key, (measure, note) in zip(todo, ready):
+        prepared[key], notes[key] = measure, note
     measured = 0
     for inst in instances:
         entry = table.entries.get(inst.key())
         if rounds_done(entry) > r:
             bar.update(task, advance=1)
             continue
-        if inst.key() not in prepared:
-            prepared[inst.key()] = backend.prepare(space.build_op(inst), op_input_shape(inst, table.batch))
-            entry = {**(entry or {}), **backend.program_notes()}  # e.g. ExecuTorch: ops its delegate did not take
+        if inst.key() in notes:
+            entry = {**(entry or {}), **notes[inst.key()]}
         timing = timed(prepared[inst.key()], reference)
         table.add(inst, add_round(entry, timing))
         measured += 1
@@ -283,14 +291,20 @@ class FitNetworks:
     def measure_round(self, backend: Backend, r: int, bar, task) -> None:
         self.choose()
         shape = network_input_shape(self.template, self.table.batch)
+        todo = [i for i, record in enumerate(self.records) if rounds_done(record) <= r and i not in self.prepared]
+        if todo:
+            bar.update(task, info=f"preparing {len(todo)} networks")
+        build = lambda i: self.space.build(self.space.arch_from_json(self.records[i]["arch"]), self.template)  # noqa: E731
+        ready = backend.prepare_all([(lambda i=i: build(i), shape) for i in todo])
+        notes = {}  # a whole network's fallbacks, as an op entry's
+        for i, (measure, note) in zip(todo, ready):
+            self.prepared[i], notes[i] = measure, note
         for i, record in enumerate(self.records):
             if rounds_done(record) > r:
                 bar.update(task, advance=1)
                 continue
-            if i not in self.prepared:
-                network = self.space.build(self.space.arch_from_json(record["arch"]), self.template)
-                self.prepared[i] = backend.prepare(network, shape)
-                record = {**record, **backend.program_notes()}  # a whole network's fallbacks, as an op entry's
+            if i in notes:
+                record = {**record, **notes[i]}
             timing = timed(self.prepared[i], self.reference)
             self.records[i] = add_round(record, timing)
             self.table.overhead = {"samples": self.records, "coef": None}
@@ -299,6 +313,10 @@ class FitNetworks:
             save_table(self.table, self.table.path)
             bar.update(task, advance=1, info=f"round {r + 1} {timing.median:.3f} ms")
 
+        if todo:
+            bar.update(task, info=f"preparing {len(todo)} networks")
+        build = lambda i: self.space.build(self.space.arch_from_json(self.records[i]["arch"]), self.template)  # noqa: E731
+        ready = backend.prepare_all([(lambda i=i: build(i), shape) for i in todo])
     def fit(self) -> None:
         if self.records:
             fit_table_overhead(self.table, self.records)
@@ -336,16 +354,15 @@ def fit_table_overhead(table: LatencyTable, records: list[dict], keep_correction
 def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], records: list[dict], label: str,
                      reference: Reference | None = None) -> list[dict]:
     """Time each network once per round, interleaved; ``records[i]`` collects network i's rounds. Each network is
-    built and prepared (exported, loaded) once, before its first round. With a ``reference`` every round is timed
-    next to it and the records come back expressed at its quiet state over this session (``rounds.normalise``)."""
+    built and prepared (exported, loaded) once, all before the first round. With a ``reference`` every round is timed
+    next to it and the records come back expressed at its quiet state over this session (``rounds.normalise``).
+    The set-up is ``Backend.prepare_all``: for ExecuTorch, lowering in a process pool, finished before any timing."""
     rounds = backend.method.rounds
-    prepared: dict[int, Any] = {}
+    prepared = [measure for measure, _ in backend.prepare_all([(network, shape) for network in networks])]
     with progress_bar(transient=True) as bar:  # seconds of checks: the bar goes when done, the result is the line
         task = bar.add_task(label, total=len(networks) * rounds, info="")
         for r in range(rounds):
-            for i, network in enumerate(networks):
-                if i not in prepared:
-                    prepared[i] = backend.prepare(network(), shape)
+            for i in range(len(networks)):
                 timing = timed(prepared[i], reference)
                 records[i] = add_round(records[i], timing)
                 bar.update(task, advance=1, info=f"round {r + 1}/{rounds} {timing.median:.3f} ms")
