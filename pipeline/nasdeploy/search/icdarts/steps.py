@@ -95,18 +95,21 @@ class Algorithm1Steps:
                 "acc_S_train": accuracy(obj_w.logits, yt), "acc_E_train": accuracy(obj_e.logits, yt)}
 
     def update_alpha(self, xv, yv):
-        """α ← Eq. 3.9 + the controller's latency term (λ·P(α)/P(α_0), or Eq. 4.1's δ·P(α)), on val; P(α)'s value."""
+        """α ← Eq. 3.9 + the controller's latency term (λ·P(α)/P(α_0), or Eq. 4.1's δ·P(α)), on val; with the decoupled
+        step (the Lagrangian's default) λ's term is a step of its own after Adam's. Returns P(α)'s value."""
         cfg, control = self.cfg, self.latency_control
         self.opt_a.zero_grad(set_to_none=True)
         obj_a = alpha_objective(self.S, self.E, xv, yv, cfg.distill_lambda, cfg.temperature, 0.0, None)
-        loss_a, p_value = obj_a.loss, 0.0
+        loss_a, p_value, latency_gradient = obj_a.loss, 0.0, None
         if self.setup.table is not None and control.mode != "off":
             expected = self.penalty()
             loss_a = loss_a + control.penalty(expected)
+            latency_gradient = control.latency_gradient(expected, self.S.arch_parameters())  # decoupled step's ∇P
             obj_a.parts["expected_latency_ms"] = p_value = float(expected.detach())
         loss_a.backward()
         self.setup.ctx.average_gradients(self.S.arch_parameters())
         self.opt_a.step()
+        control.decoupled_step(list(self.S.arch_parameters()), latency_gradient, cfg.alpha_lr)
         return obj_a, p_value
 
     def observe_latency(self) -> None:
