@@ -266,7 +266,7 @@ def test_budget_is_met_on_the_tiny_preset(strategy, table_path, reference, tmp_p
     assert metrics["alpha_only_latency_ms"] <= budget
     assert metrics["fixup_replacements"] == 0 and metrics["budget_fallback"] == []
     assert metrics["alpha_only_latency_ms"] == pytest.approx(metrics["predicted_latency_ms"])
-    assert metrics["lambda_final"] >= 0 and any(e["lambda"] > 0 for e in json.loads(result.log_path.read_text())["epochs"])
+    assert any(e["lambda"] > 0 for e in json.loads(result.log_path.read_text())["epochs"])  # the controller acted
     log = json.loads(result.log_path.read_text())
     assert [p["layers"] for p in log["phases"]] == [3, 4]
     assert len(log["epochs"]) == 4 and log["epochs"][0]["alpha_trained"] is False
