@@ -307,6 +307,35 @@ def test_search_outputs_and_tight_budget(table_path, tmp_path, free_metrics):
     assert (tmp_path / "tight" / "checkpoint.pt").exists()
 
 
+def tight_budget(table: Path, strategy: str = "icdarts", space: str = "darts", **options) -> float:
+    """Issue 27's tight budget: the cheapest network + 25 % of the way to the median of 32 random ones."""
+    from nasdeploy.latency.predictor import sampled_latencies_ms, tight_budget_ms
+
+    chosen = get_strategy(strategy)
+    req = SearchRequest(space=space, out_dir=Path("unused"), table_path=table, data="digits", preset="tiny", seed=0,
+                        options=options, table_policy=TablePolicy(trust=True))
+    config = chosen.settings("tiny", options)
+    ctx = build_context(chosen, req, config)
+    return tight_budget_ms(chosen.cheapest_latency_ms(ctx, config), sampled_latencies_ms(ctx.table, space, ctx.template, 0))
+
+
+def test_tight_budget_is_met_by_the_controller_not_the_fixup(table_path, tmp_path):
+    """The tiny preset as it is (seed 0): the α-only genotype meets the tight budget within 2 fix-up replacements;
+    with the controller off (no latency term) it does not, so the budget is met by steering, not by the fix-up.
+    benchmarks/replacement_table.py runs the same check on seeds 0-2 and the cpu preset."""
+    budget = tight_budget(table_path)
+
+    def tiny(out: Path, **options) -> dict:
+        return run_icdarts(SearchRequest(space="darts", out_dir=out, table_path=table_path, latency_budget_ms=budget,
+                                         data="digits", preset="tiny", seed=0, options=options,
+                                         table_policy=TablePolicy(trust=True))).record.metrics
+
+    steered, unsteered = tiny(tmp_path / "on"), tiny(tmp_path / "off", latency_control="off")
+    assert steered["fixup_replacements"] <= 2 and steered["predicted_latency_ms"] <= budget
+    assert unsteered["fixup_replacements"] > 2 and unsteered["alpha_only_latency_ms"] > budget
+    assert steered["alpha_only_latency_ms"] < unsteered["alpha_only_latency_ms"]
+
+
 def test_larger_delta_gives_lower_predicted_latency(table_path, tmp_path, free_metrics):
     free = free_metrics
     costly = run_icdarts(request(tmp_path / "d1", table_path, delta=50.0, **DELTA_OPTIONS)).record.metrics
@@ -419,6 +448,8 @@ def test_cli_search_writes_the_genotype(table_path, tmp_path):
     record = ArchitectureRecord.load(out / "arch.json")
     assert record.metrics["predicted_latency_ms"] <= 400 and record.metrics["discretization"] == "xdarts"
     assert record.metrics["delta_final"] == 0.01  # --delta fixes δ
+    # how the budget was met is printed: α alone, then the fix-up's replacements
+    assert "α-discretised (before fix-up)" in result.output and "fix-up replacements" in result.output
     nodes = len(record.arch.normal)
     assert [len(n) for n in record.arch.normal] == [len(n) for n in record.arch.reduce] == [j + 2 for j in range(nodes)]
     log = json.loads((out / "search_log.json").read_text())

@@ -11,7 +11,7 @@ from nasdeploy.search.shared.latency_control import ControllerConfig, LatencyCon
 
 def test_lambda_grows_over_budget_and_shrinks_to_zero_under():
     control = LatencyController(budget_ms=10.0, fixed_delta=None, p0=4.0,
-                                config=ControllerConfig(eta=2.0, margin=0.0, shrink=0.5))
+                                config=ControllerConfig(step="adam", eta=2.0, margin=0.0, shrink=0.5))
     assert control.mode == "lagrangian" and control.coefficient == 0.0
     control.observe(12.0)  # g = 12/10 - 1 = 0.2
     assert control.coefficient == pytest.approx(0.4)
@@ -33,7 +33,7 @@ def test_lambda_grows_over_budget_and_shrinks_to_zero_under():
 
 
 def test_margin_aims_under_the_budget():
-    control = LatencyController(10.0, None, 1.0, ControllerConfig(eta=1.0, margin=0.1))
+    control = LatencyController(10.0, None, 1.0, ControllerConfig(step="adam", eta=1.0, margin=0.1))
     control.observe(9.5)  # under the budget but over its target 9.0: λ still grows
     assert control.target_ms == pytest.approx(9.0) and control.coefficient == pytest.approx(9.5 / 9.0 - 1)
 
@@ -65,12 +65,12 @@ def test_toy_problem_ends_under_budget_only_with_the_controller():
     budget, steps = 13.0, 200  # free: 6 x 3 = 18; cheapest 6
     assert toy_search(None, steps)[-1] == 18.0
     p0 = 6 * 2.0  # uniform α: expected cost 2 per edge
-    control = LatencyController(budget, None, p0, ControllerConfig(eta=2.0, margin=0.05))
+    control = LatencyController(budget, None, p0, ControllerConfig(step="adam", eta=2.0, margin=0.05))
     trace = toy_search(control, steps)
     assert max(trace[-50:]) <= budget  # under, and stays under: no chattering over the budget at the end
     assert control.coefficient > 0 and max(h["lambda"] for h in control.history) > 0
     # plain dual ascent (shrink = 1) on the same problem chatters: more steps over the budget
-    plain = toy_search(LatencyController(budget, None, p0, ControllerConfig(eta=2.0, margin=0.05, shrink=1.0)), steps)
+    plain = toy_search(LatencyController(budget, None, p0, ControllerConfig(step="adam", eta=2.0, margin=0.05, shrink=1.0)), steps)
     assert sum(d > budget for d in plain) > sum(d > budget for d in trace)
 
 
@@ -101,7 +101,7 @@ def test_no_budget_no_delta_is_off():
 
 
 def test_state_dict_round_trip_continues_identically():
-    config = ControllerConfig(eta=2.0, margin=0.05)
+    config = ControllerConfig(step="adam", eta=2.0, margin=0.05)
     p0 = 12.0
     whole = LatencyController(13.0, None, p0, config)
     toy_search(whole, 60)
@@ -130,3 +130,29 @@ def test_state_dict_round_trip_continues_identically():
     assert "lambda <- max(0, lambda + eta * g)" in resumed.describe()
     with pytest.raises(NasDeployError, match="mode"):
         LatencyController(None, 0.1, p0, config).load_state_dict(state)
+
+
+def test_decoupled_step_moves_each_coordinate_in_proportion_to_its_latency_gradient():
+    """α ← α − lr·λ·∇P/max|∇P| after Adam's step: the dearest op sinks λ learning rates, the others in proportion
+    (Adam's own normalisation would move every coordinate of one sign alike)."""
+    control = LatencyController(10.0, None, 4.0, ControllerConfig(eta=2.0, margin=0.0))
+    assert control.decoupled and control.penalty(torch.tensor(5.0, requires_grad=True)).item() == 0.0
+    alpha = torch.zeros(2, 3, requires_grad=True)
+    costs = torch.tensor([0.0, 1.0, 4.0])
+    expected = (torch.softmax(alpha, dim=1) @ costs).sum()
+    assert control.latency_gradient(expected, [alpha]) is None  # λ = 0: nothing to step
+    control.observe(15.0)  # g = 0.5 -> λ = 1
+    gradient = control.latency_gradient(expected, [alpha])
+    # ∂P/∂α_o = softmax_o (c_o − E[c]) = (c_o − 5/3)/3 per edge
+    assert torch.allclose(gradient[0], ((costs - 5 / 3) / 3).expand(2, 3))
+    control.decoupled_step([alpha], gradient, lr=0.1)
+    step = alpha.detach()[0]
+    assert step[2].item() == pytest.approx(-0.1)  # the dearest op: λ·lr = 0.1 down
+    assert step[1].item() == pytest.approx(0.1 * (5 / 3 - 1) / (4 - 5 / 3))  # in proportion to its gradient
+    assert step[0].item() == pytest.approx(0.1 * (5 / 3) / (4 - 5 / 3))  # the cheapest rises most
+    assert "decoupled latency step" in control.describe()
+    adam = LatencyController(10.0, None, 4.0, ControllerConfig(step="adam", eta=2.0))
+    adam.observe(15.0)
+    assert adam.latency_gradient(expected, [alpha]) is None and adam.penalty(expected).item() > 0
+    with pytest.raises(NasDeployError, match="unknown latency step"):
+        ControllerConfig(step="sgd")

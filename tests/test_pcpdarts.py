@@ -266,7 +266,7 @@ def test_budget_is_met_on_the_tiny_preset(strategy, table_path, reference, tmp_p
     assert metrics["alpha_only_latency_ms"] <= budget
     assert metrics["fixup_replacements"] == 0 and metrics["budget_fallback"] == []
     assert metrics["alpha_only_latency_ms"] == pytest.approx(metrics["predicted_latency_ms"])
-    assert metrics["lambda_final"] >= 0 and any(e["lambda"] > 0 for e in json.loads(result.log_path.read_text())["epochs"])
+    assert any(e["lambda"] > 0 for e in json.loads(result.log_path.read_text())["epochs"])  # the controller acted
     log = json.loads(result.log_path.read_text())
     assert [p["layers"] for p in log["phases"]] == [3, 4]
     assert len(log["epochs"]) == 4 and log["epochs"][0]["alpha_trained"] is False
@@ -274,6 +274,26 @@ def test_budget_is_met_on_the_tiny_preset(strategy, table_path, reference, tmp_p
     assert all(len(ops) == 4 for ops in kept)  # keep_ops [4] of the 8 candidates (7 + none)
     if strategy == "ss-pcp-darts":
         assert metrics["ssf"] == 0.75 and "loss_BT_val" in log["epochs"][-1]
+
+
+@pytest.mark.parametrize("strategy", ["pcp-darts", "ss-pcp-darts"])
+def test_tight_budget_is_met_by_the_controller_not_the_fixup(strategy, table_path, tmp_path):
+    """The tiny preset as it is (seed 0), issue 27's tight budget (the cheapest network + 25 % of the way to the median
+    of 32 random ones): the α/β-only genotype meets it within 2 fix-up replacements; with the controller off (no
+    latency term) it does not, so the budget is met by steering, not by the fix-up. benchmarks/replacement_table.py
+    runs the same check on seeds 0-2 and the cpu preset."""
+    from nasdeploy.latency.predictor import sampled_latencies_ms, tight_budget_ms
+    from nasdeploy.search.context import build_context
+
+    chosen = get_strategy(strategy)
+    config = chosen.settings("tiny", {})
+    ctx = build_context(chosen, request(tmp_path / "unused", table_path), config)
+    budget = tight_budget_ms(chosen.cheapest_latency_ms(ctx, config), sampled_latencies_ms(ctx.table, "darts", ctx.template, 0))
+    steered = chosen.run(request(tmp_path / "on", table_path, budget)).record.metrics
+    unsteered = chosen.run(request(tmp_path / "off", table_path, budget, latency_control="off")).record.metrics
+    assert steered["fixup_replacements"] <= 2 and steered["predicted_latency_ms"] <= budget
+    assert unsteered["fixup_replacements"] > 2 and unsteered["alpha_only_latency_ms"] > budget
+    assert steered["alpha_only_latency_ms"] < unsteered["alpha_only_latency_ms"]
 
 
 def test_resume_repeats_the_search(table_path, tmp_path):

@@ -197,8 +197,9 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert summary["parity_max_abs_diff"] <= 1e-4 and 0 <= summary["test_accuracy"] <= 1
     # the α-only genotype and the fix-up are reported apart; the fix-up only ever lowers the prediction
     assert summary["strategy"] == "icdarts" and summary["alpha_only_latency_ms"] > 0
-    assert summary["fixup_replacements"] >= 0
     assert (summary["fixup_replacements"] == 0) == (summary["alpha_only_latency_ms"] <= summary["budget_ms"])
+    assert [(row["key"], row.get("ms", row.get("count"))) for row in summary["fixups"]] == [
+        ("alpha_only_latency_ms", summary["alpha_only_latency_ms"]), ("fixup_replacements", summary["fixup_replacements"])]
     saved = json.loads((out / "run.json").read_text())
     assert saved["summary"] == summary
 
@@ -207,6 +208,7 @@ def test_run_tiny_end_to_end_and_rerun_skips(tmp_path, tables):
     assert result.exit_code == 0, result.output
     assert result.output.count("already finished") == 4
     assert "test accuracy" in result.output and "PyTorch" in result.output and "spot check: 8 nets" in result.output
+    assert "α-discretised (before fix-up)" in result.output and "fix-up replacements" in result.output
 
     # the searched architecture measured on its table's own backend, next to its prediction
     arch, table_json = out / "search" / "arch.json", out / "profile" / "table.json"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,11 +149,10 @@ def derive_budget(table, space, template, seed: int) -> tuple[float, str]:
     inside the range the table's overhead model was fitted on (random architectures), where predictions
     are trustworthy — a budget near the cheapest network would rely on extrapolating that fit.
     """
-    from nasdeploy.latency.predictor import cheapest_latency_ms, predict_latency_ms
+    from nasdeploy.latency.predictor import cheapest_latency_ms, sampled_latencies_ms
 
     cheapest = cheapest_latency_ms(table, space.name, template)
-    rng = random.Random(seed)
-    sampled = sorted(predict_latency_ms(table, space.sample(template, rng), space, template) for _ in range(BUDGET_SAMPLES))
+    sampled = sampled_latencies_ms(table, space.name, template, seed, BUDGET_SAMPLES)
     quartile = sampled[int(BUDGET_QUANTILE * (len(sampled) - 1))]
     budget = max(quartile, cheapest, 0.0)
     if budget <= 0:
@@ -478,6 +476,7 @@ def medians_by_runtime(report: dict[str, Any]) -> tuple[dict[str, float], float 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The figures the terminal summary shows, read back from the export report."""
+    from nasdeploy.search.shared.budget import fixup_summary
     from nasdeploy.spaces.record import ArchitectureRecord
 
     report = read_json(stage_dir(run_dir, "export") / "report.json", "export report")
@@ -490,6 +489,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         # how the search met the budget: the α-only genotype's prediction and the fix-up's replacements, apart
         "alpha_only_latency_ms": searched.get("alpha_only_latency_ms"),
         "fixup_replacements": searched.get("fixup_replacements"),
+        "fixups": fixup_summary(searched),  # phase by phase (hierarchical: micro, before the macro phase, macro)
         "strategy": searched.get("strategy"),
         "measured_median_ms": report.get("measured_median_ms"),
         "measured_p90_ms": report.get("measured_p90_ms"),

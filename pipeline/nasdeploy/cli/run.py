@@ -98,10 +98,11 @@ def run_table(state: dict, out: Path) -> Table:
     table.add_row("test accuracy", "—" if s["test_accuracy"] is None else f"{s['test_accuracy'] * 100:.2f} %")
     table.add_row("latency budget", _ms(s["budget_ms"]))
     table.add_row("LUT-predicted latency", _ms(s["predicted_latency_ms"]))
-    if s.get("alpha_only_latency_ms") is not None:  # differentiable strategies: what α alone reached
-        table.add_row("  α-discretised (before fix-up)", _ms(s["alpha_only_latency_ms"]))
-        fixes = s.get("fixup_replacements") or 0
-        table.add_row("  greedy fix-up replacements", "none (the search met the budget)" if fixes == 0 else f"[yellow]{fixes}[/]")
+    for row in s.get("fixups") or []:  # differentiable strategies: what α (γ) alone reached, each fix-up's replacements
+        if "ms" in row:
+            table.add_row(f"  {row['label']}", _ms(row["ms"]))
+        else:
+            table.add_row(f"  {row['label']}", "none" if row["count"] == 0 else f"[yellow]{row['count']}[/]")
     check = state.get("spot_check") or {}
     table.add_row("latency table spot check", check.get("summary") or s.get("spot_check") or "—")
     table.add_row(f"measured median ({s['runtime']}, {s['device']})", _ms(s["measured_median_ms"]))

@@ -180,13 +180,16 @@ def source_place(obj) -> str:
 
 
 def print_result(result) -> None:
+    from nasdeploy.search.shared.budget import fixup_summary
+
     metrics = result.record.metrics
     summary = Table(title="search result", show_header=False)
     summary.add_row("architecture", str(result.arch_path))
     summary.add_row("search log", str(result.log_path))
-    for key in ("predicted_latency_ms", "alpha_only_latency_ms", "fixup_replacements", "latency_budget_ms", "flops",
-                "flops_budget", "params", "search_seconds", "spot_check"):
+    for key in ("predicted_latency_ms", "latency_budget_ms", "flops", "flops_budget", "params", "search_seconds", "spot_check"):
         if metrics.get(key) is not None:
             value = metrics[key]
             summary.add_row(key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
+    for row in fixup_summary(metrics):  # how the budget was met: α (γ) alone, then each fix-up's replacements
+        summary.add_row(f"  {row['label']}", f"{row['ms']:,.3f} ms" if "ms" in row else f"{row['count']:,}")
     console.print(summary)

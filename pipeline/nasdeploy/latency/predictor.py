@@ -371,3 +371,19 @@ def cheapest_latency_ms(table: LatencyTable, space_name: str, template: Any, op_
     """Predicted latency of the cheapest architecture of ``template``: no budget below it can be met."""
     arch = cheapest_architecture(table, space_name, template, op_names)
     return predict_latency_ms(table, arch, get_space(space_name), template)
+
+
+def sampled_latencies_ms(table: LatencyTable, space_name: str, template: Any, seed: int, samples: int = 32) -> list[float]:
+    """Predicted latencies of ``samples`` uniformly sampled architectures (``space.sample``, ``random.Random(seed)``),
+    sorted: the random architectures budgets are placed against (``pipeline.derive_budget``, ``tight_budget_ms``)."""
+    space, rng = get_space(space_name), random.Random(seed)
+    return sorted(predict_latency_ms(table, space.sample(template, rng), space, template) for _ in range(samples))
+
+
+def tight_budget_ms(cheapest_ms: float, sampled_ms: Sequence[float], fraction: float = 0.25) -> float:
+    """``cheapest + fraction · (median of the sampled architectures − cheapest)``: a budget near the cheapest network
+    that a search must steer to (issue 27's "tight budget", fraction 0.25)."""
+    ordered = sorted(sampled_ms)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+    return cheapest_ms + fraction * (median - cheapest_ms)

@@ -147,7 +147,12 @@ def outcome(ctx: SearchContext, config: HierarchicalConfig, micro: SearchOutcome
             if fit.predicted_ms > budget:
                 raise NasDeployError(f"could not fit the latency budget {budget:.3f} ms (best {fit.predicted_ms:.3f} ms); "
                                      "raise the budget")
-    metrics.update({"macro_budget_fallback": fallback, "macro_fixup_replacements": len(fallback)})
+    metrics["macro_budget_fallback"] = fallback
+    metrics["macro_fixup_replacements"] = len(fallback)  # one record per moved cell (``macro.greedy_fit``)
+    # how each phase met the budget, summed as every strategy reports it: α-only = the micro phase's genotype before
+    # its fix-up; the replacements = the fix-up of the micro result before the macro phase + the macro phase's
+    metrics["alpha_only_latency_ms"] = metrics.get("micro_alpha_only_latency_ms")
+    metrics["fixup_replacements"] = metrics.get("micro_fixup_replacements", 0) + metrics["macro_fixup_replacements"]
     log_extra = {"micro": micro.log, "macro": {"epochs": macro_run.log, "delta_rule": macro_run.latency_control.describe(),
                                                "latency_control": macro_run.latency_control.state_dict(),
                                                "search_template": macro_run.setup.search_template.to_dict(),

@@ -95,18 +95,20 @@ class Algorithm1Steps:
                 "acc_S_train": accuracy(obj_w.logits, yt), "acc_E_train": accuracy(obj_e.logits, yt)}
 
     def update_alpha(self, xv, yv):
-        """α ← Eq. 3.9 + the controller's latency term (λ·P(α)/P(α_0), or Eq. 4.1's δ·P(α)), on val; P(α)'s value."""
+        """α ← Eq. 3.9 + the latency term (decoupled λ step after Adam's, λ·P/P(α_0), or Eq. 4.1's δ·P) on val; P's value."""
         cfg, control = self.cfg, self.latency_control
         self.opt_a.zero_grad(set_to_none=True)
         obj_a = alpha_objective(self.S, self.E, xv, yv, cfg.distill_lambda, cfg.temperature, 0.0, None, cfg.aux_weight)
-        loss_a, p_value = obj_a.loss, 0.0
+        loss_a, p_value, latency_gradient = obj_a.loss, 0.0, None
         if self.setup.table is not None and control.mode != "off":
             expected = self.penalty()
             loss_a = loss_a + control.penalty(expected)
+            latency_gradient = control.latency_gradient(expected, self.S.arch_parameters())  # decoupled step's ∇P
             obj_a.parts["expected_latency_ms"] = p_value = float(expected.detach())
         loss_a.backward()
         self.setup.ctx.average_gradients(self.S.arch_parameters())
         self.opt_a.step()
+        control.decoupled_step(list(self.S.arch_parameters()), latency_gradient, cfg.alpha_lr)
         return obj_a, p_value
 
     def observe_latency(self) -> None:
@@ -141,9 +143,8 @@ class Algorithm1Steps:
 
     # ---------------------------------------------------------------- the evaluation network E
     def regenerate(self, epoch: int, lr: float, bar=None) -> None:
-        """Discretise α to ᾱ, generate E in the evaluation template and warm it up: Algorithm 1's inner loop,
-        w_E by Eq. 3.5 (L^E on *val*); option ``eval_warmup_data=train`` warms it on Eq. 3.11's split instead. The
-        joint steps that follow train w_E on *train* (Eq. 3.11, ``update_evaluation``)."""
+        """Discretise α to ᾱ, generate E in the evaluation template and warm it up: Algorithm 1's inner loop, w_E by
+        Eq. 3.5 (L^E on *val*; ``eval_warmup_data=train``: Eq. 3.11's split); then joint steps on *train* (Eq. 3.11)."""
         cfg, make_loader = self.cfg, self.setup.ctx.loader
         self.genotype_E = self.genotype("evaluation")
         self.E = self.setup.space.build(self.genotype_E, self.setup.eval_template).to(self.setup.device)

@@ -12,6 +12,7 @@ from typing import Any
 
 from nasdeploy.errors import NasDeployError
 from nasdeploy.search.shared.barlow_twins import LAMBDA_ZBONTAR
+from nasdeploy.search.icdarts.config import LAMBDA_ETA_FEW_STEPS
 from nasdeploy.search.settings import setting
 
 VAL_SPLITS = ("halves", "test")
@@ -27,24 +28,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3 epochs per phase of 8 steps); α learns 10x faster than the paper's rate: it gets 16 steps a phase, not 2,000.
     # cpu and tiny search on the training split's halves (val_split "halves", our choice): the digits' 300 test
     # images are the only measure of the retrained net `nasdeploy run` reports, so α does not select on them
-    # lambda_eta 3 as ICDARTS' cpu preset (few α steps: λ must outgrow the accuracy term within a phase)
+    # lambda_eta: ICDARTS' few-step η (icdarts.config.LAMBDA_ETA_FEW_STEPS, chosen once for the family)
     "cpu": dict(phase_layers=[3, 5, 8], keep_ops=[5, 3], skip_dropout=[0.0, 0.2, 0.4], epochs_per_phase=3,
                 frozen_epochs=1, batch_size=32, search_channels=8, partial_channels=4, steps_per_epoch=8,
-                alpha_lr=6e-3, lambda_eta=3.0),
+                alpha_lr=6e-3, lambda_eta=LAMBDA_ETA_FEW_STEPS),
     # tiny: 4 α steps a phase (measured on a hand-made table: with 2, λ has acted on one step only and the
     # α/β genotype was the same whatever the budget)
     "tiny": dict(phase_layers=[3, 4], keep_ops=[4], skip_dropout=[0.0, 0.3], epochs_per_phase=2, frozen_epochs=1,
-                 batch_size=8, search_channels=4, partial_channels=2, steps_per_epoch=4, alpha_lr=3e-2, lambda_eta=3.0),
+                 batch_size=8, search_channels=4, partial_channels=2, steps_per_epoch=4, alpha_lr=3e-2,
+                 lambda_eta=LAMBDA_ETA_FEW_STEPS),
 }
-# SS PCP-DARTS: the same, with a projector narrower than Zbontar et al.'s 8192 (paper: 512, cpu 64, tiny 16).
-# L_BT (a sum over the projector's dimensions, as §III-D writes it) is ~10x L_CE here, so α's loss is ~10x
-# vanilla's and λ·P/P(α_0) must grow ~10x larger to steer it: η 30 (cpu) and 60 (tiny, 8 α steps in its last
-# phase) instead of 3 (measured on the tiny preset's hand-made table at seed 0: η 3, 10 and 30 left the α/β
-# genotype 77 %, 92 % and 5 % over the tighter test budget, η 60 met both test budgets with no fix-up).
+# SS PCP-DARTS: the same, with a projector narrower than Zbontar et al.'s 8192 (paper: 512, cpu 64, tiny 16). Its
+# α loss (L_BT ~10x L_CE) needs no η of its own: the decoupled latency step counts λ in α's learning rates, whatever
+# the loss's scale (search.shared.latency_control).
 SS_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(PRESETS["paper"], projector_dim=512),
-    "cpu": dict(PRESETS["cpu"], projector_dim=64, lambda_eta=30.0),
-    "tiny": dict(PRESETS["tiny"], projector_dim=16, lambda_eta=60.0),
+    "cpu": dict(PRESETS["cpu"], projector_dim=64),
+    "tiny": dict(PRESETS["tiny"], projector_dim=16),
 }
 
 
@@ -76,6 +76,7 @@ class PCPDARTSConfig:
     alpha_weight_decay: float = setting(1e-3, "Adam weight decay of α and β")
     latency_control: str = setting("lagrangian", "lagrangian: λ·P(α, β)/P(α_0, β_0) in α's loss, λ by dual ascent on the "
                                    "discretised genotype's predicted latency (as ICDARTS) | off")
+    lambda_step: str = setting("decoupled", "decoupled: λ's latency step after Adam's, α -= lr·λ·∇P/max|∇P| (each op in proportion to its cost) | adam: λ·P/P(α_0) inside α's loss")
     lambda_eta: float = setting(1.0, "dual step size η of the λ update")
     lambda_margin: float = setting(0.03, "λ aims at budget·(1 − margin)")
     lambda_shrink: float = setting(0.25, "step on slack (under budget) relative to η, ≤ 1")

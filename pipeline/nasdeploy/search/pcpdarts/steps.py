@@ -72,13 +72,15 @@ class PCPSteps:
             self.opt_p.zero_grad(set_to_none=True)
         views = self.two_views(xv) if self.ssf > 0 else None
         obj = alpha_objective(self.S, xv, yv, self.ssf, self.projector, views, getattr(self.cfg, "bt_lambda", 0.0))
-        loss = obj.loss
+        loss, latency_gradient = obj.loss, None
         if table is not None and control.mode != "off":
             expected = self.penalty()
             loss = loss + control.penalty(expected)
+            latency_gradient = control.latency_gradient(expected, self.S.arch_parameters())  # decoupled step's ∇P
             obj.parts["expected_latency_ms"] = float(expected.detach())
         loss.backward()
         self.opt_a.step()
+        control.decoupled_step(list(self.S.arch_parameters()), latency_gradient, self.cfg.alpha_lr)
         if self.opt_p is not None:
             self.opt_p.step()
         self.opt_w.zero_grad(set_to_none=True)  # the α loss's gradient on w is not used (first order, w on L_CE)

@@ -136,3 +136,20 @@ def genotype_changes(before, after) -> int:
     """How many (op, input) pairs of ``before`` the fix-up changed (whichever way it got there)."""
     cells = zip(before.normal + before.reduce, after.normal + after.reduce)
     return sum(len(set(map(tuple, old)) - set(map(tuple, new))) for old, new in cells)
+
+
+def fixup_summary(metrics: dict) -> list[dict]:
+    """How a search met its budget, phase by phase, from its metrics: the latency its architecture parameters alone
+    reached (``alpha_only_latency_ms``; hierarchical ICDARTS: the micro phase's α, then the macro phase's γ) and the
+    replacements each last-resort fix-up made. Rows ``{"key", "label", "ms" | "count"}`` for ``search``'s and ``run``'s
+    summaries; empty when the search has neither (no table, or a strategy without a fix-up)."""
+    if "gamma_only_latency_ms" in metrics or "micro_fixup_replacements" in metrics:  # hierarchical ICDARTS
+        rows = [("micro_alpha_only_latency_ms", "micro phase: α-discretised (before fix-up)", "ms"),
+                ("micro_fixup_replacements", "fix-up replacements before the macro phase", "count"),
+                ("gamma_only_latency_ms", "macro phase: γ-discretised (before fix-up)", "ms"),
+                ("macro_fixup_replacements", "macro fix-up replacements", "count"),
+                ("fixup_replacements", "fix-up replacements, all phases", "count")]
+    else:
+        rows = [("alpha_only_latency_ms", "α-discretised (before fix-up)", "ms"),
+                ("fixup_replacements", "fix-up replacements", "count")]
+    return [{"key": key, "label": label, unit: metrics[key]} for key, label, unit in rows if metrics.get(key) is not None]

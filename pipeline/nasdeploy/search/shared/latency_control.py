@@ -32,6 +32,21 @@ learning rate whatever λ is, so once the penalty dominates a coordinate a large
 penalty can push a costly op up together with the cheap ones and leave the op choice to the task loss. Then
 P_disc can plateau over the budget however high λ climbs, and ``search.shared.budget.fit_to_budget`` finishes the job.
 
+The decoupled latency step (``ControllerConfig.step = "decoupled"``, the default) removes that limit. Adam divides
+each coordinate's step by its own gradient scale, so in λ·P/P(α_0) added to α's loss only the *sign* of ∂P/∂α
+survives: every op cheaper than its edge's expectation rises by the same step, the dearest of them as fast as the
+cheapest, and with the tiny and cpu presets' 3-24 α steps the argmax among them is left to the initialisation's
+noise. As AdamW decouples weight decay from Adam's normalisation (Loshchilov & Hutter 2019), the latency term is
+then kept out of Adam and applied after its step as a plain gradient step, scaled once for all coordinates:
+
+    α ← Adam step on the task loss (Eq. 3.9) only
+    α ← α − lr_α · λ · ∇_α P / max|∇_α P|                                        (``decoupled_step``)
+
+so the most penalised coordinate moves λ learning rates and every other in proportion to its own ∂P/∂α (its op's
+cost against the edge's expectation, Algorithm 3): dear ops sink faster than cheap ones, and the choice among the
+ops under the budget still follows the task loss where λ is small. λ is the same dual variable (``observe``), now
+in units of α's learning rate. ``step = "adam"`` keeps λ·P/P(α_0) inside α's loss (Adam's step), as before.
+
 Modes (``ControllerConfig.mode``): ``lagrangian`` (the above; needs a budget), ``fixed`` (Eq. 4.1's δ·P(α)
 with P unnormalised, as in Table 4.7's δ ∈ {0.01, 0.05, 0.1}), ``off`` (no latency term).
 """
@@ -46,15 +61,18 @@ import torch
 from nasdeploy.errors import NasDeployError
 
 MODES = ("lagrangian", "fixed", "off")
+STEPS = ("decoupled", "adam")
 
 
 @dataclass
 class ControllerConfig:
-    """``mode``: lagrangian | fixed | off. ``eta``: dual step size η per observed α step. ``margin``: aim at
+    """``mode``: lagrangian | fixed | off. ``step``: decoupled (λ's term stepped after Adam's, module docstring) |
+    adam (λ·P/P(α_0) inside α's loss). ``eta``: dual step size η per observed α step. ``margin``: aim at
     B·(1 − margin). ``shrink``: the step on slack relative to η (1: plain dual ascent). ``lambda_init``: λ
     before the first step. ``lambda_max``: cap on λ (None: no cap)."""
 
     mode: str = "lagrangian"
+    step: str = "decoupled"
     eta: float = 1.0
     margin: float = 0.03
     shrink: float = 0.25
@@ -64,16 +82,18 @@ class ControllerConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise NasDeployError(f"unknown latency control mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if self.step not in STEPS:
+            raise NasDeployError(f"unknown latency step {self.step!r}; choose one of: {', '.join(STEPS)}")
         if self.eta < 0 or self.lambda_init < 0 or not 0 <= self.margin < 1 or not 0 <= self.shrink <= 1:
             raise NasDeployError(f"latency control needs eta >= 0, lambda_init >= 0, 0 <= margin < 1 and 0 <= shrink <= 1; "
                                  f"got eta={self.eta}, lambda_init={self.lambda_init}, margin={self.margin}, shrink={self.shrink}")
 
     @classmethod
     def from_settings(cls, settings) -> "ControllerConfig":
-        """From a strategy's settings ``latency_control``, ``lambda_eta``, ``lambda_margin``, ``lambda_shrink`` and
+        """From a strategy's settings ``latency_control``, ``lambda_step``, ``lambda_eta``, ``lambda_margin``, ``lambda_shrink`` and
         ``lambda_init`` (the names every budget-controlled DARTS strategy shares); raises on bad values."""
-        return cls(mode=settings.latency_control, eta=settings.lambda_eta, margin=settings.lambda_margin,
-                   shrink=settings.lambda_shrink, lambda_init=settings.lambda_init)
+        return cls(mode=settings.latency_control, step=settings.lambda_step, eta=settings.lambda_eta,
+                   margin=settings.lambda_margin, shrink=settings.lambda_shrink, lambda_init=settings.lambda_init)
 
 
 class LatencyController:
@@ -113,13 +133,40 @@ class LatencyController:
             return self.fixed_delta
         return self.lam if self.mode == "lagrangian" else 0.0
 
+    @property
+    def decoupled(self) -> bool:
+        """Whether λ's term is stepped apart from Adam (``decoupled_step``) instead of added to α's loss."""
+        return self.mode == "lagrangian" and self.config.step == "decoupled"
+
     def penalty(self, expected: torch.Tensor) -> torch.Tensor:
-        """The term to add to α's loss for Algorithm 3's ``expected`` = P(α): λ·P/P(α_0), δ·P (Eq. 4.1), or 0."""
+        """The term to add to α's loss for Algorithm 3's ``expected`` = P(α): λ·P/P(α_0), δ·P (Eq. 4.1), or 0
+        (also 0 with the decoupled step: λ's term is ``decoupled_step``'s)."""
         if self.mode == "fixed":
             return self.fixed_delta * expected  # Eq. 4.1: δ·P(α), P unnormalised
-        if self.mode == "lagrangian":
+        if self.mode == "lagrangian" and not self.decoupled:
             return self.lam * expected / self.p0
         return expected.new_zeros(())
+
+    def latency_gradient(self, expected: torch.Tensor, params) -> list[torch.Tensor] | None:
+        """∇P(α) for ``decoupled_step``, taken before the task loss's backward pass; None when there is no such step
+        (adam step, fixed δ, off, or λ = 0)."""
+        params = list(params)
+        if not self.decoupled or self.lam <= 0:
+            return None
+        grads = torch.autograd.grad(expected, params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+    @torch.no_grad()
+    def decoupled_step(self, params, gradient: list[torch.Tensor] | None, lr: float) -> None:
+        """After Adam's step on the task loss: α ← α − lr·λ·∇P/max|∇P| (module docstring; the scale is shared by
+        all coordinates, so each moves in proportion to its own ∂P/∂α)."""
+        if gradient is None:
+            return
+        scale = max(float(g.abs().max()) for g in gradient) if gradient else 0.0
+        if scale <= 0:
+            return
+        for p, g in zip(params, gradient):
+            p.add_(g, alpha=-lr * self.lam / scale)
 
     def constraint(self, discretised_ms: float) -> float:
         """g = P_disc / (B·(1 − margin)) − 1: positive while the discretised genotype is over the target."""
@@ -143,7 +190,9 @@ class LatencyController:
         if self.mode == "off":
             return "no latency term: no latency budget and no delta (accuracy-only search)"
         cfg = self.config
-        return (f"lagrangian: lambda * P(alpha) / P(alpha_0) added to alpha's loss, P(alpha_0) = {self.p0:.6g}; after every "
+        term = ("decoupled latency step after Adam's: alpha <- alpha - lr * lambda * grad P / max|grad P|" if self.decoupled
+                else f"lambda * P(alpha) / P(alpha_0) added to alpha's loss, P(alpha_0) = {self.p0:.6g}")
+        return (f"lagrangian: {term}; after every "
                 f"alpha step lambda <- max(0, lambda + eta * g), g = P_disc / ({self.budget_ms:g} ms * (1 - {cfg.margin:g})) - 1, "
                 f"eta = {cfg.eta:g} if g > 0 else {cfg.eta * cfg.shrink:g}, P_disc = predicted latency of the genotype "
                 f"discretised from alpha, lambda_0 = {cfg.lambda_init:g} (dual ascent, differential method of multipliers, "
