@@ -62,6 +62,7 @@ BUDGET_SAMPLES = 64
 BUDGET_SEED = 0
 RANDOM_STREAM = 27  # mixed with the seed: the random nets' own stream, apart from the search's
 MAX_DRAWS = 2000
+EPOCH_TEST_IMAGES = 100  # the retrainings' per-epoch test curve (metrics.json); results use the whole test split
 DEFAULT_TABLE = Path("latency_tables/cpu-amd-epyc-1t-86ca2d/onnxruntime/darts-op3-32px-c16-l8-00e821-b1.json")
 RESULT = "search_vs_random.json"
 # arguments that change a result: a results file made with other values is not continued
@@ -157,7 +158,7 @@ class Benchmark:
     def __init__(self, args: argparse.Namespace):
         from nasdeploy.latency.predictor import predict_latency_ms, table_space_template
         from nasdeploy.latency.table import load_table
-        from nasdeploy.train.data import load_validation
+        from nasdeploy.train.data import load_dataset, load_validation
 
         self.args = args
         self.out = Path(args.out)
@@ -167,7 +168,9 @@ class Benchmark:
         self.space, self.template = table_space_template(self.table)
         self.predict = lambda arch: predict_latency_ms(self.table, arch, self.space, self.template)
         self.sample = lambda rng: self.space.sample(self.template, rng)
+        self.epoch_spec = f"split:{args.train_images},{args.val_images},{EPOCH_TEST_IMAGES}:{args.data}"
         self.val_set = load_validation(self.spec, self.template.input_size)
+        self.test_set = load_dataset(self.spec, train=False, input_size=self.template.input_size)[0]
         self.check_settings()
 
     def settings(self) -> dict[str, Any]:
@@ -208,10 +211,13 @@ class Benchmark:
 
         config = self.train_config(seed)
         started = time.perf_counter()
-        net, metrics = train_model(record, self.spec, config, folder / "train", resume=True)
+        # the trainer's per-epoch test curve on the first EPOCH_TEST_IMAGES test images only (the same training
+        # images and weights: evaluation changes nothing); the figure reported is the whole test split's, once
+        net, metrics = train_model(record, self.epoch_spec, config, folder / "train", resume=True)
         with torch.no_grad():
             val = evaluate(net, make_loader(self.val_set, 256, shuffle=False, seed=0), config.device)
-        return {"val_accuracy": val["accuracy"], "test_accuracy": metrics["test_accuracy"],
+            test = evaluate(net, make_loader(self.test_set, 256, shuffle=False, seed=0), config.device)
+        return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "test_images": len(self.test_set),
                 "train_accuracy": metrics["train_accuracy"], "params": metrics["params"], "flops": metrics["flops"],
                 "retrain_seconds": round(time.perf_counter() - started, 1), "train_folder": str(folder / "train")}
 

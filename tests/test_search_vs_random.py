@@ -72,9 +72,12 @@ def test_split_spec_keeps_train_validation_and_test_apart():
     left_over = set(test.datasets[0].indices)
     assert not left_over & (set(train.indices) | set(val.indices))
     assert len(left_over) + len(train) + len(val) == 1497
+    capped, _ = load_dataset("split:360,360,100:digits", train=False)
+    same_train, _ = load_dataset("split:360,360,100:digits", train=True)
+    assert len(capped) == 100 and same_train.indices == train.indices  # a shorter test curve, the same training images
     with pytest.raises(NasDeployError, match="no validation split"):
         load_validation("digits")
-    with pytest.raises(NasDeployError, match="split:TRAIN,VAL:SPEC"):
+    with pytest.raises(NasDeployError, match="not split:TRAIN,VAL"):
         load_dataset("split:360:digits", train=True)
     with pytest.raises(NasDeployError, match="training images"):
         load_dataset("split:1400,400:digits", train=True)

@@ -4,7 +4,9 @@
 images are a validation split (:func:`load_validation`), the next TRAIN the training split, and the training images
 left over join SPEC's test split. ``split:360,360:digits`` trains on 360 digits, keeps 360 for model selection
 and tests on 1,077 (the 300 test digits and 777 left over): a data-poor setting with a test set 3.6x the
-default's (``benchmarks/search_vs_random.py``).
+default's (``benchmarks/search_vs_random.py``). ``split:TRAIN,VAL,TEST:SPEC`` keeps only the first TEST of those test
+images (the same training and validation images): a cheaper per-epoch test curve for a caller that scores the
+whole test split itself at the end.
 
 Every dataset yields ``(image, label)`` with ``image`` a normalised float tensor ``C×H×W``.
 Augmentation follows the DARTS/ICDARTS retraining recipe (dissertation §3.4.2): random crop with
@@ -355,20 +357,22 @@ class SplitSpec:
     train: int
     val: int
     base: str
+    test: int | None = None  # cap on the test split (None: all of it)
 
 
 def parse_split_spec(spec: str) -> SplitSpec:
-    """``split:TRAIN,VAL:SPEC`` -> its sizes and the base spec (NasDeployError naming the form when malformed)."""
+    """``split:TRAIN,VAL[,TEST]:SPEC`` -> its sizes and the base spec (NasDeployError naming the form when malformed)."""
     sizes, sep, base = str(spec)[len(SPLIT_PREFIX):].partition(":")
     parts = sizes.split(",")
-    if not sep or not base or len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise NasDeployError(f"data spec {spec!r} is not split:TRAIN,VAL:SPEC with image counts, e.g. split:360,360:digits")
-    train, val = (int(p) for p in parts)
+    if not sep or not base or len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
+        raise NasDeployError(f"data spec {spec!r} is not split:TRAIN,VAL[,TEST]:SPEC with image counts, e.g. split:360,360:digits")
+    train, val = int(parts[0]), int(parts[1])
+    test = int(parts[2]) if len(parts) == 3 else None
     if train < 1:
         raise NasDeployError(f"data spec {spec!r} trains on no image; give TRAIN >= 1, e.g. split:360,360:digits")
     if base.startswith(SPLIT_PREFIX):
         raise NasDeployError(f"data spec {spec!r} splits a split; give one split:TRAIN,VAL: prefix")
-    return SplitSpec(train, val, base)
+    return SplitSpec(train, val, base, test)
 
 
 class SplitPart(Subset):
@@ -401,7 +405,10 @@ def load_split_dataset(spec: str, train: bool, input_size: int | None, augment: 
         return SplitPart(base_train, chosen), info
     plain, _ = load_dataset(split.base, train=True, input_size=input_size)
     test, _ = load_dataset(split.base, train=False, input_size=input_size)
-    return (ConcatDataset([SplitPart(plain, left_over), test]) if left_over else test), info
+    held_out = ConcatDataset([SplitPart(plain, left_over), test]) if left_over else test
+    if split.test is not None and split.test < len(held_out):
+        held_out = Subset(held_out, range(split.test))
+    return held_out, info
 
 
 def load_validation(spec: str, input_size: int | None = None) -> Dataset:
