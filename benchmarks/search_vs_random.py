@@ -2,7 +2,7 @@
 
     PYTHONPATH=pipeline python3 benchmarks/search_vs_random.py [--strategies icdarts pcp-darts] [--seeds 0 1 2]
         [--randoms 5] [--preset cpu] [--data digits] [--train-images 360] [--val-images 360] [--epochs 5]
-        [--batch-size 32] [--recipe icdarts] [--table LUT] [--budget-ms B] [--parts random searched] [--out DIR]
+        [--batch-size 32] [--recipe icdarts] [--table LUT] [--budget-ms B] [--parts random searched] [--report] [--out DIR]
 
 Protocol, per seed s (the same s for the search, the random draw and every retraining):
 
@@ -117,9 +117,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarise(results: dict[str, Any], strategies: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """One row per arm (each strategy's searched net, best-of-N random, mean of all random) over the finished seeds."""
+    """One row per arm (each strategy's searched net, best-of-N random, mean of all random) over the seeds every arm has
+    finished (each arm's own finished seeds while none is complete), with each strategy's paired difference in test
+    accuracy to the best random net of the same seed (``paired_gain_*``)."""
     rows = []
     random_seeds = [s for s in seeds if str(s) in results.get("random", {}) and "best_index" in results["random"][str(s)]]
+    complete = [s for s in random_seeds
+                if all("test_accuracy" in results.get("searched", {}).get(k, {}).get(str(s), {}) for k in strategies)]
+    if complete:
+        random_seeds = complete
 
     def row(arm: str, picked: list[dict[str, Any]], used: list[int]) -> dict[str, Any]:
         test, test_sd = mean_std([p["test_accuracy"] for p in picked])
@@ -131,9 +137,15 @@ def summarise(results: dict[str, Any], strategies: Sequence[str], seeds: Sequenc
 
     for strategy in strategies:
         done = results.get("searched", {}).get(strategy, {})
-        used = [s for s in seeds if "test_accuracy" in done.get(str(s), {})]
+        used = complete or [s for s in seeds if "test_accuracy" in done.get(str(s), {})]
         if used:
             rows.append(row(f"searched ({strategy})", [done[str(s)] for s in used], used))
+            paired = [s for s in used if s in random_seeds]
+            if paired:
+                runs = [results["random"][str(s)] for s in paired]
+                gains = [done[str(s)]["test_accuracy"] - r["nets"][r["best_index"]]["test_accuracy"] for s, r in zip(paired, runs)]
+                gain, gain_sd = mean_std(gains)
+                rows[-1].update(paired_gain_seeds=paired, paired_gain_mean=gain, paired_gain_std=gain_sd)
     if random_seeds:
         runs = [results["random"][str(s)] for s in random_seeds]
         count = len(runs[0]["nets"])
@@ -304,15 +316,17 @@ def print_table(rows: list[dict[str, Any]], budget: float, rule: str, setting: s
 
     title = f"searched vs random under {budget:.3f} ms ({setting})"
     table = Table(title=title)
-    for name in ("arm", "seeds", "test accuracy %", "val accuracy %", "predicted latency ms"):
+    for name in ("arm", "seeds", "test accuracy %", "val accuracy %", "predicted latency ms", "vs best random (paired)"):
         table.add_column(name, justify="left" if name == "arm" else "right")
-    lines = [f"**{title}**; budget: {rule}", "", "| arm | seeds | test accuracy % | val accuracy % | predicted latency ms |",
-             "|---|---|---|---|---|"]
+    lines = [f"**{title}**; budget: {rule}", "",
+             "| arm | seeds | test accuracy % | val accuracy % | predicted latency ms | vs best random (paired) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["arm"], ",".join(map(str, r["seeds"])),
                  f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}",
                  f"{100 * r['val_accuracy_mean']:.2f} ± {100 * r['val_accuracy_std']:.2f}",
-                 f"{r['predicted_latency_ms_mean']:.3f} ± {r['predicted_latency_ms_std']:.3f}"]
+                 f"{r['predicted_latency_ms_mean']:.3f} ± {r['predicted_latency_ms_std']:.3f}",
+                 (f"{100 * r['paired_gain_mean']:+.2f} ± {100 * r['paired_gain_std']:.2f} points" if "paired_gain_mean" in r else "")]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.print(table)
@@ -336,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the retrainings")
     parser.add_argument("--parts", nargs="+", choices=("random", "searched"), default=["random", "searched"],
                         help="which nets this process trains (two processes may split the work)")
+    parser.add_argument("--report", action="store_true", help="train nothing: the table of the nets finished so far")
     parser.add_argument("--out", type=Path, default=Path("runs/search-vs-random"))
     args = parser.parse_args(argv)
     setup_logging()
@@ -346,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         budget, rule = bench.budget()
         console.print(f"latency budget {budget:.3f} ms: {rule}; data {bench.spec}; {args.epochs} epochs at batch "
                       f"{args.batch_size}, recipe {args.recipe}")
-        for seed in args.seeds:
+        for seed in [] if args.report else args.seeds:
             if "random" in args.parts:
                 bench.random_nets(seed, budget)
             if "searched" in args.parts:

@@ -60,6 +60,10 @@ def test_summary_rows_mean_and_spread_over_seeds():
     assert rows["searched (icdarts)"]["test_accuracy_std"] == pytest.approx(0.0707, abs=1e-4)
     assert rows["best of 2 random (by validation)"]["per_seed_test_accuracy"] == [0.8, 0.9]
     assert rows["mean of all 2 random"]["test_accuracy_mean"] == pytest.approx(0.825)
+    assert rows["searched (icdarts)"]["paired_gain_mean"] == pytest.approx(0.05)  # (0.95 - 0.8 + 0.85 - 0.9) / 2
+    del results["searched"]["icdarts"]["1"]  # seed 1 unfinished for the search: every arm is reported on seed 0 alone
+    rows = {r["arm"]: r for r in bench.summarise(results, ["icdarts"], [0, 1])}
+    assert rows["best of 2 random (by validation)"]["seeds"] == [0] and rows["searched (icdarts)"]["seeds"] == [0]
 
 
 def test_split_spec_keeps_train_validation_and_test_apart():
