@@ -1,5 +1,13 @@
 """Datasets for search and retraining: embedded digits, CIFAR-10/100 python batches, ImageFolder trees.
 
+``split:TRAIN,VAL:SPEC`` re-splits SPEC's training split (a fixed permutation, whatever ``--seed``): the first VAL
+images are a validation split (:func:`load_validation`), the next TRAIN the training split, and the training images
+left over join SPEC's test split. ``split:360,360:digits`` trains on 360 digits, keeps 360 for model selection
+and tests on 1,077 (the 300 test digits and 777 left over): a data-poor setting with a test set 3.6x the
+default's (``benchmarks/search_vs_random.py``). ``split:TRAIN,VAL,TEST:SPEC`` keeps only the first TEST of those test
+images (the same training and validation images): a cheaper per-epoch test curve for a caller that scores the
+whole test split itself at the end.
+
 Every dataset yields ``(image, label)`` with ``image`` a normalised float tensor ``C×H×W``.
 Augmentation follows the DARTS/ICDARTS retraining recipe (dissertation §3.4.2): random crop with
 zero padding (``input_size // 8``), horizontal flip, then cutout of side ``cutout`` after
@@ -22,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from nasdeploy.errors import NasDeployError
 
@@ -34,7 +42,8 @@ IMAGEFOLDER_TEST_SHARE = 0.2
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DATA_SPECS = "digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH"
+DATA_SPECS = "digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH | split:TRAIN,VAL:SPEC"
+SPLIT_PREFIX = "split:"
 
 
 @dataclass(frozen=True)
@@ -322,6 +331,8 @@ def load_dataset(
 
     ``input_size`` defaults to 32 (digits, CIFAR) or 224 (ImageFolder).
     """
+    if str(spec).startswith(SPLIT_PREFIX):
+        return load_split_dataset(spec, train, input_size, augment, cutout, seed)
     name, sep, raw_path = str(spec).partition(":")
     name = name.strip().lower()
     if name == "digits" and not sep:
@@ -336,6 +347,80 @@ def load_dataset(
             return load_imagefolder_dataset(path, train, input_size, augment, cutout, seed)
         return load_cifar_dataset(name, path, train, input_size, augment, cutout, seed)
     raise NasDeployError(f"unknown data spec {spec!r}; use {DATA_SPECS}")
+
+
+# ---------------------------------------------------------------- split:TRAIN,VAL:SPEC
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    train: int
+    val: int
+    base: str
+    test: int | None = None  # cap on the test split (None: all of it)
+
+
+def parse_split_spec(spec: str) -> SplitSpec:
+    """``split:TRAIN,VAL[,TEST]:SPEC`` -> its sizes and the base spec (NasDeployError naming the form when malformed)."""
+    sizes, sep, base = str(spec)[len(SPLIT_PREFIX):].partition(":")
+    parts = sizes.split(",")
+    if not sep or not base or len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
+        raise NasDeployError(f"data spec {spec!r} is not split:TRAIN,VAL[,TEST]:SPEC with image counts, e.g. split:360,360:digits")
+    train, val = int(parts[0]), int(parts[1])
+    test = int(parts[2]) if len(parts) == 3 else None
+    if train < 1:
+        raise NasDeployError(f"data spec {spec!r} trains on no image; give TRAIN >= 1, e.g. split:360,360:digits")
+    if base.startswith(SPLIT_PREFIX):
+        raise NasDeployError(f"data spec {spec!r} splits a split; give one split:TRAIN,VAL: prefix")
+    return SplitSpec(train, val, base, test)
+
+
+class SplitPart(Subset):
+    """Part of a dataset that still answers ``mean`` and ``std`` (the search context's self-supervised views read them)."""
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.dataset.mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.dataset.std
+
+
+def split_indices(n: int, split: SplitSpec, spec: str) -> tuple[list[int], list[int], list[int]]:
+    """(validation, training, left-over) indices of the base training split's ``n`` images, fixed permutation."""
+    if split.train + split.val > n:
+        raise NasDeployError(f"data spec {spec!r} asks for {split.train} + {split.val} images, but {split.base!r} has "
+                             f"{n} training images; give smaller counts")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED)).tolist()
+    return order[:split.val], order[split.val:split.val + split.train], order[split.val + split.train:]
+
+
+def load_split_dataset(spec: str, train: bool, input_size: int | None, augment: bool, cutout_length: int, seed: int):
+    """The training split (TRAIN images) or the test split (the base's test images + the training images left over)."""
+    split = parse_split_spec(spec)
+    base_train, info = load_dataset(split.base, train=True, input_size=input_size, augment=augment, cutout=cutout_length, seed=seed)
+    _, chosen, left_over = split_indices(len(base_train), split, spec)
+    if train:
+        return SplitPart(base_train, chosen), info
+    plain, _ = load_dataset(split.base, train=True, input_size=input_size)
+    test, _ = load_dataset(split.base, train=False, input_size=input_size)
+    held_out = ConcatDataset([SplitPart(plain, left_over), test]) if left_over else test
+    if split.test is not None and split.test < len(held_out):
+        held_out = Subset(held_out, range(split.test))
+    return held_out, info
+
+
+def load_validation(spec: str, input_size: int | None = None) -> Dataset:
+    """The validation images of ``split:TRAIN,VAL:SPEC`` (un-augmented), seen by neither its training nor its test split."""
+    if not str(spec).startswith(SPLIT_PREFIX):
+        raise NasDeployError(f"data spec {spec!r} has no validation split; use split:TRAIN,VAL:{spec}")
+    split = parse_split_spec(spec)
+    if split.val < 1:
+        raise NasDeployError(f"data spec {spec!r} holds out no validation image; give VAL >= 1")
+    plain, _ = load_dataset(split.base, train=True, input_size=input_size)
+    val, _, _ = split_indices(len(plain), split, spec)
+    return SplitPart(plain, val)
 
 
 def split_halves(dataset: Dataset, seed: int) -> tuple[Subset, Subset]:
