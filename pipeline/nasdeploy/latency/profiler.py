@@ -313,10 +313,6 @@ class FitNetworks:
             save_table(self.table, self.table.path)
             bar.update(task, advance=1, info=f"round {r + 1} {timing.median:.3f} ms")
 
-        if todo:
-            bar.update(task, info=f"preparing {len(todo)} networks")
-        build = lambda i: self.space.build(self.space.arch_from_json(self.records[i]["arch"]), self.template)  # noqa: E731
-        ready = backend.prepare_all([(lambda i=i: build(i), shape) for i in todo])
     def fit(self) -> None:
         if self.records:
             fit_table_overhead(self.table, self.records)
