@@ -46,6 +46,9 @@ def profile(
     warmup: int = typer.Option(PROFILE_DEFAULTS["warmup"], help="Untimed runs before timing each op or network, per round."),
     repeats: int = typer.Option(PROFILE_DEFAULTS["repeats"], help="Timed runs per op or network per round (median, p10/p90, IQR stored)."),
     rounds: int = typer.Option(PROFILE_DEFAULTS["rounds"], help="Interleaved rounds over all ops; each entry keeps its best round's median."),
+    max_rounds: int = typer.Option(PROFILE_DEFAULTS["max_rounds"], help="Up to this many rounds when the first --rounds show "
+                                   "rounds often landing in a slow phase (README, Latency methodology); --max-rounds equal to "
+                                   "--rounds turns that off."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads / ORT intra-op); default 1."),
     dtype: str = typer.Option("float32", help="float32 | float16 (GPU)."),
     clock: str = typer.Option("auto", help="auto | thread | wall: auto times CPU runs with one thread by thread CPU time (immune to other processes), else wall clock."),
@@ -78,8 +81,10 @@ def profile(
         raise NasDeployError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
     if batch < 1 or repeats < 1 or rounds < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise NasDeployError("--batch, --repeats, --rounds and --threads must be positive and --warmup not negative; e.g. --repeats 40")
-    measure = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch, rounds=rounds, clock=clock,
-                            reference=reference, execution=execution)
+    if max_rounds < rounds:
+        raise NasDeployError(f"--max-rounds {max_rounds} is below --rounds {rounds}; give at least --rounds (equal: no extra rounds)")
+    measure = MeasureMethod(warmup=warmup, repeats=repeats, threads=threads, dtype=dtype, batch=batch, rounds=rounds,
+                            max_rounds=max_rounds, clock=clock, reference=reference, execution=execution)
     backend = get_backend(runtime, device, measure)  # fails at once if the device or runtime is absent
     template = make_template(space, preset, op_space, input_size)
     started = time.perf_counter()
@@ -128,8 +133,18 @@ def print_profile(table, seconds: float) -> None:
     for op_type, keys in non_delegated_ops(table).items():  # never silent: these entries time a fallback kernel
         summary.add_row("not delegated", f"{op_type} in {len(keys)} entries or fit networks (e.g. {keys[0]})")
     summary.add_row("method", ", ".join(f"{k}={v}" for k, v in table.method.items()))
+    if table.rounds_rule:
+        summary.add_row("rounds", rounds_line(table.rounds_rule))
     summary.add_row("time", f"{seconds:.1f} s")
     console.print(summary)
+
+
+def rounds_line(rule: dict) -> str:
+    """How many rounds each item got and why (latency.rounds)."""
+    why = ("more rounds" if rule["rounds"] > rule["base_rounds"] else "no more rounds needed")
+    return (f"{rule['rounds']} ({100 * rule['slow_share']:.0f} % of rounds landed slow, >{100 * (rule['slow_ratio'] - 1):.0f} % above "
+            f"an item's best: {why}; the rule takes {rule['base_rounds']} to {rule['max_rounds']} rounds so that each item has "
+            f"<= {100 * rule['all_slow_risk']:g} % chance of no round at speed)")
 
 
 def print_stem_repeat(result: dict) -> None:
@@ -174,6 +189,8 @@ def validate_lut(
     out = out or table.with_name(table.stem + "-fidelity")
     report = validate_table(lut, samples, seed, out, allow_other_machine)
     print_fidelity([(f"{lut.runtime} {lut.device}", report)])
+    if report.get("rounds_rule"):
+        console.print(f"rounds per network: {rounds_line(report['rounds_rule'])}")
     if retest:
         again = retest_table(lut, report, out)
         print_fidelity([(f"{lut.runtime} {lut.device} retest", again)], title="the same networks measured again (test-retest)")

@@ -76,7 +76,7 @@ def onnx_measurement(
     shape = tuple(input_shape) if input_shape else onnx_input_shape(path, method.batch)
     method.batch = shape[0]
     backend = get_backend(runtime, device, method)
-    timing, medians = best_round(lambda: backend.measure_onnx(Path(path), shape), method.rounds)
+    timing, medians = best_round(lambda: backend.measure_onnx(Path(path), shape), method.rounds, method.max_rounds)
     return Measurement(runtime, device, shape, timing, backend.method, backend.versions(),
                        fingerprint(device, getattr(backend, "threads", None)), medians)
 
@@ -92,19 +92,27 @@ def module_measurement(
     method = dataclasses.replace(method) if method is not None else MeasureMethod()
     method.batch = input_shape[0]
     backend = get_backend(runtime, device, method)
-    timing, medians = best_round(lambda: backend.measure_module(module.eval(), tuple(input_shape)), method.rounds)
+    timing, medians = best_round(lambda: backend.measure_module(module.eval(), tuple(input_shape)), method.rounds, method.max_rounds)
     return Measurement(runtime, device, tuple(input_shape), timing, backend.method, backend.versions(),
                        fingerprint(device, getattr(backend, "threads", None)), medians)
 
 
-def best_round(measure: Callable[[], Timing], rounds: int) -> tuple[Timing, list[float]]:
-    """``measure`` run ``rounds`` times; the round with the smallest median, and every round's median.
+def best_round(measure: Callable[[], Timing], rounds: int, max_rounds: int | None = None) -> tuple[Timing, list[float]]:
+    """``measure`` run ``rounds`` times, and up to ``max_rounds`` when its rounds often land slow; the round with the
+    smallest median, and every round's median.
 
     The rule a table's entries and fit networks follow (``latency.rounds``): an exported network measured with its
     table's method is then compared like with like with that table's prediction (a single round sits a few per
     cent above a best-of-three on a shared machine, and the prediction error would carry that bias).
     """
-    timings = [measure() for _ in range(max(1, rounds))]
+    from nasdeploy.latency.rounds import rounds_decision
+
+    timings, wanted = [], max(1, rounds)
+    while len(timings) < wanted:
+        timings.append(measure())
+        if len(timings) >= rounds:
+            record = {"rounds": [{"median_ms": t.median} for t in timings]}
+            wanted = rounds_decision([record], rounds, max_rounds)["rounds"]
     return min(timings, key=lambda t: t.median), [t.median for t in timings]
 
 

@@ -132,6 +132,6 @@ def pte_measurement(path: Path | str, device: str = "cpu", method: MeasureMethod
     backend = get_backend(RUNTIME, device, method)  # checks device and package first
     shape = tuple(input_shape) if input_shape else pte_input_shape(path)
     backend.method.batch = shape[0]
-    timing, medians = best_round(lambda: backend.measure_pte(Path(path), shape), method.rounds)  # the table's rule
+    timing, medians = best_round(lambda: backend.measure_pte(Path(path), shape), method.rounds, method.max_rounds)  # the table's rule
     return Measurement(RUNTIME, device, shape, timing, backend.method, backend.versions(), fingerprint(device, backend.threads),
                        medians)

@@ -25,6 +25,8 @@ class MeasureMethod:
     # Rounds over the whole set of ops / networks, interleaved; a latency is the smallest round median,
     # so a transient disturbance of the machine during one round does not enter the result.
     rounds: int = 1
+    # Up to this many rounds when the first ``rounds`` show the machine often in a slow phase (latency.rounds); None: exactly ``rounds``.
+    max_rounds: int | None = None
     # "thread": CPU time of the calling thread, "wall": wall clock, "cuda-event": CUDA events; "auto" lets
     # the backend choose ("thread" on CPU with one thread, where the op runs on the calling thread and its
     # thread time equals its wall time on an idle core, but other processes time-slicing the core do not count).

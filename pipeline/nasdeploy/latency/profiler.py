@@ -19,7 +19,7 @@ from nasdeploy.hardware import Backend, MeasureMethod, Timing, fingerprint, fing
 
 from nasdeploy.latency.overhead import d_optimal_picks, fit_overhead
 from nasdeploy.latency.predictor import sum_and_count
-from nasdeploy.latency.rounds import add_round, canonical_reference_ms, normalise, rounds_done
+from nasdeploy.latency.rounds import add_round, canonical_reference_ms, normalise, rounds_decision, rounds_done, rounds_taken
 from nasdeploy.latency.table import (LatencyTable, default_table_path, load_table, mark_profiled_here, profile_command, save_table,
                                      template_dict)
 from nasdeploy.progress import progress_bar
@@ -39,7 +39,10 @@ FIT_SEED = 10_000  # fit networks are sampled from their own seeds, apart from v
 # keeping the best *rescaled* round favours rounds where the reference happened to run slow. With one thread the
 # clock is the thread's CPU time, which already ignores other processes; the drift the normalisation aimed at is
 # measured at every use instead (latency.trust).
-PROFILE_DEFAULTS = {"warmup": 5, "repeats": 40, "rounds": 3, "reference": False}
+# Three rounds, and up to nine where the first three show the machine often in a slow phase (latency.rounds): on the
+# 2-vCPU Xeon VM whose core changes speed for seconds at a time, nine rounds lifted test-retest of 100 networks from 81 %
+# to 98 % within ±10 % (after the machine-wide factor); on the idle EPYC VM three rounds already gave 100 %.
+PROFILE_DEFAULTS = {"warmup": 5, "repeats": 40, "rounds": 3, "max_rounds": 9, "reference": False}
 # 40 networks, D-optimal over the op instances' counts (FitNetworks.choose): enough to learn per-instance corrections
 # for the DARTS cpu template's 45 instances with the ridge prior, in ~30 s of ONNX Runtime time on one core.
 DEFAULT_FIT_SAMPLES = 40
@@ -105,7 +108,7 @@ def new_table(space: SearchSpace, template: Any, backend: Backend, device: str, 
     )
 
 
-METHOD_FIELDS = ("warmup", "repeats", "threads", "dtype", "batch", "rounds", "clock", "reference", "execution")
+METHOD_FIELDS = ("warmup", "repeats", "threads", "dtype", "batch", "rounds", "max_rounds", "clock", "reference", "execution")
 # what a table made before a field existed was measured with: every torch measurement was eager
 LEGACY_METHOD = {"execution": "eager"}
 
@@ -178,9 +181,17 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
     with progress_bar() as bar:
         ops_task = bar.add_task(f"ops {table.runtime} {table.device}", total=len(instances) * method.rounds, info="")
         fit_task = bar.add_task("fit networks", total=len(fit.records or range(fit_samples)) * method.rounds, info="")
-        for r in range(method.rounds):
-            measure_entries(table, space, instances, backend, r, save_every, bar, ops_task, prepared, reference)
-            fit.measure_round(backend, r, bar, fit_task)
+        done, wanted = 0, method.rounds
+        while done < wanted:
+            measure_entries(table, space, instances, backend, done, save_every, bar, ops_task, prepared, reference)
+            fit.measure_round(backend, done, bar, fit_task)
+            done += 1
+            if done >= method.rounds:  # latency.rounds: more rounds while an item may never have been timed at speed
+                wanted = rounds_decision(list(table.entries.values()) + fit.records, method.rounds, method.max_rounds)["rounds"]
+                table.rounds_rule = rounds_taken(list(table.entries.values()) + fit.records, method.rounds, method.max_rounds)
+                bar.update(ops_task, total=len(instances) * max(done, wanted))
+                bar.update(fit_task, total=len(fit.records) * max(done, wanted))
+    log_rounds(table.rounds_rule, f"{len(table.entries)} ops and {len(fit.records)} fit networks")
     normalise_table(table, fit, reference)
     fit.fit()
     if more_fit_samples is None:
@@ -190,8 +201,8 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
                  "per-op corrections", len(fit.records), table.overhead["loo_rmse_pct"], more_fit_samples - len(fit.records))
         fit.add_more(more_fit_samples)
         with progress_bar() as bar:
-            more_task = bar.add_task("more fit networks", total=len(fit.records) * method.rounds, info="")
-            for r in range(method.rounds):
+            more_task = bar.add_task("more fit networks", total=len(fit.records) * done, info="")
+            for r in range(done):  # as many rounds as the first fit networks had
                 fit.measure_round(backend, r, bar, more_task)
         normalise_table(table, fit, reference)
         fit.fit()
@@ -199,6 +210,13 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
     mark_profiled_here(table)
     log.info("latency table %s: %d entries, done in %.1f s", path, len(table.entries), time.perf_counter() - started)
     return table
+
+
+def log_rounds(decision: dict | None, what: str) -> None:
+    if decision and decision["rounds"] > decision["base_rounds"]:
+        log.info("%s: %.0f %% of rounds landed in a slow phase (>%.0f %% above the item's best), so %d rounds instead of %d "
+                 "(an item's chance of no round at speed <= %g; latency.rounds)", what, 100 * decision["slow_share"],
+                 100 * (decision["slow_ratio"] - 1), decision["rounds"], decision["base_rounds"], decision["all_slow_risk"])
 
 
 def normalise_table(table: LatencyTable, fit: "FitNetworks", reference: Reference | None) -> None:
@@ -353,15 +371,21 @@ def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], r
     built and prepared (exported, loaded) once, all before the first round. With a ``reference`` every round is timed
     next to it and the records come back expressed at its quiet state over this session (``rounds.normalise``).
     The set-up is ``Backend.prepare_all``: for ExecuTorch, lowering in a process pool, finished before any timing."""
-    rounds = backend.method.rounds
+    method = backend.method
     prepared = [measure for measure, _ in backend.prepare_all([(network, shape) for network in networks])]
     with progress_bar(transient=True) as bar:  # seconds of checks: the bar goes when done, the result is the line
-        task = bar.add_task(label, total=len(networks) * rounds, info="")
-        for r in range(rounds):
+        task = bar.add_task(label, total=len(networks) * method.rounds, info="")
+        done, wanted = 0, method.rounds
+        while done < wanted:
             for i in range(len(networks)):
                 timing = timed(prepared[i], reference)
                 records[i] = add_round(records[i], timing)
-                bar.update(task, advance=1, info=f"round {r + 1}/{rounds} {timing.median:.3f} ms")
+                bar.update(task, advance=1, info=f"round {done + 1}/{wanted} {timing.median:.3f} ms")
+            done += 1
+            if done >= method.rounds:  # the table's rule (latency.rounds): more rounds when rounds often land slow
+                wanted = rounds_decision(records, method.rounds, method.max_rounds)["rounds"]
+                bar.update(task, total=len(networks) * max(done, wanted))
+    log_rounds(rounds_taken(records, method.rounds, method.max_rounds), label)
     if reference is not None:
         canonical = reference.canonical_ms()
         records = [normalise(record, canonical) for record in records]

@@ -15,7 +15,10 @@ machine state, whenever it was timed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 from nasdeploy.hardware.base import Timing
 
@@ -57,3 +60,65 @@ def normalise(record: dict[str, Any], canonical_ms: float | None) -> dict[str, A
     best = min(range(len(rounds)), key=lambda i: rounds[i]["median_ms"] * scale[i])
     stats = {k: rounds[best][k] * scale[best] for k in ("median_ms", "p10_ms", "p90_ms", "iqr_ms", "mean_ms")}
     return {**record, **stats, "raw_median_ms": min(r["median_ms"] for r in rounds), "reference_scale": scale[best]}
+
+
+# How many rounds (``MeasureMethod.max_rounds``). A shared VM's core can run at two speeds about 1.5x apart for 0.5-10 s
+# at a time (measured on a 2-vCPU Xeon VM: a fixed matmul ran at 0.81-0.91x or 1.21-1.42x its median); the best of
+# three rounds is then still slow whenever all three land in slow phases, which there happened to 16 of 100 networks.
+# So the first ``rounds`` rounds also measure how often a round lands slow, and more rounds follow, all items
+# interleaved as before, until an item has at most ALL_SLOW_RISK chance of never being timed at speed.
+SLOW_RATIO = 1.10  # a round this far above its item's best round counts as slow (the two speeds are ~1.5x apart)
+ALL_SLOW_RISK = 0.01  # accepted chance that every round of an item lands in a slow phase
+
+
+def round_medians(record: dict[str, Any] | None) -> list[float]:
+    return [float(r["median_ms"]) for r in (record or {}).get("rounds", [])]
+
+
+def slow_share(records: list[dict[str, Any] | None]) -> float:
+    """The share p of rounds that land in a slow phase, by maximum likelihood over the items' rounds.
+
+    Two-state model: each round of an item is slow with probability p, independently (an item's rounds are a whole
+    pass over the other items apart, longer than a phase). An item with j of its k rounds above SLOW_RATIO x its best
+    one has likelihood C(k, j) p^j (1-p)^(k-j); one whose rounds all agree was either always fast or always slow,
+    (1-p)^k + p^k. Items with fewer than two rounds say nothing. The maximum is found on a grid of step 0.005.
+    """
+    observed = []
+    for record in records:
+        medians = round_medians(record)
+        if len(medians) >= 2:
+            best = min(medians)
+            observed.append((len(medians), sum(m > SLOW_RATIO * best for m in medians)))
+    if not observed:
+        return 0.0
+    grid = np.arange(0.005, 0.96, 0.005)
+    loglik = np.zeros_like(grid)
+    for k, j in observed:
+        if j == 0:
+            loglik += np.log((1 - grid) ** k + grid ** k)
+        else:
+            loglik += np.log(math.comb(k, j)) + j * np.log(grid) + (k - j) * np.log(1 - grid)
+    best = float(grid[int(np.argmax(loglik))])
+    return 0.0 if best <= grid[0] and all(j == 0 for _, j in observed) else best
+
+
+def rounds_needed(share: float, rounds: int, max_rounds: int | None) -> int:
+    """The fewest rounds k, between ``rounds`` and ``max_rounds``, with share^k <= ALL_SLOW_RISK."""
+    most = max(rounds, max_rounds or rounds)
+    if share <= 0:
+        return rounds
+    if share >= 1:
+        return most
+    return min(most, max(rounds, math.ceil(math.log(ALL_SLOW_RISK) / math.log(share) - 1e-9)))
+
+
+def rounds_decision(records: list[dict[str, Any] | None], rounds: int, max_rounds: int | None) -> dict[str, Any]:
+    """What the rounds so far say: the slow share and the rounds the items need (recorded in tables and reports)."""
+    share = slow_share(records)
+    return {"slow_share": round(share, 3), "rounds": rounds_needed(share, rounds, max_rounds), "base_rounds": rounds,
+            "max_rounds": max(rounds, max_rounds or rounds), "slow_ratio": SLOW_RATIO, "all_slow_risk": ALL_SLOW_RISK}
+
+
+def rounds_taken(records: list[dict[str, Any] | None], rounds: int, max_rounds: int | None) -> dict[str, Any]:
+    """:func:`rounds_decision` with ``rounds`` set to the rounds the records actually have (for reports)."""
+    return {**rounds_decision(records, rounds, max_rounds), "rounds": max((len(round_medians(r)) for r in records), default=0)}

@@ -89,6 +89,8 @@ class LatencyTable:
     speed_ratio: float = 1.0
     # MeasureMethod.reference: the fixed network timed next to every item ({"seed", "arch", "medians", "canonical_ms"})
     reference: dict[str, Any] | None = None
+    # latency.rounds.rounds_decision: the rounds the profile took (more than method.rounds when rounds landed slow often)
+    rounds_rule: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -134,6 +136,7 @@ class LatencyTable:
             "entries": self.entries,
             "overhead": self.overhead,
             "reference": self.reference,
+            **({"rounds_rule": self.rounds_rule} if self.rounds_rule else {}),
         }
 
     @classmethod
@@ -153,6 +156,7 @@ class LatencyTable:
                 space=d["space"], template=dict(d["template"]), runtime=d["runtime"], device=d["device"],
                 fingerprint=dict(d["fingerprint"]), versions=dict(d["versions"]), method=dict(d["method"]),
                 entries={str(k): dict(v) for k, v in d["entries"].items()}, overhead=d.get("overhead"), reference=d.get("reference"),
+                rounds_rule=d.get("rounds_rule"),
                 created=str(d.get("created", "")), command=str(d.get("command", "")),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -241,6 +245,8 @@ def profile_command(table: LatencyTable, path: Path | str | None = None) -> str:
     m = table.method
     parts += [f"--batch {table.batch}", f"--preset {preset}", f"--warmup {m.get('warmup')}", f"--repeats {m.get('repeats')}",
               f"--rounds {m.get('rounds', 1)}"]
+    if m.get("max_rounds"):
+        parts.append(f"--max-rounds {m['max_rounds']}")
     if m.get("threads"):
         parts.append(f"--threads {m['threads']}")
     if m.get("clock", "auto") not in ("auto", "thread", "cuda-event"):

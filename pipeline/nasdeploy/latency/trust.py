@@ -41,6 +41,7 @@ from nasdeploy.progress import SHOW_NOW
 from nasdeploy.latency.table import (LatencyTable, cache_dir, default_table_path, load_table, profile_command, profiled_here as
                                      content_profiled_here, save_table, table_sha256)
 from nasdeploy.latency.versions import version_mismatches  # noqa: F401  (re-exported: trust.version_mismatches)
+from nasdeploy.latency.rounds import rounds_taken
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,13 @@ def drift_ratio(anchors: list[dict]) -> float | None:
     return float(statistics.median(ratios)) if ratios else None
 
 
+def rounds_text(rule: dict[str, Any] | None) -> str:
+    """What the summary says when the check took more rounds than the table's method asks for (latency.rounds)."""
+    if not rule or rule["rounds"] <= rule["base_rounds"]:
+        return ""
+    return f"; {rule['rounds']} rounds ({100 * rule['slow_share']:.0f} % of rounds landed slow)"
+
+
 def drift_text(ratio: float | None) -> str:
     if ratio is None:
         return "drift not measured (the table has no reference networks), predictions unscaled"
@@ -293,6 +301,7 @@ def measure_spot_check(table: LatencyTable, nets: int, seeds: list[int] | None =
         "errors_pct": errors_pct(predicted, measured),
         "corrected_errors_pct": errors_pct([p * (ratio or 1.0) for p in predicted], measured),
         "shape_drift_ratio": ratio, **drift_fields(anchored, ratio),
+        "rounds_rule": rounds_taken(records, table.method.get("rounds", 1), table.method.get("max_rounds")),
         "samples": [{"seed": r["seed"], "arch": r["arch"], "median_ms": r["median_ms"], "rounds": r["rounds"]} for r in checked],
         "seconds": time.perf_counter() - started, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "boot_id": boot_id(), "fingerprint_id": fingerprint_id(fingerprint(table.device, table.method.get("threads"))),
@@ -370,7 +379,7 @@ def decide(table: LatencyTable, measured: dict[str, Any], policy: TablePolicy, m
     passed = passes(measured, policy)
     own = profiled_here(table, mismatches)
     summary = (f"spot check: {len(corrected)} nets, median |err| {median_abs(corrected):.1f} % after drift "
-               f"({median_abs(raw):.1f} % raw); {drift_text(measured.get('drift_ratio'))}")
+               f"({median_abs(raw):.1f} % raw); {drift_text(measured.get('drift_ratio'))}{rounds_text(measured.get('rounds_rule'))}")
     if not passed and policy.trust:
         summary += f" (above {100 * policy.tolerance:.0f} %; used anyway: --trust-table)"
     elif not passed and own:

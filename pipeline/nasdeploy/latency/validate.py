@@ -15,6 +15,7 @@ from nasdeploy.hardware import fingerprint, fingerprint_id, get_backend
 from nasdeploy.io import atomic_write_json
 from nasdeploy.latency.predictor import predict_latency_ms
 from nasdeploy.latency.profiler import measure_networks, network_input_shape, reference_for, stored_method
+from nasdeploy.latency.rounds import rounds_taken
 from nasdeploy.latency.table import LatencyTable
 from nasdeploy.latency.trust import drift_ratio as drift_ratio_of, reference_networks
 from nasdeploy.spaces.base import get_space
@@ -122,6 +123,8 @@ def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_di
         # the reference networks now vs at profiling time: >1 means the machine is slower now than when profiled;
         # commands scale the table's predictions by it (latency.trust), so the drift-corrected metrics are what they see
         "machine_drift_ratio": drift_ratio,
+        # how many rounds each network got: more than method.rounds when rounds often landed slow (latency.rounds)
+        "rounds_rule": rounds_taken(records, method.rounds, method.max_rounds),
         "drift_anchors": records[samples:],
         "metrics_drift_corrected": fidelity_metrics([p * drift_ratio for p in predicted], measured),
         "samples": rows,
