@@ -3,7 +3,7 @@ of your own, validate each on random networks end to end (issue 26's target: ≥
 correction, τ ≥ 0.9), and measure the same exported networks on ExecuTorch, ONNX Runtime and PyTorch.
 
     PYTHONPATH=pipeline python benchmarks/executorch_fidelity.py --out /tmp/et-fidelity [--samples 100] [--retest]
-        [--spaces darts mobilenet] [--compare 3] [--fit-samples 40] [--rounds 3] [--repeats 40] [--warmup 5]
+        [--spaces darts mobilenet] [--compare 3] [--fit-samples 40] [--rounds 3] [--max-rounds 9] [--repeats 40] [--warmup 5]
 
 Steps, each timed and printed: (1) ``profile_space`` on executorch for each space's cpu template, the table at
 ``OUT/<space>-cpu.json`` (a complete table made here is reused; pass a fresh OUT to time a build); (2) ``validate_table``
@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=PROFILE_DEFAULTS["warmup"])
     parser.add_argument("--repeats", type=int, default=PROFILE_DEFAULTS["repeats"])
     parser.add_argument("--rounds", type=int, default=PROFILE_DEFAULTS["rounds"])
+    parser.add_argument("--max-rounds", type=int, default=PROFILE_DEFAULTS["max_rounds"], help="up to this many rounds when "
+                        "rounds often land slow (latency.rounds); equal to --rounds: exactly --rounds")
     parser.add_argument("--fit-samples", type=int, default=DEFAULT_FIT_SAMPLES)
     parser.add_argument("--more-fit-samples", type=int, default=None, help="ceiling of fit networks (default: the profiler's)")
     parser.add_argument("--preset", default="cpu", help="template preset (cpu; tiny only to try the script)")
@@ -116,7 +118,8 @@ def main() -> None:
     tables, reports = [], []
     for space_name in args.spaces:
         template = get_space(space_name).default_template(args.preset)
-        method = MeasureMethod(warmup=args.warmup, repeats=args.repeats, threads=1, batch=1, rounds=args.rounds)
+        method = MeasureMethod(warmup=args.warmup, repeats=args.repeats, threads=1, batch=1, rounds=args.rounds,
+                               max_rounds=args.max_rounds)
         backend = get_backend("executorch", "cpu", method)
         path = out / f"{space_name}-{args.preset}.json"
         table = steps.run(f"profile {space_name}", lambda: profile_space(

@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=PROFILE_DEFAULTS["warmup"])
     parser.add_argument("--repeats", type=int, default=PROFILE_DEFAULTS["repeats"])
     parser.add_argument("--rounds", type=int, default=PROFILE_DEFAULTS["rounds"])
+    parser.add_argument("--max-rounds", type=int, default=PROFILE_DEFAULTS["max_rounds"], help="up to this many rounds when "
+                        "rounds often land slow (latency.rounds); equal to --rounds: exactly --rounds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fit-samples", type=int, default=DEFAULT_FIT_SAMPLES)
     parser.add_argument("--noise", type=int, default=10, help="measurements of one network for the noise floor (0: skip)")
@@ -84,7 +86,8 @@ def main() -> None:
     for space_name in args.spaces:
         template = get_space(space_name).default_template("cpu")
         for runtime in args.runtimes:
-            method = MeasureMethod(warmup=args.warmup, repeats=args.repeats, threads=args.threads, batch=1, rounds=args.rounds)
+            method = MeasureMethod(warmup=args.warmup, repeats=args.repeats, threads=args.threads, batch=1, rounds=args.rounds,
+                                   max_rounds=args.max_rounds)
             backend = get_backend(runtime, "cpu", method)
             path = default_table_path(space_name, template, runtime, "cpu", 1, args.root, method.threads)
             started = time.perf_counter()

@@ -140,11 +140,12 @@ def print_profile(table, seconds: float) -> None:
 
 
 def rounds_line(rule: dict) -> str:
-    """How many rounds each item got and why (latency.rounds)."""
-    why = ("more rounds" if rule["rounds"] > rule["base_rounds"] else "no more rounds needed")
-    return (f"{rule['rounds']} ({100 * rule['slow_share']:.0f} % of rounds landed slow, >{100 * (rule['slow_ratio'] - 1):.0f} % above "
-            f"an item's best: {why}; the rule takes {rule['base_rounds']} to {rule['max_rounds']} rounds so that each item has "
-            f"<= {100 * rule['all_slow_risk']:g} % chance of no round at speed)")
+    """How many rounds each item got, which round it keeps, and why (latency.rounds)."""
+    share = f"{100 * rule['slow_share']:.0f} % of rounds landed >{100 * (rule['slow_ratio'] - 1):.0f} % above their item's best"
+    if rule.get("steady", True):
+        return f"{rule['rounds']}, each item its best round (steady: {share})"
+    return (f"{rule['rounds']}, each item its median round (unsteady: {share}; with {rule['base_rounds']} rounds more than "
+            f"{100 * rule['all_slow_risk']:g} % of items could have no round at speed)")
 
 
 def print_stem_repeat(result: dict) -> None:

@@ -98,8 +98,8 @@ def module_measurement(
 
 
 def best_round(measure: Callable[[], Timing], rounds: int, max_rounds: int | None = None) -> tuple[Timing, list[float]]:
-    """``measure`` run ``rounds`` times, and up to ``max_rounds`` when its rounds often land slow; the round with the
-    smallest median, and every round's median.
+    """``measure`` run ``rounds`` times, and ``max_rounds`` times when those rounds show the machine unsteady; the
+    best round's timing (steady) or the median round's (unsteady), and every round's median.
 
     The rule a table's entries and fit networks follow (``latency.rounds``): an exported network measured with its
     table's method is then compared like with like with that table's prediction (a single round sits a few per
@@ -107,13 +107,12 @@ def best_round(measure: Callable[[], Timing], rounds: int, max_rounds: int | Non
     """
     from nasdeploy.latency.rounds import rounds_decision
 
-    timings, wanted = [], max(1, rounds)
-    while len(timings) < wanted:
-        timings.append(measure())
-        if len(timings) >= rounds:
-            record = {"rounds": [{"median_ms": t.median} for t in timings]}
-            wanted = rounds_decision([record], rounds, max_rounds)["rounds"]
-    return min(timings, key=lambda t: t.median), [t.median for t in timings]
+    timings = [measure() for _ in range(max(1, rounds))]
+    decision = rounds_decision([{"rounds": [{"median_ms": t.median} for t in timings]}], rounds, max_rounds)
+    timings += [measure() for _ in range(decision["rounds"] - len(timings))]
+    ordered = sorted(timings, key=lambda t: t.median)
+    chosen = ordered[(len(ordered) - 1) // 2] if decision["statistic"] == "median" else ordered[0]
+    return chosen, [t.median for t in timings]
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:

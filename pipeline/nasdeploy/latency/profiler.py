@@ -19,7 +19,7 @@ from nasdeploy.hardware import Backend, MeasureMethod, Timing, fingerprint, fing
 
 from nasdeploy.latency.overhead import d_optimal_picks, fit_overhead
 from nasdeploy.latency.predictor import sum_and_count
-from nasdeploy.latency.rounds import add_round, canonical_reference_ms, normalise, rounds_decision, rounds_done, rounds_taken
+from nasdeploy.latency.rounds import add_round, canonical_reference_ms, normalise, rounds_decision, rounds_done, settle
 from nasdeploy.latency.table import (LatencyTable, default_table_path, load_table, mark_profiled_here, profile_command, save_table,
                                      template_dict)
 from nasdeploy.progress import progress_bar
@@ -181,17 +181,20 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
     with progress_bar() as bar:
         ops_task = bar.add_task(f"ops {table.runtime} {table.device}", total=len(instances) * method.rounds, info="")
         fit_task = bar.add_task("fit networks", total=len(fit.records or range(fit_samples)) * method.rounds, info="")
-        done, wanted = 0, method.rounds
+        done, wanted, decision = 0, method.rounds, None
         while done < wanted:
             measure_entries(table, space, instances, backend, done, save_every, bar, ops_task, prepared, reference)
             fit.measure_round(backend, done, bar, fit_task)
             done += 1
-            if done >= method.rounds:  # latency.rounds: more rounds while an item may never have been timed at speed
-                wanted = rounds_decision(list(table.entries.values()) + fit.records, method.rounds, method.max_rounds)["rounds"]
-                table.rounds_rule = rounds_taken(list(table.entries.values()) + fit.records, method.rounds, method.max_rounds)
-                bar.update(ops_task, total=len(instances) * max(done, wanted))
-                bar.update(fit_task, total=len(fit.records) * max(done, wanted))
+            if decision is None and done >= method.rounds:  # latency.rounds: steady, or max_rounds rounds and the median
+                decision = rounds_decision(list(table.entries.values()) + fit.records, method.rounds, method.max_rounds)
+                wanted = max(done, decision["rounds"])
+                bar.update(ops_task, total=len(instances) * wanted)
+                bar.update(fit_task, total=len(fit.records) * wanted)
+    table.rounds_rule = {**decision, "rounds": done}
     log_rounds(table.rounds_rule, f"{len(table.entries)} ops and {len(fit.records)} fit networks")
+    table.entries = {key: settle(entry, decision["statistic"]) for key, entry in table.entries.items()}
+    fit.settle(decision["statistic"])
     normalise_table(table, fit, reference)
     fit.fit()
     if more_fit_samples is None:
@@ -202,8 +205,9 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
         fit.add_more(more_fit_samples)
         with progress_bar() as bar:
             more_task = bar.add_task("more fit networks", total=len(fit.records) * done, info="")
-            for r in range(done):  # as many rounds as the first fit networks had
+            for r in range(done):  # as many rounds as the first fit networks had, settled alike
                 fit.measure_round(backend, r, bar, more_task)
+        fit.settle(decision["statistic"])
         normalise_table(table, fit, reference)
         fit.fit()
     save_table(table, path)
@@ -213,10 +217,10 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
 
 
 def log_rounds(decision: dict | None, what: str) -> None:
-    if decision and decision["rounds"] > decision["base_rounds"]:
-        log.info("%s: %.0f %% of rounds landed in a slow phase (>%.0f %% above the item's best), so %d rounds instead of %d "
-                 "(an item's chance of no round at speed <= %g; latency.rounds)", what, 100 * decision["slow_share"],
-                 100 * (decision["slow_ratio"] - 1), decision["rounds"], decision["base_rounds"], decision["all_slow_risk"])
+    if decision and not decision["steady"]:
+        log.info("%s: the machine is unsteady (%.0f %% of rounds landed >%.0f %% above their item's best), so %d rounds "
+                 "instead of %d and each item's median round instead of its best (latency.rounds)", what,
+                 100 * decision["slow_share"], 100 * (decision["slow_ratio"] - 1), decision["rounds"], decision["base_rounds"])
 
 
 def normalise_table(table: LatencyTable, fit: "FitNetworks", reference: Reference | None) -> None:
@@ -331,6 +335,11 @@ class FitNetworks:
             save_table(self.table, self.table.path)
             bar.update(task, advance=1, info=f"round {r + 1} {timing.median:.3f} ms")
 
+    def settle(self, statistic: str) -> None:
+        """Each network's stats from its best or median round (``rounds.settle``), kept in the table."""
+        self.records = [settle(record, statistic) for record in self.records]
+        self.table.overhead = {**(self.table.overhead or {}), "samples": self.records}
+
     def fit(self) -> None:
         if self.records:
             fit_table_overhead(self.table, self.records)
@@ -375,17 +384,19 @@ def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], r
     prepared = [measure for measure, _ in backend.prepare_all([(network, shape) for network in networks])]
     with progress_bar(transient=True) as bar:  # seconds of checks: the bar goes when done, the result is the line
         task = bar.add_task(label, total=len(networks) * method.rounds, info="")
-        done, wanted = 0, method.rounds
+        done, wanted, decision = 0, method.rounds, None
         while done < wanted:
             for i in range(len(networks)):
                 timing = timed(prepared[i], reference)
                 records[i] = add_round(records[i], timing)
                 bar.update(task, advance=1, info=f"round {done + 1}/{wanted} {timing.median:.3f} ms")
             done += 1
-            if done >= method.rounds:  # the table's rule (latency.rounds): more rounds when rounds often land slow
-                wanted = rounds_decision(records, method.rounds, method.max_rounds)["rounds"]
-                bar.update(task, total=len(networks) * max(done, wanted))
-    log_rounds(rounds_taken(records, method.rounds, method.max_rounds), label)
+            if decision is None and done >= method.rounds:  # the profiler's rule (latency.rounds), decided here afresh
+                decision = rounds_decision(records, method.rounds, method.max_rounds)
+                wanted = max(done, decision["rounds"])
+                bar.update(task, total=len(networks) * wanted)
+    log_rounds({**decision, "rounds": done}, label)
+    records = [settle(record, decision["statistic"]) for record in records]
     if reference is not None:
         canonical = reference.canonical_ms()
         records = [normalise(record, canonical) for record in records]

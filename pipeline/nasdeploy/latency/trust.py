@@ -187,9 +187,9 @@ def drift_ratio(anchors: list[dict]) -> float | None:
 
 def rounds_text(rule: dict[str, Any] | None) -> str:
     """What the summary says when the check took more rounds than the table's method asks for (latency.rounds)."""
-    if not rule or rule["rounds"] <= rule["base_rounds"]:
+    if not rule or rule.get("steady", True):
         return ""
-    return f"; {rule['rounds']} rounds ({100 * rule['slow_share']:.0f} % of rounds landed slow)"
+    return f"; unsteady machine: {rule['rounds']} rounds, median round ({100 * rule['slow_share']:.0f} % of rounds landed slow)"
 
 
 def drift_text(ratio: float | None) -> str:
