@@ -141,3 +141,15 @@ def test_network_checks_follow_the_rule(tiny):
     assert {len(r["rounds"]) for r in fixed} == {3} and {r["statistic"] for r in fixed} == {"best"}
     steady = measure_networks(backend(0.0), networks, shape, [{} for _ in archs], "check")
     assert [r["median_ms"] for r in steady] == pytest.approx([1.0, 1.01, 1.02, 1.03]) and {len(r["rounds"]) for r in steady} == {3}
+
+
+def test_reports_name_the_round_kept():
+    from nasdeploy.export.measure import Measurement
+    from nasdeploy.export.report import rounds_text
+
+    method = MeasureMethod(rounds=3, max_rounds=9)
+    steady = Measurement("onnxruntime", "cpu", (1, 3, 32, 32), Timing([1.0]), method, {}, {}, [1.0, 1.1, 1.05])
+    unsteady = Measurement("onnxruntime", "cpu", (1, 3, 32, 32), Timing([1.2]), method, {}, {}, [1.0, 1.3, 1.2] * 3)
+    assert steady.to_dict()["round_statistic"] == "best" and unsteady.to_dict()["round_statistic"] == "median"
+    assert rounds_text(steady.to_dict(), method.to_dict()) == "best of 3 round(s)"
+    assert rounds_text(unsteady.to_dict(), method.to_dict()) == "median of 9 rounds (unsteady machine)"

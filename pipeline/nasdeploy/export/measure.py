@@ -30,7 +30,13 @@ class Measurement:
     method: MeasureMethod
     versions: dict[str, Any]
     fingerprint: dict[str, Any]
-    round_medians_ms: list[float] = dataclasses.field(default_factory=list)  # every round's median; timing = the best
+    round_medians_ms: list[float] = dataclasses.field(default_factory=list)  # every round's median
+
+    @property
+    def statistic(self) -> str:
+        """Which round ``timing`` is (``best_round``): more rounds than asked for were taken only on an unsteady machine,
+        and then the median round is kept."""
+        return "median" if len(self.round_medians_ms) > max(1, self.method.rounds) else "best"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +45,7 @@ class Measurement:
             "input_shape": list(self.input_shape),
             **self.timing.summary(),
             "round_medians_ms": self.round_medians_ms,
+            "round_statistic": self.statistic,
             "method": self.method.to_dict(),
             "versions": self.versions,
             "fingerprint": self.fingerprint,

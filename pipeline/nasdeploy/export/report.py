@@ -127,10 +127,18 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [("FLOPs (multiply-adds)", _count(report.get("flops"))), ("parameters", _count(report.get("params")))]
     method = report.get("method") or {}
     rows.append(("method", f"warm-up {method.get('warmup')}, {method.get('repeats')} runs, {method.get('threads')} thread(s), "
-                           f"{method.get('dtype')}, batch {method.get('batch')}, best of {method.get('rounds', 1)} round(s)"))
+                           f"{method.get('dtype')}, batch {method.get('batch')}, {rounds_text(report.get('measurement') or {}, method)}"))
     fp = report.get("fingerprint") or {}
     rows.append(("device", (fp.get("gpu") or {}).get("name") or f"{fp.get('cpu_model')} ({fp.get('logical_cores')} cores)"))
     return rows
+
+
+def rounds_text(measurement: dict[str, Any], method: dict[str, Any]) -> str:
+    """"best of 3 rounds", or "median of 9 rounds (unsteady machine)" when the rounds rule took more (latency.rounds)."""
+    taken = len(measurement.get("round_medians_ms") or []) or method.get("rounds", 1)
+    if measurement.get("round_statistic") == "median":
+        return f"median of {taken} rounds (unsteady machine)"
+    return f"best of {taken} round(s)"
 
 
 def summary_table(report: dict[str, Any], title: str | None = None) -> Table:
