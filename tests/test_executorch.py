@@ -328,6 +328,28 @@ def test_lowering_in_a_process_pool_gives_the_same_programs():
     assert all(measure().median > 0 for measure, _ in ready)
 
 
+@pytest.mark.executorch
+@needs_executorch
+def test_lowering_many_tensors_in_a_pool_needs_no_descriptor_per_tensor():
+    """Modules reach the workers as plain pickles: sent as nn.Modules, torch shared each tensor through a file
+    descriptor, and a batch of DARTS cpu networks ran out of them. Under a 256-descriptor limit, 2 networks of 300
+    tensors each (600 > 256) still lower."""
+    import resource
+
+    from nasdeploy.hardware.executorch_backend import lower_all
+
+    def wide() -> nn.Module:
+        return nn.Sequential(*[nn.Linear(4, 4) for _ in range(150)]).eval()  # 300 tensors
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        programs = lower_all([(wide(), (1, 4)), (wide(), (1, 4))], workers=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(programs) == 2 and all(len(p.buffer) > 0 for p in programs)
+
+
 def test_lowering_workers_follow_the_cores_or_the_variable(monkeypatch):
     from nasdeploy.hardware.executorch_backend import WORKERS_ENV, lowering_workers
 

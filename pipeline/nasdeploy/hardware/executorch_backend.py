@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +122,8 @@ def _start_lowering_worker() -> None:
     torch.set_num_threads(1)  # the workers share the cores: one thread each
 
 
-def _lower_in_worker(module: nn.Module, input_shape: tuple[int, ...]) -> LoweredProgram:
-    return lower(module, input_shape)
+def _lower_in_worker(module_pickle: bytes, input_shape: tuple[int, ...]) -> LoweredProgram:
+    return lower(pickle.loads(module_pickle), input_shape)
 
 
 def lower_all(modules: list[tuple[nn.Module, tuple[int, ...]]], workers: int = 1) -> list[LoweredProgram]:
@@ -135,7 +136,10 @@ def lower_all(modules: list[tuple[nn.Module, tuple[int, ...]]], workers: int = 1
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_lowering_worker) as pool:
-        return list(pool.map(_lower_in_worker, [m for m, _ in modules], [shape for _, shape in modules]))
+        # each module goes as a plain pickle (a copy of its weights): sent as an nn.Module, torch shares every tensor
+        # through a file descriptor held until a worker takes it, and 40 DARTS cpu fit networks queued at once ran the
+        # process out of them ("Too many open files", the pool broken)
+        return list(pool.map(_lower_in_worker, [pickle.dumps(m) for m, _ in modules], [shape for _, shape in modules]))
 
 
 def fix_threadpool(threads: int) -> int:
