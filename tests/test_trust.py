@@ -120,13 +120,19 @@ def profiled_on_a_faster_machine(source: Path, target: Path, factor: float) -> P
 def test_pure_drift_is_measured_and_scales_predictions_but_is_never_refused(table_path, tmp_path):
     from nasdeploy.latency.predictor import predict_latency_ms
 
-    drifted = load_table(profiled_on_a_faster_machine(table_path, tmp_path / "fast.json", factor=0.5))
+    # The copy differs from the table by pure drift, so it must be judged as the table itself is: the table's own
+    # check sets the bar (a tiny table profiled in a slow spell of a shared VM can miss by 45 %, and that is the
+    # table's shape, not drift; CI saw it once).
+    own = spot_check(table_path, TablePolicy(tolerance=1.0))
+    tolerance = max(0.3, own["median_abs_err_pct"] / 100 + 0.2)
+    drifted = load_table(profiled_on_a_faster_machine(table_path, tmp_path / "fast.json", factor=0.25))
     arch = get_space("darts").sample(TINY, random.Random(7))
     unscaled = predict_latency_ms(drifted, arch)
-    result = spot_check(drifted, TablePolicy(tolerance=0.3))
-    # the machine runs ~2x slower than the table says: drift ~+100 %, raw errors ~-50 %, shape within 30 %
-    assert result["passed"] and 1.5 < result["drift_ratio"] < 2.7, result["summary"]
-    assert result["raw_median_abs_err_pct"] > 30 and result["median_abs_err_pct"] <= 30
+    result = spot_check(drifted, TablePolicy(tolerance=tolerance))
+    # the machine runs ~4x slower than the copy says: drift ~+300 % over the table's own, raw errors ~-75 %
+    assert result["passed"], (result["summary"], own["summary"])
+    assert 2.5 < result["drift_ratio"] / own["drift_ratio"] < 6.0, (result["summary"], own["summary"])
+    assert result["raw_median_abs_err_pct"] > 50 and result["median_abs_err_pct"] <= 100 * tolerance
     assert drifted.speed_ratio == result["drift_ratio"]
     assert predict_latency_ms(drifted, arch) == pytest.approx(unscaled * result["drift_ratio"])
     assert predict_latency_ms(drifted, arch, scaled=False) == pytest.approx(unscaled)
