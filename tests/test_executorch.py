@@ -395,3 +395,74 @@ def test_run_on_executorch_end_to_end_writes_a_checked_pte(tmp_path):
     assert summary["other_parity"][0]["runtime"] == "executorch-xnnpack" and summary["other_parity"][0]["max_abs_diff"] <= 1e-4
     assert "measured median (executorch, cpu)" in result.output and "parity max |executorch-xnnpack − torch|" in result.output
     assert state["stages"]["export"]["outputs"]["pte"] == str(out / "export" / "model.pte")
+
+
+# ---------------------------------------------------------------- the program cache (timing only)
+
+
+def exported(module: nn.Module, shape: tuple[int, ...]):
+    with torch.no_grad():
+        return torch.export.export(module.eval(), (torch.randn(*shape),))
+
+
+def test_program_key_is_the_graph_and_shapes_not_the_weights():
+    from nasdeploy.hardware.executorch_cache import program_key
+
+    shape, versions = (1, 3, 8, 8), ("1.5.1", "2.14.1", "xnnpack")
+    other_weights = conv_net()
+    with torch.no_grad():
+        other_weights[0].weight.add_(1.0)
+    key = program_key(exported(conv_net(), shape), shape, versions)
+    assert program_key(exported(other_weights, shape), shape, versions) == key
+    assert program_key(exported(WithCumsum(), shape), shape, versions) != key  # another graph
+    assert program_key(exported(conv_net(), (1, 3, 16, 16)), (1, 3, 16, 16), versions) != key  # another shape
+    assert program_key(exported(conv_net(), shape), shape, ("1.6.0", "2.14.1", "xnnpack")) != key  # another runtime
+    wider = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    assert program_key(exported(wider, shape), shape, versions) != key  # the same code, other parameter shapes
+
+
+def test_program_cache_keeps_the_newest_and_skips_half_written_programs(tmp_path):
+    import os
+
+    from nasdeploy.hardware.executorch_cache import prune, read_program, write_program
+
+    for age, key in enumerate(["new", "mid", "old"]):
+        write_program(tmp_path, key, b"x" * 100, {"aten_cumsum_default": age})
+        os.utime(tmp_path / f"{key}.pte", (1000 - age, 1000 - age))
+    assert read_program(tmp_path, "old") == (b"x" * 100, {"aten_cumsum_default": 2})  # a read marks it used now
+    assert prune(tmp_path, limit=250) == 1 and not (tmp_path / "mid.pte").exists() and not (tmp_path / "mid.json").exists()
+    assert read_program(tmp_path, "new") is not None and read_program(tmp_path, "old") is not None
+    (tmp_path / "new.json").unlink()  # a program whose notes were never written is lowered again, not read
+    assert read_program(tmp_path, "new") is None
+
+
+@pytest.mark.executorch
+@needs_executorch
+def test_timing_programs_come_from_the_cache_and_exports_lower_their_own(tmp_path, monkeypatch):
+    from nasdeploy.export.pte_export import export_pte
+    from nasdeploy.hardware import executorch_backend
+    from nasdeploy.hardware.executorch_backend import lower_all
+
+    monkeypatch.setenv("NASDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    shape = (1, 3, 8, 8)
+    first = lower_all([(conv_net(), shape), (WithCumsum().eval(), shape)])
+    assert [p.cached for p in first] == [False, False] and len(list((tmp_path / "cache").rglob("*.pte"))) == 2
+    other_weights = conv_net()
+    with torch.no_grad():
+        other_weights[0].weight.add_(1.0)
+
+    def no_lowering(exported):
+        raise AssertionError("lowered again although the program cache had it")
+
+    real_lowering = executorch_backend.lower_exported
+    monkeypatch.setattr(executorch_backend, "lower_exported", no_lowering)
+    again = lower_all([(other_weights, shape), (WithCumsum().eval(), shape)])
+    assert [p.cached for p in again] == [True, True] and [p.buffer for p in again] == [p.buffer for p in first]
+    assert again[1].non_delegated == {"aten_cumsum_default": 1}
+    # an export's program carries its own weights: parity against the module whose graph is cached still holds
+    monkeypatch.setattr(executorch_backend, "lower_exported", real_lowering)
+    parity = export_pte(other_weights, shape, tmp_path / "net.pte")
+    assert parity.passed and parity.max_abs_diff <= 1e-4
+    monkeypatch.setenv("NASDEPLOY_EXECUTORCH_CACHE", "0")
+    assert [p.cached for p in lower_all([(conv_net(), shape)])] == [False]

@@ -16,6 +16,10 @@ of it in ``to_edge_transform_and_lower``'s decompositions and XNNPACK passes, Py
 ``prepare_all`` lowers a batch of modules in a process pool (``lower_all``: one process per core, or
 ``$NASDEPLOY_EXECUTORCH_WORKERS``) and only then loads and times them: no lowering ever overlaps a timed run.
 
+Programs lowered for timing are kept in a program cache (``executorch_cache``) keyed by graph and shapes, so the
+networks every command's spot check times, a retest's networks and a resumed profile's ops are lowered once per
+machine; an export lowers its own module every time.
+
 Ops the partitioner does not take run on ExecuTorch's portable kernels, which are far slower: each lowered
 program's non-delegated ops are kept (``last_non_delegated``) and logged, never silent; the profiler stores them
 per table entry. ``executorch`` is imported lazily, so nasdeploy works without the ``mobile`` extra.
@@ -36,6 +40,7 @@ from torch import nn
 from nasdeploy.errors import NasDeployError
 from nasdeploy.hardware.base import BACKENDS, Availability, Backend, MeasureMethod, Timing
 from nasdeploy.hardware.devices import cuda_index, default_threads, require_device
+from nasdeploy.hardware.executorch_cache import CACHE_ENV, program_key, programs_dir, prune, read_program, write_program
 from nasdeploy.hardware.timing import host_clock, time_host
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,7 @@ class LoweredProgram:
 
     buffer: bytes
     non_delegated: dict[str, int] = field(default_factory=dict)  # op type -> occurrences
+    cached: bool = False  # taken from the program cache (executorch_cache), not lowered now
 
 
 def non_delegated_ops(edge) -> dict[str, int]:
@@ -84,19 +90,49 @@ def non_delegated_ops(edge) -> dict[str, int]:
             if b.non_delegated and name not in NOT_AN_OP}
 
 
-def lower(module: nn.Module, input_shape: tuple[int, ...]) -> LoweredProgram:
-    """``module`` (eval, float32, CPU) exported at ``input_shape`` and lowered to XNNPACK."""
+def export_module(module: nn.Module, input_shape: tuple[int, ...]):
+    """``module`` (eval, float32, CPU) exported with ``torch.export`` at ``input_shape``."""
+    import torch
+
+    import_executorch()
+    module = module.eval().cpu().float()
+    with torch.no_grad():
+        return torch.export.export(module, (torch.randn(*input_shape),))
+
+
+def lower_exported(exported) -> LoweredProgram:
+    """An exported program lowered to XNNPACK (the slow part: decompositions and the XNNPACK passes)."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    import_executorch()
-    module = module.eval().cpu().float()
-    x = torch.randn(*input_shape)
     with torch.no_grad():
-        edge = to_edge_transform_and_lower(torch.export.export(module, (x,)), partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     skipped = non_delegated_ops(edge)
     return LoweredProgram(edge.to_executorch().buffer, skipped)
+
+
+def lower(module: nn.Module, input_shape: tuple[int, ...]) -> LoweredProgram:
+    """``module`` exported at ``input_shape`` and lowered to XNNPACK, its own weights in the program (export uses it)."""
+    return lower_exported(export_module(module, input_shape))
+
+
+def lower_for_timing(module: nn.Module, input_shape: tuple[int, ...]) -> LoweredProgram:
+    """As ``lower``, but a program of the same graph and shapes lowered before is taken from the program cache
+    (``executorch_cache``: the weights' values do not change what XNNPACK's kernels do); a new one is kept there."""
+    import torch
+
+    exported = export_module(module, input_shape)
+    folder = programs_dir()
+    if folder is None:
+        return lower_exported(exported)
+    key = program_key(exported, input_shape, (executorch_version(), torch.__version__, PARTITIONER))
+    found = read_program(folder, key)
+    if found is not None:
+        return LoweredProgram(found[0], found[1], cached=True)
+    program = lower_exported(exported)
+    write_program(folder, key, program.buffer, program.non_delegated)
+    return program
 
 
 WORKERS_ENV = "NASDEPLOY_EXECUTORCH_WORKERS"
@@ -123,14 +159,15 @@ def _start_lowering_worker() -> None:
 
 
 def _lower_in_worker(module_pickle: bytes, input_shape: tuple[int, ...]) -> LoweredProgram:
-    return lower(pickle.loads(module_pickle), input_shape)
+    return lower_for_timing(pickle.loads(module_pickle), input_shape)
 
 
 def lower_all(modules: list[tuple[nn.Module, tuple[int, ...]]], workers: int = 1) -> list[LoweredProgram]:
-    """Each ``(module, input shape)`` lowered (``lower``), in order; with ``workers`` > 1 in that many fresh processes
-    (spawned: the ExecuTorch thread pool of this one is not forked), which have all finished when this returns."""
+    """Each ``(module, input shape)`` lowered for timing (``lower_for_timing``: the program cache first), in order;
+    with ``workers`` > 1 in that many fresh processes (spawned: the ExecuTorch thread pool of this one is not forked),
+    which have all finished when this returns."""
     if workers <= 1 or len(modules) <= 1:
-        return [lower(module, shape) for module, shape in modules]
+        return [lower_for_timing(module, shape) for module, shape in modules]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -227,7 +264,7 @@ class ExecuTorchBackend(Backend):
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Timing]:
         """Lowered and loaded once; each call times the same method (a round of the profiler)."""
-        return self.load_lowered(lower(module, input_shape), input_shape, type(module).__name__)
+        return self.load_lowered(lower_for_timing(module, input_shape), input_shape, type(module).__name__)
 
     def prepare_all(self, items: list[tuple[Callable[[], nn.Module], tuple[int, ...]]]) -> list[tuple[Callable[[], Timing], dict[str, Any]]]:
         """Every module lowered first (in a process pool, ``lower_all``), then each loaded: nothing is timed until all
@@ -239,8 +276,12 @@ class ExecuTorchBackend(Backend):
             return []
         workers, started = lowering_workers(len(modules)), time.perf_counter()
         programs = lower_all(modules, workers)
-        log.info("executorch: lowered %d programs to XNNPACK in %.1f s (%d process%s)", len(modules),
-                 time.perf_counter() - started, workers, "es" if workers > 1 else "")
+        cached = sum(program.cached for program in programs)
+        log.info("executorch: lowered %d programs to XNNPACK in %.1f s (%d process%s; %d of them from the program cache%s)",
+                 len(modules), time.perf_counter() - started, workers, "es" if workers > 1 else "", cached,
+                 "" if programs_dir() is not None else f", off: {CACHE_ENV}=0")
+        if cached < len(programs) and programs_dir() is not None:
+            prune(programs_dir())
         prepared = []
         for (module, shape), program in zip(modules, programs):
             measure = self.load_lowered(program, shape, type(module).__name__)
