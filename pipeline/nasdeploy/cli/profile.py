@@ -12,6 +12,7 @@ from rich.table import Table
 from nasdeploy.cli.app import app
 from nasdeploy.errors import NasDeployError
 from nasdeploy.latency.profiler import DEFAULT_FIT_SAMPLES, PROFILE_DEFAULTS
+from nasdeploy.latency.rounds import STATISTIC_TEXT
 from nasdeploy.progress import console, setup_logging
 
 METHODS = ("isolated", "stem-repeat")
@@ -144,7 +145,8 @@ def rounds_line(rule: dict) -> str:
     share = f"{100 * rule['slow_share']:.0f} % of rounds landed >{100 * (rule['slow_ratio'] - 1):.0f} % above their item's best"
     if rule.get("steady", True):
         return f"{rule['rounds']}, each item its best round (steady: {share})"
-    return (f"{rule['rounds']}, each item its median round (unsteady: {share}; with {rule['base_rounds']} rounds more than "
+    kept = STATISTIC_TEXT.get(rule.get("statistic"), "median round")
+    return (f"{rule['rounds']}, each item its {kept} (unsteady: {share}; with {rule['base_rounds']} rounds more than "
             f"{100 * rule['all_slow_risk']:g} % of items could have no round at speed)")
 
 

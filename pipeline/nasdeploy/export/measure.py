@@ -34,9 +34,9 @@ class Measurement:
 
     @property
     def statistic(self) -> str:
-        """Which round ``timing`` is (``best_round``): more rounds than asked for were taken only on an unsteady machine,
-        and then the median round is kept."""
-        return "median" if len(self.round_medians_ms) > max(1, self.method.rounds) else "best"
+        """Which round ``timing`` is (``best_round``'s rule, decided again from the first rounds): "best" when the
+        machine was steady, "fast" or "median" when it was not (``latency.rounds``)."""
+        return round_statistic(self.round_medians_ms, self.method.rounds, self.method.max_rounds)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,20 +106,29 @@ def module_measurement(
 
 def best_round(measure: Callable[[], Timing], rounds: int, max_rounds: int | None = None) -> tuple[Timing, list[float]]:
     """``measure`` run ``rounds`` times, and ``max_rounds`` times when those rounds show the machine unsteady; the
-    best round's timing (steady) or the median round's (unsteady), and every round's median.
+    best round's timing (steady) or the round of the state ``rounds_decision`` chose (unsteady: the median fast round
+    or the median round), and every round's median.
 
     The rule a table's entries and fit networks follow (``latency.rounds``): an exported network measured with its
     table's method is then compared like with like with that table's prediction (a single round sits a few per
     cent above a best-of-three on a shared machine, and the prediction error would carry that bias).
     """
-    from nasdeploy.latency.rounds import rounds_decision
+    from nasdeploy.latency.rounds import pick_round, rounds_decision
 
     timings = [measure() for _ in range(max(1, rounds))]
     decision = rounds_decision([{"rounds": [{"median_ms": t.median} for t in timings]}], rounds, max_rounds)
     timings += [measure() for _ in range(decision["rounds"] - len(timings))]
-    ordered = sorted(timings, key=lambda t: t.median)
-    chosen = ordered[(len(ordered) - 1) // 2] if decision["statistic"] == "median" else ordered[0]
-    return chosen, [t.median for t in timings]
+    medians = [t.median for t in timings]
+    return timings[pick_round(medians, decision["statistic"])], medians
+
+
+def round_statistic(medians: list[float], rounds: int, max_rounds: int | None) -> str:
+    """The statistic ``best_round`` applied to rounds with these ``medians`` (its decision depends on the first
+    ``rounds`` only)."""
+    from nasdeploy.latency.rounds import rounds_decision
+
+    first = [{"median_ms": m} for m in medians[:max(1, rounds)]]
+    return rounds_decision([{"rounds": first}], rounds, max_rounds)["statistic"] if len(medians) > max(1, rounds) else "best"
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:

@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from nasdeploy.io import atomic_write_json, atomic_write_text
+from nasdeploy.latency.rounds import STATISTIC_TEXT
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -134,10 +135,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def rounds_text(measurement: dict[str, Any], method: dict[str, Any]) -> str:
-    """"best of 3 rounds", or "median of 9 rounds (unsteady machine)" when the rounds rule took more (latency.rounds)."""
+    """"best of 3 round(s)", or "median fast round of 9 (unsteady machine)" when the rounds rule took more
+    (latency.rounds)."""
     taken = len(measurement.get("round_medians_ms") or []) or method.get("rounds", 1)
-    if measurement.get("round_statistic") == "median":
-        return f"median of {taken} rounds (unsteady machine)"
+    if measurement.get("round_statistic") in ("fast", "median"):
+        return f"{STATISTIC_TEXT[measurement['round_statistic']]} of {taken} (unsteady machine)"
     return f"best of {taken} round(s)"
 
 

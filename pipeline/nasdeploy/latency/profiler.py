@@ -19,7 +19,7 @@ from nasdeploy.hardware import Backend, MeasureMethod, Timing, fingerprint, fing
 
 from nasdeploy.latency.overhead import d_optimal_picks, fit_overhead
 from nasdeploy.latency.predictor import sum_and_count
-from nasdeploy.latency.rounds import add_round, canonical_reference_ms, normalise, rounds_decision, rounds_done, settle
+from nasdeploy.latency.rounds import STATISTIC_TEXT, add_round, canonical_reference_ms, normalise, rounds_decision, rounds_done, settle
 from nasdeploy.latency.table import (LatencyTable, default_table_path, load_table, mark_profiled_here, profile_command, save_table,
                                      template_dict)
 from nasdeploy.progress import progress_bar
@@ -222,8 +222,9 @@ def profile_space(space_name: str, template: Any, runtime: str, device: str, met
 def log_rounds(decision: dict | None, what: str) -> None:
     if decision and not decision["steady"]:
         log.info("%s: the machine is unsteady (%.0f %% of rounds landed >%.0f %% above their item's best), so %d rounds "
-                 "instead of %d and each item's median round instead of its best (latency.rounds)", what,
-                 100 * decision["slow_share"], 100 * (decision["slow_ratio"] - 1), decision["rounds"], decision["base_rounds"])
+                 "instead of %d and each item's %s instead of its best (latency.rounds)", what,
+                 100 * decision["slow_share"], 100 * (decision["slow_ratio"] - 1), decision["rounds"], decision["base_rounds"],
+                 STATISTIC_TEXT[decision["statistic"]])
 
 
 def normalise_table(table: LatencyTable, fit: "FitNetworks", reference: Reference | None) -> None:
@@ -345,7 +346,7 @@ class FitNetworks:
             save_table(self.table, self.table.path)
 
     def settle(self, statistic: str) -> None:
-        """Each network's stats from its best or median round (``rounds.settle``), kept in the table."""
+        """Each network's stats from the round its statistic keeps (``rounds.settle``), kept in the table."""
         self.records = [settle(record, statistic) for record in self.records]
         self.table.overhead = {**(self.table.overhead or {}), "samples": self.records}
 

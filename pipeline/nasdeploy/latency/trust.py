@@ -41,7 +41,7 @@ from nasdeploy.progress import SHOW_NOW
 from nasdeploy.latency.table import (LatencyTable, cache_dir, default_table_path, load_table, profile_command, profiled_here as
                                      content_profiled_here, save_table, table_sha256)
 from nasdeploy.latency.versions import version_mismatches  # noqa: F401  (re-exported: trust.version_mismatches)
-from nasdeploy.latency.rounds import rounds_taken
+from nasdeploy.latency.rounds import STATISTIC_TEXT, rounds_taken
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ def rounds_text(rule: dict[str, Any] | None) -> str:
     """What the summary says when the check took more rounds than the table's method asks for (latency.rounds)."""
     if not rule or rule.get("steady", True):
         return ""
-    return f"; unsteady machine: {rule['rounds']} rounds, median round ({100 * rule['slow_share']:.0f} % of rounds landed slow)"
+    return (f"; unsteady machine: {rule['rounds']} rounds, {STATISTIC_TEXT.get(rule['statistic'], rule['statistic'])} "
+            f"({100 * rule['slow_share']:.0f} % of rounds landed slow)")
 
 
 def drift_text(ratio: float | None) -> str:
