@@ -14,6 +14,7 @@ from nasdeploy.hardware import Backend, MeasureMethod, Timing, get_backend
 from nasdeploy.latency.profiler import measure_networks, network_input_shape, profile_space
 from nasdeploy.latency.rounds import ALL_SLOW_RISK, mixing_risk, pick_round, rounds_decision, settle, slow_share
 from nasdeploy.spaces.base import get_space
+from test_profiler import CountingBackend, tiny  # noqa: F401  (tiny: the shared fixture, 2 cells of 2 nodes)
 
 
 def item(*medians: float) -> dict:
@@ -106,13 +107,13 @@ def test_best_round_takes_more_rounds_and_the_state_every_item_shows_when_unstea
     assert len(fixed) == 3 and chosen.median == 1.0  # no max_rounds: the best of the rounds asked for
 
 
-class TwoSpeedBackend(Backend):
+class TwoSpeedBackend(CountingBackend):
     """A real torch backend whose every measurement runs, and whose reported time is then set: item i takes
     1 + 0.01 i ms, 1.5x that when the call lands in a slow phase (a seeded coin per call, slow with ``slow``)."""
 
     def __init__(self, inner: Backend, slow: float, seed: int = 0):
-        super().__init__(inner.device, inner.method)
-        self.inner, self.name, self.slow, self.rng, self.items = inner, inner.name, slow, random.Random(seed), 0
+        super().__init__(inner)
+        self.slow, self.rng, self.items = slow, random.Random(seed), 0
 
     def prepare(self, module, input_shape):
         measure, index = self.inner.prepare(module, input_shape), self.items
@@ -126,17 +127,6 @@ class TwoSpeedBackend(Backend):
 
     def measure_module(self, module, input_shape):
         return self.prepare(module, input_shape)()
-
-    def measure_onnx(self, onnx_path, input_shape):
-        return self.inner.measure_onnx(onnx_path, input_shape)
-
-    def versions(self):
-        return self.inner.versions()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return get_space("darts").default_template("tiny", layers=2, nodes=2)
 
 
 def backend(slow: float, max_rounds: int | None = 9) -> TwoSpeedBackend:
