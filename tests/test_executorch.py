@@ -311,12 +311,15 @@ def test_onnx_export_on_executorch_writes_and_measures_the_pte_beside_it(tmp_pat
 
 @pytest.mark.executorch
 @needs_executorch
-def test_lowering_in_a_process_pool_gives_the_same_programs():
+def test_lowering_in_a_process_pool_gives_the_same_programs(monkeypatch):
     """``prepare_all`` lowers in spawned processes, then loads and times: same program bytes as lowering here, the
-    non-delegated ops kept per program."""
+    non-delegated ops kept per program. The program cache is off (the workers inherit the variable): with it, an
+    earlier test's WithCumsum, other weights, same graph, would come back."""
     from nasdeploy.hardware import get_backend
     from nasdeploy.hardware.executorch_backend import lower, lower_all
+    from nasdeploy.hardware.executorch_cache import CACHE_ENV
 
+    monkeypatch.setenv(CACHE_ENV, "0")
     shape = (1, 3, 8, 8)
     modules = [(conv_net(), shape), (WithCumsum().eval(), shape)]
     pooled = lower_all(modules, workers=2)
