@@ -113,22 +113,26 @@ def best_round(measure: Callable[[], Timing], rounds: int, max_rounds: int | Non
     table's method is then compared like with like with that table's prediction (a single round sits a few per
     cent above a best-of-three on a shared machine, and the prediction error would carry that bias).
     """
-    from nasdeploy.latency.rounds import pick_round, rounds_decision
+    from nasdeploy.latency.rounds import pick_round
 
     timings = [measure() for _ in range(max(1, rounds))]
-    decision = rounds_decision([{"rounds": [{"median_ms": t.median} for t in timings]}], rounds, max_rounds)
+    decision = first_rounds_decision([t.median for t in timings], rounds, max_rounds)
     timings += [measure() for _ in range(decision["rounds"] - len(timings))]
     medians = [t.median for t in timings]
     return timings[pick_round(medians, decision["statistic"])], medians
 
 
-def round_statistic(medians: list[float], rounds: int, max_rounds: int | None) -> str:
-    """The statistic ``best_round`` applied to rounds with these ``medians`` (its decision depends on the first
-    ``rounds`` only)."""
+def first_rounds_decision(medians: list[float], rounds: int, max_rounds: int | None) -> dict[str, Any]:
+    """The rounds rule's decision for one network, from its first ``rounds`` round medians (``rounds_decision``)."""
     from nasdeploy.latency.rounds import rounds_decision
 
-    first = [{"median_ms": m} for m in medians[:max(1, rounds)]]
-    return rounds_decision([{"rounds": first}], rounds, max_rounds)["statistic"] if len(medians) > max(1, rounds) else "best"
+    return rounds_decision([{"rounds": [{"median_ms": m} for m in medians[:max(1, rounds)]]}], rounds, max_rounds)
+
+
+def round_statistic(medians: list[float], rounds: int, max_rounds: int | None) -> str:
+    """The statistic ``best_round`` applied to rounds with these ``medians``: "best" unless it took more rounds than
+    asked for, else what its decision on the first ``rounds`` said."""
+    return first_rounds_decision(medians, rounds, max_rounds)["statistic"] if len(medians) > max(1, rounds) else "best"
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:

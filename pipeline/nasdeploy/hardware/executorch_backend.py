@@ -274,14 +274,14 @@ class ExecuTorchBackend(Backend):
         modules = [(build(), tuple(shape)) for build, shape in items]
         if not modules:
             return []
-        workers, started = lowering_workers(len(modules)), time.perf_counter()
+        workers, started, folder = lowering_workers(len(modules)), time.perf_counter(), programs_dir()
         programs = lower_all(modules, workers)
         cached = sum(program.cached for program in programs)
         log.info("executorch: lowered %d programs to XNNPACK in %.1f s (%d process%s; %d of them from the program cache%s)",
                  len(modules), time.perf_counter() - started, workers, "es" if workers > 1 else "", cached,
-                 "" if programs_dir() is not None else f", off: {CACHE_ENV}=0")
-        if cached < len(programs) and programs_dir() is not None:
-            prune(programs_dir())
+                 "" if folder is not None else f", off: {CACHE_ENV}=0")
+        if folder is not None and cached < len(programs):
+            prune(folder)
         prepared = []
         for (module, shape), program in zip(modules, programs):
             measure = self.load_lowered(program, shape, type(module).__name__)
