@@ -17,7 +17,7 @@ from nasdeploy.latency.predictor import predict_latency_ms
 from nasdeploy.latency.profiler import measure_networks, network_input_shape, reference_for, stored_method
 from nasdeploy.latency.rounds import rounds_taken
 from nasdeploy.latency.table import LatencyTable
-from nasdeploy.latency.trust import drift_ratio as drift_ratio_of, reference_networks
+from nasdeploy.latency.trust import anchor_records, drift_ratio as drift_ratio_of
 from nasdeploy.spaces.base import get_space
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, out_di
     records = [{"seed": seed + i, "predicted_ms": predict_latency_ms(table, arch, space, template, scaled=False),
                 "arch": space.arch_to_json(arch)} for i, arch in enumerate(archs)]
     # the table's reference networks (latency.trust), timed again alongside: how much the machine changed since profiling
-    anchors = reference_networks(table)
-    records += [{"seed": r["seed"], "anchor_ms": r["median_ms"], "arch": r["arch"]} for r in anchors]
+    anchors = anchor_records(table)
+    records += anchors
     archs += [space.arch_from_json(r["arch"]) for r in anchors]
     networks = [lambda arch=arch: space.build(arch, template) for arch in archs]
     records = measure_networks(backend, networks, shape, records, f"validate {table.runtime} {table.device}",
