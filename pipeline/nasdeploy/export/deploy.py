@@ -231,8 +231,8 @@ def export_checkpoint(checkpoint: Path | str, onnx_path: str | Path, out_dir: Pa
     method = method_from_dict(table_method, **overrides)
     deployed = deployed_file(files, runtime, onnx_path)
     log.info("re-measuring %s on %s/%s (%d runs after %d warm-up, %d rounds as in the table: their best, or %s rounds and "
-             "their median if the machine is unsteady)", deployed.name, runtime, options.device, method.repeats, method.warmup,
-             method.rounds, method.max_rounds or method.rounds)
+             "their median fast round if the machine is unsteady; latency.rounds)", deployed.name, runtime, options.device,
+             method.repeats, method.warmup, method.rounds, method.max_rounds or method.rounds)
     measurement = measure_target(deployed, model, input_shape, runtime, options.device, method)
     wanted, skipped = comparison_plan(options.compare, runtime, options.device)
     if pte:  # no ONNX file was written to compare on

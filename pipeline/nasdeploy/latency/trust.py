@@ -444,7 +444,7 @@ def refusal(table: LatencyTable, result: dict[str, Any], policy: TablePolicy) ->
 
 
 def recalibrate(table: LatencyTable, measured: dict[str, Any], policy: TablePolicy, mismatches: list[str]) -> dict[str, Any]:
-    """Refit the table's overhead model on the spot-check networks plus more, measured here; save it with a note.
+    """Refit the table's overhead model on the spot-check networks plus more, all timed here in one sitting; save it with a note.
 
     The op entries stay as they were measured; the overhead model (which maps their sum to a network's
     latency) is refitted on ``RECALIBRATE_NETS`` networks timed on this machine, so a table from a
@@ -454,11 +454,17 @@ def recalibrate(table: LatencyTable, measured: dict[str, Any], policy: TablePoli
     from nasdeploy.latency.profiler import fit_table_overhead
 
     before = decide(table, measured, policy, mismatches, cached=False)
-    extra = max(RECALIBRATE_NETS - len(measured["seeds"]), 0)
+    spot = len(measured["seeds"])
+    extra = max(RECALIBRATE_NETS - spot, 0)
     log.info("%s: recalibrating the overhead model of %s on %d networks measured here", before["summary"],
-             table.path or "(in memory)", len(measured["seeds"]) + extra)
-    more = measure_spot_check(table, extra, list(range(RECALIBRATE_SEED, RECALIBRATE_SEED + extra)), anchors=0) if extra else None
-    samples = measured["samples"] + (more["samples"] if more else [])
+             table.path or "(in memory)", spot + extra)
+    # the spot-check networks are timed again with the extra ones, interleaved: networks from two sittings minutes
+    # apart can differ by the machine's drift (5-25 % on a shared VM), which one fit cannot serve both ways
+    seeds = list(measured["seeds"]) + list(range(RECALIBRATE_SEED, RECALIBRATE_SEED + extra))
+    fresh = measure_spot_check(table, len(seeds), seeds, anchors=0)
+    samples = fresh["samples"]
+    measured = {**measured, "measured_ms": fresh["measured_ms"][:spot], "samples": samples[:spot],
+                "rounds_rule": fresh["rounds_rule"], "seconds": measured["seconds"] + fresh["seconds"]}
     previous = table.overhead or {}
     note = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "where": fingerprint_id(fingerprint(table.device, table.method.get("threads"))),
@@ -477,7 +483,7 @@ def recalibrate(table: LatencyTable, measured: dict[str, Any], policy: TablePoli
         save_table(table, table.path)
     write_cache(cache_path(table_sha256(table), policy.nets, measured["versions"], table.method.get("threads")), rechecked)
     result.update(recalibrated=True, before=before["summary"], recalibration=note,
-                  seconds=measured["seconds"] + (more["seconds"] if more else 0.0),
+                  seconds=measured["seconds"],
                   summary=f"{before['summary']} -> {result['median_abs_err_pct']:.1f} % after --recalibrate on {len(samples)} nets")
     log.info("%s; saved into %s", result["summary"], table.path or "(in memory)")
     return result
