@@ -44,16 +44,13 @@ def reshaped_copy(source: Path, target: Path, share: float = 0.95) -> Path:
     out 20x too low, the dearest (about 1.4x the cheapest on the tiny template) about 3x. No one factor (the drift)
     brings those eight within 10 %; refitting the overhead model (``--recalibrate``) does. (Every entry times one factor
     is no wrong shape: its predictions all move by about one factor, which the drift measures and calibrates.)"""
-    from nasdeploy.latency.predictor import predict_latency_ms
-
     table = load_table(source)
     space = get_space(table.space)
     template = space.template_from_dict(table.template)
     cheapest = min(predict_latency_ms(table, space.sample(template, random.Random(seed)), scaled=False)
                    for seed in trust.spot_check_seeds(trust.SPOT_NETS))
-    data = json.loads(source.read_text())
-    data["overhead"]["coef"]["intercept"] -= share * cheapest
-    save_table(LatencyTable.from_json(data), target)
+    table.overhead["coef"]["intercept"] -= share * cheapest
+    save_table(table, target)
     return target
 
 
@@ -155,48 +152,48 @@ def test_pure_drift_is_measured_and_scales_predictions_but_is_never_refused(tabl
     assert f"predictions scaled by {result['drift_ratio']:.3f}" in result["summary"]
 
 
-def test_scaled_table_exits_2_naming_the_fixes_and_recalibrate_brings_it_back(table_path, tmp_path):
+def test_reshaped_table_exits_2_naming_the_fixes_and_recalibrate_brings_it_back(table_path, tmp_path):
     from nasdeploy.spaces.record import ArchitectureRecord
 
-    scaled = reshaped_copy(table_path, tmp_path / "scaled.json")  # every prediction lowered by one constant
+    reshaped = reshaped_copy(table_path, tmp_path / "reshaped.json")  # every prediction lowered by one constant
     arch = tmp_path / "arch.json"
     ArchitectureRecord("darts", TINY, get_space("darts").sample(TINY, random.Random(0)), {}).save(arch)
-    refused = run_cli("measure", str(arch), "--table", str(scaled))
+    refused = run_cli("measure", str(arch), "--table", str(reshaped))
     assert refused.returncode == 2, refused.stderr
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith("error: latency table") and "does not predict this machine: spot check: 8 nets" in line
     assert "after drift" in line
-    assert f"nasdeploy profile --device cpu --runtime torch --space darts" in line and f"--no-resume --out {scaled}" in line
+    assert f"nasdeploy profile --device cpu --runtime torch --space darts" in line and f"--no-resume --out {reshaped}" in line
     assert "--recalibrate" in line and "--trust-table" in line and "Traceback" not in refused.stderr
 
     with pytest.raises(NasDeployError, match=r"> 10 % tolerance"):
-        spot_check(scaled)
-    trusted = spot_check(scaled, TablePolicy(trust=True))  # the failed check cached this boot, reported, not refused
+        spot_check(reshaped)
+    trusted = spot_check(reshaped, TablePolicy(trust=True))  # the failed check cached this boot, reported, not refused
     assert trusted["trusted_override"] and trusted["cached"] and "used anyway: --trust-table" in trusted["summary"]
 
     # a tiny eager-torch table fitted on 16 networks still misses them by 5-13 % (its own noise): judged at 20 %, which
     # the reshaped table misses by far
-    fixed = spot_check(scaled, TablePolicy(recalibrate=True, tolerance=0.2))
+    fixed = spot_check(reshaped, TablePolicy(recalibrate=True, tolerance=0.2))
     assert fixed["recalibrated"] and fixed["passed"] and fixed["median_abs_err_pct"] <= 20.0
     assert "after --recalibrate on 16 nets" in fixed["summary"]
-    note = load_table(scaled).overhead["calibrations"][-1]
+    note = load_table(reshaped).overhead["calibrations"][-1]
     assert note["networks"] == trust.RECALIBRATE_NETS and note["where"] == fingerprint_id(fingerprint("cpu", 1)) and note["when"]
     assert note["spot_check_before"].startswith("spot check: 8 nets") and note["previous_coef"]
-    assert spot_check(scaled, TablePolicy(tolerance=0.2))["passed"]  # the recalibrated table passes from now on (cached)
+    assert spot_check(reshaped, TablePolicy(tolerance=0.2))["passed"]  # the recalibrated table passes from now on (cached)
 
 
 def test_a_table_profiled_here_this_boot_is_reported_but_never_refused(table_path, tmp_path):
     from nasdeploy.latency.table import mark_profiled_here
 
-    scaled = load_table(reshaped_copy(table_path, tmp_path / "own.json"))
+    reshaped = load_table(reshaped_copy(table_path, tmp_path / "own.json"))
     with pytest.raises(NasDeployError, match="does not predict this machine"):
-        spot_check(scaled)
-    mark_profiled_here(scaled)  # as the profiler does when it finishes a table
-    result = spot_check(scaled)
+        spot_check(reshaped)
+    mark_profiled_here(reshaped)  # as the profiler does when it finishes a table
+    result = spot_check(reshaped)
     assert not result["passed"] and result["own_table"] and "used: profiled here this boot" in result["summary"]
-    scaled.entries[next(iter(scaled.entries))]["median_ms"] *= 2  # edited afterwards: no longer what was profiled
+    reshaped.entries[next(iter(reshaped.entries))]["median_ms"] *= 2  # edited afterwards: no longer what was profiled
     with pytest.raises(NasDeployError, match="does not predict this machine"):
-        spot_check(scaled)
+        spot_check(reshaped)
 
 
 def test_another_onnxruntime_version_in_the_header_is_flagged(table_path, tmp_path):
