@@ -116,7 +116,9 @@ def print_profile(table, seconds: float) -> None:
         summary.add_row("entry median range", f"{medians[0]:.4f} .. {medians[-1]:.4f} ms")
     coef = (table.overhead or {}).get("coef")
     if coef:
-        summary.add_row("overhead model", f"{coef['intercept']:.3f} ms + {coef['sum_ms']:.3f}·S + {coef['n_ops']:.4f}·N")
+        merged = f" {coef['merged_kelems'] * 1000:+.3f} µs·M (M: thousand elements of work the runtime merges)" \
+            if coef.get("merged_kelems") else ""
+        summary.add_row("overhead model", f"{coef['intercept']:.3f} ms + {coef['sum_ms']:.3f}·S + {coef['n_ops']:.4f}·N{merged}")
         summary.add_row("overhead fit RMSE", f"{table.overhead['rmse_ms']:.3f} ms on {len(table.overhead['samples'])} networks"
                         + (f" (leave-one-out {table.overhead['loo_rmse_pct']:.1f} %)" if table.overhead.get("loo_rmse_pct") else ""))
         measured = sorted(x["median_ms"] for x in table.overhead["samples"] if "median_ms" in x)

@@ -60,18 +60,22 @@ def overhead_coef(table: LatencyTable, scaled: bool = True) -> dict[str, float] 
     return {name: value * ratio for name, value in coef.items()}
 
 
-def predict_from_instances(table: LatencyTable, instances: Sequence[OpInstance], scaled: bool = True) -> float:
+def predict_from_instances(table: LatencyTable, instances: Sequence[OpInstance], scaled: bool = True,
+                           merged_kelems: float = 0.0) -> float:
+    """The overhead model on these instances; ``merged_kelems``: the work among them the runtime merges
+    (``SearchSpace.merged_work_kelems``)."""
     total, count = sum_and_count(table, instances)
     coef = overhead_coef(table, scaled)
-    return total if coef is None else float(apply_overhead(coef, total, count))
+    return total if coef is None else float(apply_overhead(coef, total, count, merged_kelems))
 
 
 def predict_latency_ms(table: LatencyTable, arch: Any, space: SearchSpace | None = None, template: Any = None,
                        scaled: bool = True) -> float:
-    """Predicted end-to-end latency of ``arch``: its entries summed, then the overhead model (if fitted), times the
-    machine's drift (``table.speed_ratio``; ``scaled=False``: as the table was profiled)."""
+    """Predicted end-to-end latency of ``arch``: its entries summed, then the overhead model (if fitted; with the work
+    the runtime merges), times the machine's drift (``table.speed_ratio``; ``scaled=False``: as the table was profiled)."""
     space, template = table_space_template(table, space, template)
-    return predict_from_instances(table, space.arch_op_instances(arch, template), scaled)
+    return predict_from_instances(table, space.arch_op_instances(arch, template), scaled,
+                                  space.merged_work_kelems(arch, template))
 
 
 # ----------------------------------------------------------------------------------------------

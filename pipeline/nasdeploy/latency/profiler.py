@@ -415,17 +415,20 @@ def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], r
 
 def with_features(table: LatencyTable, space: SearchSpace, template: Any, samples: list[dict], corrected: bool = False,
                   counts: bool = True) -> list[dict]:
-    """Samples with S (sum of entries; with the table's corrections if ``corrected``), N (number of ops) and,
-    with ``counts``, each op instance's occurrences, recomputed from the table's current entries."""
+    """Samples with S (sum of entries; with the table's corrections if ``corrected``), N (number of ops), M (the work
+    the runtime merges, ``SearchSpace.merged_work_kelems``) and, with ``counts``, each op instance's occurrences,
+    recomputed from the table's current entries."""
     from collections import Counter
 
     from nasdeploy.latency.predictor import ZERO_COST_OPS
 
     out = []
     for sample in samples:
-        instances = space.arch_op_instances(space.arch_from_json(sample["arch"]), template)
+        arch = space.arch_from_json(sample["arch"])
+        instances = space.arch_op_instances(arch, template)
         total, count = sum_and_count(table, instances, corrected)
-        found = {**{k: v for k, v in sample.items() if k != "counts"}, "sum_ms": total, "n_ops": count}
+        found = {**{k: v for k, v in sample.items() if k != "counts"}, "sum_ms": total, "n_ops": count,
+                 "merged_kelems": space.merged_work_kelems(arch, template)}
         if counts:
             found["counts"] = dict(Counter(i.key() for i in instances if table.has(i) or i.op not in ZERO_COST_OPS))
         out.append(found)

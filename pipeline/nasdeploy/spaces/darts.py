@@ -28,7 +28,7 @@ from nasdeploy.spaces import blocks
 from nasdeploy.spaces.base import SPACES, OpInstance, SearchSpace
 from nasdeploy.spaces.blocks import FactorizedReduce, Identity, ReLUConvBN
 from nasdeploy.spaces.heads import AUX_HEADS, reduction_heads, wants_darts_tower
-from nasdeploy.spaces.ops import OPS, build_op, op_space_names
+from nasdeploy.spaces.ops import OPS, build_op, leading_work, op_space_names
 
 FIXED_PARTS = ("stem", "preprocess_1x1", "factorized_reduce", "classifier")
 
@@ -533,6 +533,20 @@ class DartsSpace(SearchSpace):
                 instances += [edge_instance(layout, i, op) for op, i in node if op != "none"]
         instances.append(classifier_instance(template, layouts))
         return instances
+
+    def merged_work_kelems(self, arch: Genotype, template: DartsTemplate) -> float:
+        """Per cell, each edge whose op starts with the same weight-free work as an earlier edge on the same input (two
+        ReLU-led convs: their ReLU; two equal pools: the whole pool) adds its input's elements (``SearchSpace``)."""
+        total = 0
+        for layout in genotype_layouts(arch, template):
+            started: set[tuple[int, str]] = set()
+            for op, i in (edge for node in (arch.reduce if layout.reduction else arch.normal) for edge in node):
+                inst = edge_instance(layout, i, op)
+                work = None if op in ("none", "random") else leading_work(op, inst.c_in, inst.c_out, inst.stride)
+                if work is not None:
+                    total += inst.c_in * inst.h * inst.w if (i, work[0]) in started else 0
+                    started.add((i, work[0]))
+        return total / 1000.0
 
     def build_op(self, inst: OpInstance) -> nn.Module:
         if inst.op in FIXED_PARTS:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import NasDeployError
-from nasdeploy.spaces.base import SPACES, OpInstance
+from nasdeploy.spaces.base import SPACES, OpInstance, SearchSpace
 from nasdeploy.spaces.blocks import FactorizedReduce, ReLUConvBN
 from nasdeploy.spaces.heads import reduction_heads, wants_darts_tower
 from nasdeploy.spaces.darts import (
@@ -286,6 +286,9 @@ class DartsMacroSpace(DartsSpace):
             instances += [skip_instance(layouts, template, s, k) for s in skip_sources(k)]
             instances.append(second_input_instance(layouts[k]))
         return _distinct(instances)
+
+    # its cells and skip inputs share tensors in other ways; not modelled (the feature stays 0, the fit drops it)
+    merged_work_kelems = SearchSpace.merged_work_kelems
 
     def arch_op_instances(self, arch, template: DartsTemplate) -> list[OpInstance]:
         macro = as_macro(arch, template)

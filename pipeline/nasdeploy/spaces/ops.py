@@ -19,6 +19,7 @@ followed by a batch norm"); ``std_conv_k`` is ReLU-conv-BN.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 from torch import nn
@@ -217,3 +218,36 @@ def op_space_names(key: str | int) -> list[str]:
         return list(OP_SPACES[str(key)])
     except KeyError:
         raise NasDeployError(f"unknown op space {key!r}; choose one of: {', '.join(OP_SPACES)}") from None
+
+
+# ---- work a graph optimiser computes once ----------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def leading_work(name: str, c_in: int, c_out: int, stride: int) -> tuple[str, bool] | None:
+    """What op ``name`` computes first without weights, as ``(signature, whole)``; None when it starts with a weighted
+    layer or computes nothing (identity).
+
+    Two edges of a cell that read one tensor and share a signature start with the same computation: DARTS'
+    ReLU-led ops (sep/dil conv, ReLU-conv-BN, factorized reduce) the same ReLU, two equal pools the whole op
+    (``whole``). A graph pass that eliminates common subexpressions computes it once: torch.onnx's TorchScript
+    exporter and ONNX Runtime's optimiser both do (checked: two MaxPools, two AvgPools and two ReLUs on one input
+    became one of each), eager PyTorch does not. The op timed alone pays for it every time; the overhead model
+    (``latency.overhead``) learns what the merging saves from the fit networks.
+    """
+    module = build_op(name, c_in, c_out, stride)
+    leaf = module
+    while next(leaf.children(), None) is not None:
+        leaf = next(leaf.children())
+    if isinstance(leaf, (Identity, nn.Identity)) or _has_state(leaf):
+        return None
+    whole = not _has_state(module)
+    signature = f"{name}|{c_in}>{c_out}|s{stride}" if whole else f"{type(leaf).__name__}({_without_inplace(leaf)})"
+    return signature, whole
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _without_inplace(module: nn.Module) -> str:
+    return ", ".join(part for part in module.extra_repr().split(", ") if not part.startswith("inplace"))
