@@ -96,3 +96,48 @@ def test_one_standard_error_rule_prefers_the_simplest_model_within_one_standard_
     assert choice == "strong" and rmse == pytest.approx(np.sqrt(4.9) * 100)
     stricter = np.sqrt(np.array([5.5, 5.5, 5.5, 5.5]))  # mean 5.5 > 5: the lowest wins
     assert one_standard_error_choice([(None, none), ("strong", stricter), ("weak", weak)])[0] == "weak"
+
+
+def test_ridge_weight_is_chosen_on_the_random_fit_networks():
+    """With >= MIN_RANDOM_SAMPLES networks marked random, the weight with the lowest leave-one-out error on them is kept,
+    whatever the others (extremes) prefer; without them, the one-standard-error rule on all networks."""
+    import numpy as np
+
+    from nasdeploy.latency import overhead
+
+    # extremes whose in-network costs follow other biases than the random networks' (as the D-optimal ones did)
+    extremes = samples_with_counts({"a": 0.9, "d": -0.6}, count=30, noise=0.002, seed=1)
+    drawn = [dict(s, random=True) for s in samples_with_counts({"a": 0.5, "c": -0.3}, count=20, noise=0.002, seed=2)]
+    model = fit_overhead(extremes + drawn)
+    assert model["correction_choice"] == "lowest leave-one-out error on the 20 random fit networks"
+    # the choice, recomputed from the candidates' leave-one-out errors on the random networks alone
+    samples = extremes + drawn
+    keys = sorted(ENTRIES)
+    y = np.array([s["measured_ms"] for s in samples])
+    base = np.column_stack([np.ones(len(y)), [s["sum_ms"] for s in samples], [s["n_ops"] for s in samples]])
+    design = np.column_stack([base, [[s["counts"][k] for k in keys] for s in samples]])
+    mse = {None: np.mean(overhead.loo_errors(base, y)[30:] ** 2)}
+    for lam in overhead.CORRECTION_LAMBDAS:
+        penalty = np.r_[np.zeros(3), np.full(len(keys), lam * 1e4)]
+        mse[lam] = np.mean(overhead.loo_errors(design, y, penalty)[30:] ** 2)
+    assert model.get("correction_lambda") == min(mse, key=lambda lam: (mse[lam], lam is not None))
+    unmarked = fit_overhead(extremes + [{k: v for k, v in s.items() if k != "random"} for s in drawn])
+    assert unmarked["correction_choice"] == "one-standard-error rule on all fit networks"
+
+
+def test_profiler_adds_random_fit_networks_only_at_the_default_count():
+    from nasdeploy.latency import profiler
+    from test_predictor import hand_table
+
+    darts = get_space("darts")
+    template = darts.default_template("tiny")
+    table = hand_table("darts", template, lambda inst: 0.1 + 0.01 * len(inst.op))
+    small = profiler.FitNetworks(table, darts, template, 4)
+    small.choose()
+    assert len(small.records) == 4 and not any(r.get("random") for r in small.records)
+    full = profiler.FitNetworks(table, darts, template, profiler.DEFAULT_FIT_SAMPLES)
+    full.choose()
+    drawn = [r for r in full.records if r.get("random")]
+    assert len(full.records) == profiler.DEFAULT_FIT_SAMPLES + profiler.RANDOM_FIT_SAMPLES
+    assert [r["seed"] for r in drawn] == list(range(profiler.RANDOM_FIT_SEED, profiler.RANDOM_FIT_SEED + profiler.RANDOM_FIT_SAMPLES))
+    assert drawn[0]["arch"] == darts.arch_to_json(darts.sample(template, random.Random(profiler.RANDOM_FIT_SEED)))

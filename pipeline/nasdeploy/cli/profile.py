@@ -126,7 +126,8 @@ def print_profile(table, seconds: float) -> None:
             summary.add_row("networks measured", f"{measured[0]:.3f} .. {measured[-1]:.3f} ms (a latency budget goes in this range)")
         if table.overhead.get("corrections"):
             summary.add_row("per-op corrections", f"{len(table.overhead['corrections'])} op instances, ridge "
-                            f"{table.overhead['correction_lambda']:g} by the one-standard-error rule (leave-one-out "
+                            f"{table.overhead['correction_lambda']:g} by the "
+                            f"{table.overhead.get('correction_choice', 'one-standard-error rule')} (leave-one-out "
                             f"{table.overhead['loo_rmse_pct_without_corrections']:.1f} % without them)")
     if table.reference:
         summary.add_row("reference network", f"timed {len(table.reference['medians'])} times next to the ops and networks, "

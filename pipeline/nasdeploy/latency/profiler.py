@@ -51,6 +51,11 @@ DEFAULT_FIT_SAMPLES = 40
 # earlier versions made profiling take 8-11 minutes on a 2-core VM; with a D-optimal choice of networks 40 fit the
 # DARTS cpu template to 2.6 % (leave-one-out) there, and 80 is the ceiling.
 MORE_FIT_LOO_PCT = 6.0
+# Next to the D-optimal fit networks, this many drawn uniformly (seeds RANDOM_FIT_SEED..), like the networks predictions
+# are made for: the per-op corrections' ridge weight is chosen by the leave-one-out error on them (latency.overhead),
+# not on the D-optimal extremes. Only for tables asked with at least DEFAULT_FIT_SAMPLES fit networks.
+RANDOM_FIT_SAMPLES = 20
+RANDOM_FIT_SEED = FIT_SEED + 50_000
 MORE_FIT_SAMPLES = 80
 MORE_FIT_SEED = FIT_SEED + 100_000
 # A table is saved every this many op entries or fit networks (and at each round's end), so an interrupted profile
@@ -303,6 +308,8 @@ class FitNetworks:
                                              for seed in range(FIT_SEED, FIT_SEED + 20 * self.count)]
         picks = d_optimal_picks(self.design([arch for _, arch in pool]), self.count, start=[0])
         self.records = [{"seed": pool[i][0], "arch": self.space.arch_to_json(pool[i][1])} for i in picks]
+        drawn = RANDOM_FIT_SAMPLES if self.count >= DEFAULT_FIT_SAMPLES else 0
+        self.records += random_records(self.space, self.template, range(RANDOM_FIT_SEED, RANDOM_FIT_SEED + drawn))
 
     def design(self, archs: list) -> "np.ndarray":
         """One row per architecture: 1, then each op instance's count times its entry (ms)."""
@@ -362,9 +369,14 @@ class FitNetworks:
         """Sampled networks (seeds MORE_FIT_SEED..) up to ``total`` fit networks, measured by later rounds."""
         seeds = {r["seed"] for r in self.records}
         extra = [seed for seed in range(MORE_FIT_SEED, MORE_FIT_SEED + total) if seed not in seeds][: total - len(self.records)]
-        self.records += [{"seed": seed, "arch": self.space.arch_to_json(self.space.sample(self.template, random.Random(seed)))}
-                         for seed in extra]
+        self.records += random_records(self.space, self.template, extra)
         self.count = len(self.records)
+
+
+def random_records(space: SearchSpace, template: Any, seeds) -> list[dict]:
+    """Fit-network records of uniformly sampled architectures, marked ``random`` (``overhead.add_corrections``)."""
+    return [{"seed": seed, "arch": space.arch_to_json(space.sample(template, random.Random(seed))), "random": True}
+            for seed in seeds]
 
 
 def fit_table_overhead(table: LatencyTable, records: list[dict], keep_corrections: bool = False) -> LatencyTable:
