@@ -21,10 +21,10 @@ from test_predictor import hand_table
 
 
 def test_leading_work_names_the_shared_start():
-    assert leading_work("sep_conv_3x3", 16, 16, 1) == ("ReLU()", False)
-    assert leading_work("dil_conv_5x5", 16, 16, 2) == ("ReLU()", False)
-    assert leading_work("skip_connect", 16, 16, 2) == ("ReLU()", False)  # FactorizedReduce starts with a ReLU
-    assert leading_work("max_pool_3x3", 16, 16, 1) == ("max_pool_3x3|16>16|s1", True)
+    assert leading_work("sep_conv_3x3", 16, 16, 1) == "ReLU()"
+    assert leading_work("dil_conv_5x5", 16, 16, 2) == "ReLU()"
+    assert leading_work("skip_connect", 16, 16, 2) == "ReLU()"  # FactorizedReduce starts with a ReLU
+    assert leading_work("max_pool_3x3", 16, 16, 1) == "max_pool_3x3|16>16|s1"  # the whole pool
     assert leading_work("avg_pool_3x3", 16, 16, 2) != leading_work("avg_pool_3x3", 16, 16, 1)
     assert leading_work("skip_connect", 16, 16, 1) is None  # identity: nothing to compute
     assert leading_work("conv_3x3", 16, 16, 1) is None  # starts with weights

@@ -544,8 +544,8 @@ class DartsSpace(SearchSpace):
                 inst = edge_instance(layout, i, op)
                 work = None if op in ("none", "random") else leading_work(op, inst.c_in, inst.c_out, inst.stride)
                 if work is not None:
-                    total += inst.c_in * inst.h * inst.w if (i, work[0]) in started else 0
-                    started.add((i, work[0]))
+                    total += inst.c_in * inst.h * inst.w if (i, work) in started else 0
+                    started.add((i, work))
         return total / 1000.0
 
     def build_op(self, inst: OpInstance) -> nn.Module:

@@ -223,13 +223,13 @@ def op_space_names(key: str | int) -> list[str]:
 # ---- work a graph optimiser computes once ----------------------------------------------------------------
 
 @lru_cache(maxsize=None)
-def leading_work(name: str, c_in: int, c_out: int, stride: int) -> tuple[str, bool] | None:
-    """What op ``name`` computes first without weights, as ``(signature, whole)``; None when it starts with a weighted
-    layer or computes nothing (identity).
+def leading_work(name: str, c_in: int, c_out: int, stride: int) -> str | None:
+    """A signature of what op ``name`` computes first without weights: the op itself (``name|c_in>c_out|s<stride>``)
+    when it has no weights at all, else its first layer (``ReLU()``); None when it starts with a weighted layer or
+    computes nothing (identity).
 
     Two edges of a cell that read one tensor and share a signature start with the same computation: DARTS'
-    ReLU-led ops (sep/dil conv, ReLU-conv-BN, factorized reduce) the same ReLU, two equal pools the whole op
-    (``whole``). A graph pass that eliminates common subexpressions computes it once: torch.onnx's TorchScript
+    ReLU-led ops (sep/dil conv, ReLU-conv-BN, factorized reduce) the same ReLU, two equal pools the whole op. A graph pass that eliminates common subexpressions computes it once: torch.onnx's TorchScript
     exporter and ONNX Runtime's optimiser both do (checked: two MaxPools, two AvgPools and two ReLUs on one input
     became one of each), eager PyTorch does not. The op timed alone pays for it every time; the overhead model
     (``latency.overhead``) learns what the merging saves from the fit networks.
@@ -240,9 +240,9 @@ def leading_work(name: str, c_in: int, c_out: int, stride: int) -> tuple[str, bo
         leaf = next(leaf.children())
     if isinstance(leaf, (Identity, nn.Identity)) or _has_state(leaf):
         return None
-    whole = not _has_state(module)
-    signature = f"{name}|{c_in}>{c_out}|s{stride}" if whole else f"{type(leaf).__name__}({_without_inplace(leaf)})"
-    return signature, whole
+    if not _has_state(module):
+        return f"{name}|{c_in}>{c_out}|s{stride}"
+    return f"{type(leaf).__name__}({_without_inplace(leaf)})"
 
 
 def _has_state(module: nn.Module) -> bool:
