@@ -14,11 +14,13 @@ model falls back to ``b = 1`` with the mean residual as ``a``.
 
 Work merged by the runtime. Ops on one tensor that start with the same weight-free computation (two ReLU-led
 convolutions, two equal pools) each pay for it when timed alone; in a network exported to ONNX it is computed once
-(the exporter's and ONNX Runtime's common-subexpression elimination). The feature M(arch) (``SearchSpace.merged_work_kelems``: thousands of input elements of
-such repeated work) adds ``d · M``, kept only when it lowers the leave-one-out error (a runtime that merges nothing,
-eager PyTorch, gains nothing from it). Measured on ONNX Runtime, DARTS op space 3, the 40 fit networks of one table
-each: leave-one-out 3.8 → 2.9 % and Kendall τ on 100 random networks 0.838 → 0.881 (2-vCPU Xeon VM); 3.0 → 2.7 %,
-τ 0.897 → 0.903 (2-core EPYC VM, its committed table refitted).
+(the exporter's and ONNX Runtime's common-subexpression elimination). The feature M(arch)
+(``SearchSpace.merged_work_kelems``: thousands of input elements of such repeated work) adds ``d · M``, kept only when
+it lowers the leave-one-out error (a runtime that merges nothing, eager PyTorch, gains nothing from it). Measured on
+ONNX Runtime, DARTS op space 3, each table refitted on its own 40 fit networks with and without M, Kendall τ on 100
+random networks (against two timing passes): 2-vCPU Xeon VM, four tables 0.838 / 0.853 / 0.841 / 0.861 →
+0.896 / 0.876 / 0.874 / 0.888 (leave-one-out 3.8 → 3.0 % on the first); 2-core EPYC VM, its committed table 0.897 →
+0.904 (leave-one-out 3.0 → 2.6 %).
 
 Per-instance corrections. An op timed alone can cost something else inside a network: on ONNX Runtime a
 45-100 µs MobileNet pays ~5 µs of ``session.run`` per isolated op, and a 1x1-spatial expand-6 block whose
@@ -37,8 +39,8 @@ networks added as random fit networks, Kendall τ on the other 80, mean of 5 dra
 tables 0.897/0.871/0.868/0.891/0.869 → 0.889/0.875/0.882/0.891/0.882; an ORT MobileNet table 0.737 → 0.835, within
 ±10 % 77 → 91 %). Otherwise (older tables, recalibration sets) the one-standard-error rule on the leave-one-out error
 of all samples (Breiman et al. 1984; Hastie et al., *Elements of Statistical Learning* §7.10): the strongest ridge
-whose leave-one-out mean squared error is within one standard error of the lowest. The plain minimum overfits the D-optimal fit networks: on this VM's
-ORT DARTS table it picked 1e-4 (τ 0.865, RMSE 2.75 % on 100 random networks) where 0.1, within one standard error of
+whose leave-one-out mean squared error is within one standard error of the lowest. The plain minimum overfits the
+D-optimal fit networks: on the EPYC VM's ORT DARTS table it picked 1e-4 (τ 0.865, RMSE 2.75 % on 100 random networks) where 0.1, within one standard error of
 it, predicts them better (τ 0.889, RMSE 2.23 %). ``predictor.op_latency_ms`` returns ``L_i + κ_i``, so sums, Algorithm 3 and the
 layer-wise expectation all use the in-network costs.
 """
