@@ -14,6 +14,7 @@ from nasdeploy.errors import NasDeployError
 from nasdeploy.latency.profiler import DEFAULT_FIT_SAMPLES, PROFILE_DEFAULTS
 from nasdeploy.latency.rounds import STATISTIC_TEXT
 from nasdeploy.progress import console, setup_logging
+from nasdeploy.spaces.ops import MERGED_WORK_FEATURES
 
 METHODS = ("isolated", "stem-repeat")
 
@@ -116,8 +117,8 @@ def print_profile(table, seconds: float) -> None:
         summary.add_row("entry median range", f"{medians[0]:.4f} .. {medians[-1]:.4f} ms")
     coef = (table.overhead or {}).get("coef")
     if coef:
-        merged = f" {coef['merged_kelems'] * 1000:+.3f} µs·M (M: thousand elements of work the runtime merges)" \
-            if coef.get("merged_kelems") else ""
+        merged = "".join(f" {coef[name] * 1000:+.3f} µs·{name}" for name in MERGED_WORK_FEATURES if coef.get(name))
+        merged += " (thousand elements of work the runtime merges)" if merged else ""
         summary.add_row("overhead model", f"{coef['intercept']:.3f} ms + {coef['sum_ms']:.3f}·S + {coef['n_ops']:.4f}·N{merged}")
         summary.add_row("overhead fit RMSE", f"{table.overhead['rmse_ms']:.3f} ms on {len(table.overhead['samples'])} networks"
                         + (f" (leave-one-out {table.overhead['loo_rmse_pct']:.1f} %)" if table.overhead.get("loo_rmse_pct") else ""))

@@ -14,13 +14,20 @@ model falls back to ``b = 1`` with the mean residual as ``a``.
 
 Work merged by the runtime. Ops on one tensor that start with the same weight-free computation (two ReLU-led
 convolutions, two equal pools) each pay for it when timed alone; in a network exported to ONNX it is computed once
-(the exporter's and ONNX Runtime's common-subexpression elimination). The feature M(arch)
-(``SearchSpace.merged_work_kelems``: thousands of input elements of such repeated work) adds ``d · M``, kept only when
-it lowers the leave-one-out error (a runtime that merges nothing, eager PyTorch, gains nothing from it). Measured on
-ONNX Runtime, DARTS op space 3, each table refitted on its own 40 fit networks with and without M, Kendall τ on 100
-random networks (against two timing passes): 2-vCPU Xeon VM, four tables 0.838 / 0.853 / 0.841 / 0.861 →
-0.896 / 0.876 / 0.874 / 0.888 (leave-one-out 3.8 → 3.0 % on the first); 2-core EPYC VM, its committed table 0.897 →
-0.904 (leave-one-out 3.0 → 2.6 %).
+(the exporter's and ONNX Runtime's common-subexpression elimination). The features M_k(arch)
+(``SearchSpace.merged_work``: thousands of input elements of such repeated work, one feature per kind of work,
+``spaces.ops.MERGED_WORK_FEATURES``) add ``Σ d_k · M_k``, each kept only when it lowers the leave-one-out error (a
+runtime that merges nothing, eager PyTorch, gains nothing from them). ``merged_kelems``: a repeated ReLU or pool.
+Measured on ONNX Runtime, DARTS op space 3, each table refitted on its own 40 fit networks with and without it,
+Kendall τ on 100 random networks (against two timing passes): 2-vCPU Xeon VM, four tables 0.838 / 0.853 / 0.841 /
+0.861 → 0.896 / 0.876 / 0.874 / 0.888 (leave-one-out 3.8 → 3.0 % on the first); 2-core EPYC VM, its committed table
+0.897 → 0.904 (leave-one-out 3.0 → 2.6 %). ``merged_shift_kelems``: a second factorized reduce on one input also
+shares the first one's shifted copy (pad and slice), which on ONNX Runtime's NCHWc layout is a layout round trip
+(ReorderOutput, Pad, Slice, ReorderInput): d ≈ −1.0 to −1.7 µs per thousand elements, five to seven times the ReLU's
+−0.2 to −0.3. Found by regressing validation residuals on the node counts of ONNX Runtime's optimised graphs (a
+factorized reduce's Concat per instance, its Pad/Slice/reorders per distinct input); refitted on the same
+measurements, τ on 100 random networks: Xeon VM, three tables with random fit networks 0.916 / 0.893 / 0.885 →
+0.926 / 0.923 / 0.909; EPYC VM's committed table 0.865 → 0.925 (its report's predictions were from an older fit).
 
 Per-instance corrections. An op timed alone can cost something else inside a network: on ONNX Runtime a
 45-100 µs MobileNet pays ~5 µs of ``session.run`` per isolated op, and a 1x1-spatial expand-6 block whose
@@ -47,12 +54,14 @@ layer-wise expectation all use the in-network costs.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-FEATURES = ("sum_ms", "n_ops", "merged_kelems")
-OPTIONAL_FEATURES = ("merged_kelems",)  # kept only when they lower the leave-one-out error
+from nasdeploy.spaces.ops import MERGED_WORK_FEATURES
+
+FEATURES = ("sum_ms", "n_ops") + MERGED_WORK_FEATURES
+OPTIONAL_FEATURES = MERGED_WORK_FEATURES  # kept only when they lower the leave-one-out error
 
 
 def fit_overhead(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -73,10 +82,10 @@ def fit_overhead(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if coef["sum_ms"] <= 0:  # degenerate fit: keep the table's scale, absorb the rest in the intercept
         coef = {"intercept": float(np.mean(y - columns["sum_ms"])), "sum_ms": 1.0, "n_ops": 0.0}
         used = ["sum_ms"]
-    predicted = np.array([apply_overhead(coef, s["sum_ms"], s["n_ops"], s.get("merged_kelems", 0.0)) for s in samples])
+    predicted = np.array([apply_overhead(coef, s["sum_ms"], s["n_ops"], merged_of(s)) for s in samples])
     residual = y - predicted
     model = {
-        "model": "measured_ms = intercept + sum_ms * sum of entries + n_ops * number of ops + merged_kelems * merged work",
+        "model": "measured_ms = intercept + sum_ms * sum of entries + n_ops * number of ops + merged_* * merged work",
         "coef": coef,
         "fitted_features": used,
         "rmse_ms": float(np.sqrt(np.mean(residual**2))),
@@ -184,13 +193,19 @@ def add_corrections(model: dict[str, Any], samples: Sequence[dict[str, Any]], us
     model.update(coef=coef, corrections=corrections, correction_lambda=lam, loo_rmse_pct=loo_pct,
                  rmse_ms=float(np.sqrt(np.mean(residual**2))), max_abs_error_pct=float(np.max(np.abs(residual) / y) * 100.0),
                  model="measured_ms = intercept + sum_ms * sum of (entry + correction) + n_ops * number of ops"
-                       " + merged_kelems * merged work")
+                       " + merged_* * merged work")
 
 
-def apply_overhead(coef: dict[str, float], sum_ms, n_ops, merged_kelems=0.0):
-    """``a + b·S + c·N + d·M``; works on floats and on torch tensors (for expected latencies). Tables fitted before the
-    merged-work feature have no ``d``."""
-    return coef["intercept"] + coef["sum_ms"] * sum_ms + coef["n_ops"] * n_ops + coef.get("merged_kelems", 0.0) * merged_kelems
+def apply_overhead(coef: dict[str, float], sum_ms, n_ops, merged: Mapping[str, float] | None = None):
+    """``a + b·S + c·N + Σ d_k·M_k`` with ``merged`` the merged-work features (``SearchSpace.merged_work``); works on
+    floats and on torch tensors (for expected latencies). Tables fitted before a merged-work feature have no ``d_k``."""
+    extra = sum(coef.get(name, 0.0) * value for name, value in (merged or {}).items())
+    return coef["intercept"] + coef["sum_ms"] * sum_ms + coef["n_ops"] * n_ops + extra
+
+
+def merged_of(sample: Mapping[str, Any]) -> dict[str, float]:
+    """A fit sample's merged-work features (0 where it lacks one)."""
+    return {name: sample.get(name, 0.0) for name in MERGED_WORK_FEATURES}
 
 
 def d_optimal_picks(features: np.ndarray, count: int, start: Sequence[int] = (), ridge: float = 1e-3) -> list[int]:

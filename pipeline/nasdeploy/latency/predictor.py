@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -61,12 +61,12 @@ def overhead_coef(table: LatencyTable, scaled: bool = True) -> dict[str, float] 
 
 
 def predict_from_instances(table: LatencyTable, instances: Sequence[OpInstance], scaled: bool = True,
-                           merged_kelems: float = 0.0) -> float:
-    """The overhead model on these instances; ``merged_kelems``: the work among them the runtime merges
-    (``SearchSpace.merged_work_kelems``)."""
+                           merged: Mapping[str, float] | None = None) -> float:
+    """The overhead model on these instances; ``merged``: the work among them the runtime merges, by feature
+    (``SearchSpace.merged_work``)."""
     total, count = sum_and_count(table, instances)
     coef = overhead_coef(table, scaled)
-    return total if coef is None else float(apply_overhead(coef, total, count, merged_kelems))
+    return total if coef is None else float(apply_overhead(coef, total, count, merged))
 
 
 def predict_latency_ms(table: LatencyTable, arch: Any, space: SearchSpace | None = None, template: Any = None,
@@ -75,7 +75,7 @@ def predict_latency_ms(table: LatencyTable, arch: Any, space: SearchSpace | None
     the runtime merges), times the machine's drift (``table.speed_ratio``; ``scaled=False``: as the table was profiled)."""
     space, template = table_space_template(table, space, template)
     return predict_from_instances(table, space.arch_op_instances(arch, template), scaled,
-                                  space.merged_work_kelems(arch, template))
+                                  space.merged_work(arch, template))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from nasdeploy.latency.table import (LatencyTable, default_table_path, load_tabl
                                      template_dict)
 from nasdeploy.progress import progress_bar
 from nasdeploy.spaces.base import OpInstance, SearchSpace, get_space
+from nasdeploy.spaces.ops import MERGED_WORK_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +429,7 @@ def measure_networks(backend: Backend, networks: list, shape: tuple[int, ...], r
 def with_features(table: LatencyTable, space: SearchSpace, template: Any, samples: list[dict], corrected: bool = False,
                   counts: bool = True) -> list[dict]:
     """Samples with S (sum of entries; with the table's corrections if ``corrected``), N (number of ops), M (the work
-    the runtime merges, ``SearchSpace.merged_work_kelems``) and, with ``counts``, each op instance's occurrences,
+    the runtime merges by feature, ``SearchSpace.merged_work``) and, with ``counts``, each op instance's occurrences,
     recomputed from the table's current entries."""
     from collections import Counter
 
@@ -440,7 +441,7 @@ def with_features(table: LatencyTable, space: SearchSpace, template: Any, sample
         instances = space.arch_op_instances(arch, template)
         total, count = sum_and_count(table, instances, corrected)
         found = {**{k: v for k, v in sample.items() if k != "counts"}, "sum_ms": total, "n_ops": count,
-                 "merged_kelems": space.merged_work_kelems(arch, template)}
+                 **dict.fromkeys(MERGED_WORK_FEATURES, 0.0), **space.merged_work(arch, template)}
         if counts:
             found["counts"] = dict(Counter(i.key() for i in instances if table.has(i) or i.op not in ZERO_COST_OPS))
         out.append(found)

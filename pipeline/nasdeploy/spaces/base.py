@@ -78,11 +78,11 @@ class SearchSpace(ABC):
     def arch_op_instances(self, arch: Any, template: Any) -> list[OpInstance]:
         """The op instances one architecture contains, with repetition, fixed parts included."""
 
-    def merged_work_kelems(self, arch: Any, template: Any) -> float:
+    def merged_work(self, arch: Any, template: Any) -> dict[str, float]:
         """Thousands of input elements of work ``arch`` repeats on one tensor, which a graph optimiser that eliminates
-        common subexpressions computes once (``spaces.ops.leading_work``): an overhead-model feature
-        (``latency.overhead``). 0 for spaces whose ops never share an input."""
-        return 0.0
+        common subexpressions computes once, by overhead-model feature (``spaces.ops.shared_work``,
+        ``latency.overhead``). Empty for spaces whose ops never share an input."""
+        return {}
 
     @abstractmethod
     def build_op(self, inst: OpInstance) -> nn.Module:

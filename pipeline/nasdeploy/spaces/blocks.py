@@ -96,6 +96,11 @@ class FactorizedReduce(nn.Module):
     ``stride`` 4 (hierarchical ICDARTS: a skip input across two reduction cells) gives ``ceil(H/4)`` the same way.
     """
 
+    # Weight-free work besides its leading ReLU that a second FactorizedReduce on the same input repeats: the shifted
+    # copy of the ReLU output. A graph optimiser computes it once (spaces.ops.shared_work); on ONNX Runtime's NCHWc
+    # layout it is a round trip (ReorderOutput, Pad, Slice, ReorderInput), far dearer per element than the ReLU.
+    SHARED_WORK = {"merged_shift_kelems": "pad(0, 1, 0, 1)[..., 1:, 1:]"}
+
     def __init__(self, c_in: int, c_out: int, affine: bool = True, stride: int = 2):
         super().__init__()
         self.relu = nn.ReLU(inplace=False)

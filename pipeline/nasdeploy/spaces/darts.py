@@ -28,7 +28,7 @@ from nasdeploy.spaces import blocks
 from nasdeploy.spaces.base import SPACES, OpInstance, SearchSpace
 from nasdeploy.spaces.blocks import FactorizedReduce, Identity, ReLUConvBN
 from nasdeploy.spaces.heads import AUX_HEADS, reduction_heads, wants_darts_tower
-from nasdeploy.spaces.ops import OPS, build_op, leading_work, op_space_names
+from nasdeploy.spaces.ops import MERGED_WORK_FEATURES, OPS, build_op, op_space_names, shared_work
 
 FIXED_PARTS = ("stem", "preprocess_1x1", "factorized_reduce", "classifier")
 
@@ -534,19 +534,21 @@ class DartsSpace(SearchSpace):
         instances.append(classifier_instance(template, layouts))
         return instances
 
-    def merged_work_kelems(self, arch: Genotype, template: DartsTemplate) -> float:
-        """Per cell, each edge whose op starts with the same weight-free work as an earlier edge on the same input (two
-        ReLU-led convs: their ReLU; two equal pools: the whole pool) adds its input's elements (``SearchSpace``)."""
-        total = 0
+    def merged_work(self, arch: Genotype, template: DartsTemplate) -> dict[str, float]:
+        """Per cell, each edge whose op does the same weight-free work as an earlier edge on the same input adds its
+        input's elements to that work's feature (``spaces.ops.shared_work``): two ReLU-led convs their ReLU, two equal
+        pools the whole pool (``merged_kelems``), two factorized reduces also the shifted copy (``merged_shift_kelems``)."""
+        total = dict.fromkeys(MERGED_WORK_FEATURES, 0.0)
         for layout in genotype_layouts(arch, template):
             started: set[tuple[int, str]] = set()
             for op, i in (edge for node in (arch.reduce if layout.reduction else arch.normal) for edge in node):
                 inst = edge_instance(layout, i, op)
-                work = None if op in ("none", "random") else leading_work(op, inst.c_in, inst.c_out, inst.stride)
-                if work is not None:
-                    total += inst.c_in * inst.h * inst.w if (i, work) in started else 0
-                    started.add((i, work))
-        return total / 1000.0
+                parts = () if op in ("none", "random") else shared_work(op, inst.c_in, inst.c_out, inst.stride)
+                for feature, signature in parts:
+                    if (i, signature) in started:
+                        total[feature] += inst.c_in * inst.h * inst.w / 1000.0
+                    started.add((i, signature))
+        return total
 
     def build_op(self, inst: OpInstance) -> nn.Module:
         if inst.op in FIXED_PARTS:

@@ -288,7 +288,7 @@ class DartsMacroSpace(DartsSpace):
         return _distinct(instances)
 
     # its cells and skip inputs share tensors in other ways; not modelled (the feature stays 0, the fit drops it)
-    merged_work_kelems = SearchSpace.merged_work_kelems
+    merged_work = SearchSpace.merged_work
 
     def arch_op_instances(self, arch, template: DartsTemplate) -> list[OpInstance]:
         macro = as_macro(arch, template)

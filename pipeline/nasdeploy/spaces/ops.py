@@ -222,6 +222,11 @@ def op_space_names(key: str | int) -> list[str]:
 
 # ---- work a graph optimiser computes once ----------------------------------------------------------------
 
+# the overhead-model features (latency.overhead) for repeated work, thousands of input elements each: the weight-free
+# start of an op (a ReLU, a whole pool) and the shifted copy a factorized reduce makes of its input
+MERGED_WORK_FEATURES = ("merged_kelems", "merged_shift_kelems")
+
+
 @lru_cache(maxsize=None)
 def leading_work(name: str, c_in: int, c_out: int, stride: int) -> str | None:
     """A signature of what op ``name`` computes first without weights: the op itself (``name|c_in>c_out|s<stride>``)
@@ -243,6 +248,21 @@ def leading_work(name: str, c_in: int, c_out: int, stride: int) -> str | None:
     if not _has_state(module):
         return f"{name}|{c_in}>{c_out}|s{stride}"
     return f"{type(leaf).__name__}({_without_inplace(leaf)})"
+
+
+@lru_cache(maxsize=None)
+def shared_work(name: str, c_in: int, c_out: int, stride: int) -> tuple[tuple[str, str], ...]:
+    """``(feature, signature)`` of each piece of weight-free work op ``name`` does on its input that another op on the
+    same input with the same signature repeats: its leading work (``leading_work``, feature ``merged_kelems``), then
+    what its module declares in ``SHARED_WORK`` (a factorized reduce's shifted copy, ``merged_shift_kelems``). Each
+    feature has its own coefficient in the overhead model: a ReLU and a layout round trip cost differently per element.
+    """
+    first = leading_work(name, c_in, c_out, stride)
+    if first is None:
+        return ()
+    module = build_op(name, c_in, c_out, stride)
+    declared = [part for sub in module.modules() for part in getattr(type(sub), "SHARED_WORK", {}).items()]
+    return (("merged_kelems", first),) + tuple(declared)
 
 
 def _has_state(module: nn.Module) -> bool:
