@@ -23,11 +23,12 @@ Kendall τ on 100 random networks (against two timing passes): 2-vCPU Xeon VM, f
 0.861 → 0.896 / 0.876 / 0.874 / 0.888 (leave-one-out 3.8 → 3.0 % on the first); 2-core EPYC VM, its committed table
 0.897 → 0.904 (leave-one-out 3.0 → 2.6 %). ``merged_shift_kelems``: a second factorized reduce on one input also
 shares the first one's shifted copy (pad and slice), which on ONNX Runtime's NCHWc layout is a layout round trip
-(ReorderOutput, Pad, Slice, ReorderInput): d ≈ −1.0 to −1.7 µs per thousand elements, five to seven times the ReLU's
-−0.2 to −0.3. Found by regressing validation residuals on the node counts of ONNX Runtime's optimised graphs (a
-factorized reduce's Concat per instance, its Pad/Slice/reorders per distinct input); refitted on the same
-measurements, τ on 100 random networks: Xeon VM, three tables with random fit networks 0.916 / 0.893 / 0.885 →
-0.926 / 0.923 / 0.909; EPYC VM's committed table 0.865 → 0.925 (its report's predictions were from an older fit).
+(ReorderOutput, Pad, Slice, ReorderInput): on three fresh Xeon tables d = −1.6 to −1.9 µs per thousand elements,
+five to seven times the ReLU's −0.24 to −0.35. Found by regressing validation residuals on the node counts of ONNX
+Runtime's optimised graphs (a factorized reduce's Concat per instance, its Pad/Slice/reorders per distinct input).
+τ on 100 random networks, live on those three tables 0.940 / 0.931 / 0.921 (the same measurements without the feature
+0.904 / 0.894 / 0.905); refitted on earlier tables, Xeon 0.916 / 0.893 / 0.885 → 0.926 / 0.923 / 0.909, the EPYC VM's
+committed table 0.895 → 0.925.
 
 Per-instance corrections. An op timed alone can cost something else inside a network: on ONNX Runtime a
 45-100 µs MobileNet pays ~5 µs of ``session.run`` per isolated op, and a 1x1-spatial expand-6 block whose
