@@ -261,7 +261,8 @@ def shared_work(name: str, c_in: int, c_out: int, stride: int) -> tuple[tuple[st
     if first is None:
         return ()
     module = build_op(name, c_in, c_out, stride)
-    declared = [part for sub in module.modules() for part in getattr(type(sub), "SHARED_WORK", {}).items()]
+    # each piece once, even if the op held two modules declaring it: a second copy would read as the edge repeating itself
+    declared = dict.fromkeys(part for sub in module.modules() for part in getattr(type(sub), "SHARED_WORK", {}).items())
     return (("merged_kelems", first),) + tuple(declared)
 
 
